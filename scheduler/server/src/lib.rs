@@ -1,0 +1,3 @@
+//! The scheduler daemon's library: durable store, gRPC services, agent sessions, extender.
+
+pub mod store;

@@ -1,0 +1,722 @@
+//! Durable state in one SQLite database (WAL mode) under the data directory.
+//!
+//! Every write that a client is told about happens inside one transaction with the event that
+//! records it, so after a crash the job table and the event log agree. Specs, inventories and
+//! placements are stored as JSON of the engine's domain types: the schema stays small and the
+//! domain types stay the single definition.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Serialize, de::DeserializeOwned};
+use suanli_engine::job::JobId;
+use suanli_engine::{Cid, JobSpec, JobState, NodeInventory};
+
+pub const DB_FILE: &str = "suanli.db";
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT NOT NULL UNIQUE,
+    tenant     TEXT NOT NULL,
+    queue      TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    priority   INTEGER NOT NULL,
+    spec       TEXT NOT NULL,
+    placement  TEXT,
+    reason     TEXT NOT NULL DEFAULT '',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX jobs_by_state ON jobs(state, seq);
+CREATE INDEX jobs_by_tenant ON jobs(tenant, seq);
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id     TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    from_state TEXT,
+    to_state   TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    message    TEXT NOT NULL
+);
+CREATE INDEX events_by_job ON events(job_id, seq);
+CREATE TABLE nodes (
+    cid         TEXT PRIMARY KEY,
+    generation  INTEGER NOT NULL,
+    inventory   TEXT NOT NULL,
+    cordoned    INTEGER NOT NULL DEFAULT 0,
+    lost        INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms INTEGER NOT NULL
+);
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored {what} is not valid JSON: {source}")]
+    Corrupt {
+        what: String,
+        source: serde_json::Error,
+    },
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("job {id} is {current}; it cannot become {requested}")]
+    BadTransition {
+        id: JobId,
+        current: JobState,
+        requested: JobState,
+    },
+    #[error("database {path} has schema version {found}, newer than this binary knows ({known})")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+}
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every commit: an acknowledged write survives power loss.
+    #[default]
+    Full,
+    /// WAL without fsync per commit: survives a crashed or killed process, not power loss.
+    Normal,
+}
+
+/// One job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// The engine's placement, as JSON, while the job holds resources.
+    pub placement: Option<serde_json::Value>,
+    /// Why the job is where it is (pending reason, failure message).
+    pub reason: String,
+    pub attempts: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One lifecycle transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    pub seq: i64,
+    pub job_id: JobId,
+    pub at_ms: i64,
+    pub from: Option<JobState>,
+    pub to: JobState,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub inventory: NodeInventory,
+    pub cordoned: bool,
+    pub lost: bool,
+    pub last_seen_ms: i64,
+}
+
+/// Which jobs to list; `None` fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub tenant: Option<String>,
+    pub queue: Option<String>,
+    pub states: Vec<JobState>,
+    /// Return jobs after this id (the previous page's last id).
+    pub after: Option<JobId>,
+    pub limit: usize,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/suanli.db` and brings its schema up to date.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let applied = usize::try_from(version).unwrap_or(usize::MAX);
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::SchemaTooNew {
+                path: self.path.clone(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        let tx = self.conn.transaction()?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(i + 1).unwrap_or(i64::MAX),
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a new pending job and its first event; returns the record once committed.
+    pub fn insert_job(&mut self, spec: &JobSpec) -> Result<JobRecord, StoreError> {
+        let mut records = self.insert_jobs(std::slice::from_ref(spec))?;
+        Ok(records.remove(0))
+    }
+
+    /// Stores several new jobs in one transaction (one fsync): the server batches concurrent
+    /// submits through this.
+    pub fn insert_jobs(&mut self, specs: &[JobSpec]) -> Result<Vec<JobRecord>, StoreError> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let mut records = Vec::with_capacity(specs.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (id, tenant, queue, kind, state, priority, spec, created_ms, updated_ms)
+                 VALUES ('', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            )?;
+            let mut set_id = tx.prepare_cached("UPDATE jobs SET id = ?1 WHERE seq = ?2")?;
+            let mut event = tx.prepare_cached(
+                "INSERT INTO events (job_id, at_ms, from_state, to_state, reason, message)
+                 VALUES (?1, ?2, NULL, ?3, 'Submitted', ?4)",
+            )?;
+            for spec in specs {
+                insert.execute(params![
+                    spec.tenant,
+                    spec.queue,
+                    to_json(&spec.kind)?,
+                    JobState::Pending.as_str(),
+                    spec.priority,
+                    to_json(spec)?,
+                    now,
+                ])?;
+                let seq = tx.last_insert_rowid();
+                let id = JobId(format!("j-{seq:08}"));
+                set_id.execute(params![id.0, seq])?;
+                event.execute(params![
+                    id.0,
+                    now,
+                    JobState::Pending.as_str(),
+                    format!("submitted by tenant {}", spec.tenant),
+                ])?;
+                records.push(JobRecord {
+                    id,
+                    spec: spec.clone(),
+                    state: JobState::Pending,
+                    placement: None,
+                    reason: String::new(),
+                    attempts: 0,
+                    created_ms: now,
+                    updated_ms: now,
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(records)
+    }
+
+    pub fn job(&self, id: &JobId) -> Result<JobRecord, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id.0],
+                read_job_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::JobNotFound(id.clone()))?
+    }
+
+    /// Jobs matching `filter`, oldest first, at most `filter.limit` (all when 0).
+    pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(tenant) = &filter.tenant {
+            args.push(tenant.clone());
+            sql.push_str(&format!(" AND tenant = ?{}", args.len()));
+        }
+        if let Some(queue) = &filter.queue {
+            args.push(queue.clone());
+            sql.push_str(&format!(" AND queue = ?{}", args.len()));
+        }
+        if !filter.states.is_empty() {
+            let mut holders = Vec::new();
+            for state in &filter.states {
+                args.push(state.as_str().to_string());
+                holders.push(format!("?{}", args.len()));
+            }
+            sql.push_str(&format!(" AND state IN ({})", holders.join(",")));
+        }
+        if let Some(after) = &filter.after {
+            args.push(after.0.clone());
+            sql.push_str(&format!(" AND id > ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY id");
+        if filter.limit > 0 {
+            sql.push_str(&format!(" LIMIT {}", filter.limit));
+        }
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), read_job_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
+    /// Moves a job to `to` if the lifecycle allows it, recording the event in the same
+    /// transaction. `placement` replaces the stored placement (`Some(None)` clears it).
+    pub fn transition(
+        &mut self,
+        id: &JobId,
+        to: JobState,
+        reason: &str,
+        message: &str,
+        placement: Option<Option<&serde_json::Value>>,
+    ) -> Result<EventRecord, StoreError> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let current: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id.0], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let current = current.ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
+        let current = parse_state(&current)?;
+        if !current.can_become(to) {
+            return Err(StoreError::BadTransition {
+                id: id.clone(),
+                current,
+                requested: to,
+            });
+        }
+        // A job that goes back to pending after it held resources has used an attempt.
+        let bump_attempt = i64::from(to == JobState::Placed);
+        tx.execute(
+            "UPDATE jobs SET state = ?1, reason = ?2, updated_ms = ?3, attempts = attempts + ?4
+             WHERE id = ?5",
+            params![to.as_str(), message, now, bump_attempt, id.0],
+        )?;
+        if let Some(placement) = placement {
+            let json = placement.map(to_json).transpose()?;
+            tx.execute(
+                "UPDATE jobs SET placement = ?1 WHERE id = ?2",
+                params![json, id.0],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO events (job_id, at_ms, from_state, to_state, reason, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id.0, now, current.as_str(), to.as_str(), reason, message],
+        )?;
+        let seq = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(EventRecord {
+            seq,
+            job_id: id.clone(),
+            at_ms: now,
+            from: Some(current),
+            to,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        })
+    }
+
+    /// Records why a pending job is still pending, without an event (it changes often).
+    pub fn set_reason(&mut self, id: &JobId, reason: &str) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE jobs SET reason = ?1 WHERE id = ?2",
+            params![reason, id.0],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::JobNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Events after `after_seq` (all when 0), optionally for one job, oldest first.
+    pub fn events(
+        &self,
+        job: Option<&JobId>,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, job_id, at_ms, from_state, to_state, reason, message FROM events
+             WHERE seq > ?1 AND (?2 IS NULL OR job_id = ?2) ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after_seq, job.map(|j| &j.0), limit], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, job_id, at_ms, from, to, reason, message) = row?;
+            out.push(EventRecord {
+                seq,
+                job_id: JobId(job_id),
+                at_ms,
+                from: from.as_deref().map(parse_state).transpose()?,
+                to: parse_state(&to)?,
+                reason,
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces a node's inventory, keeping its cordon flag and clearing `lost`.
+    pub fn upsert_node(&mut self, inventory: &NodeInventory) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO nodes (cid, generation, inventory, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(cid) DO UPDATE SET generation = excluded.generation,
+                 inventory = excluded.inventory, last_seen_ms = excluded.last_seen_ms, lost = 0",
+            params![
+                inventory.cid.to_string(),
+                i64::try_from(inventory.generation).unwrap_or(i64::MAX),
+                to_json(inventory)?,
+                now_ms(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_node_flags(
+        &mut self,
+        cid: &Cid,
+        cordoned: Option<bool>,
+        lost: Option<bool>,
+    ) -> Result<bool, StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE nodes SET cordoned = COALESCE(?1, cordoned), lost = COALESCE(?2, lost)
+             WHERE cid = ?3",
+            params![cordoned, lost, cid.to_string()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT cid, inventory, cordoned, lost, last_seen_ms FROM nodes ORDER BY cid",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, bool>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cid, inventory, cordoned, lost, last_seen_ms) = row?;
+            out.push(NodeRecord {
+                inventory: from_json(&format!("inventory of node {cid}"), &inventory)?,
+                cordoned,
+                lost,
+                last_seen_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Counts jobs per state, for metrics.
+    pub fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, count) = row?;
+            out.push((parse_state(&state)?, u64::try_from(count).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+}
+
+const JOB_COLUMNS: &str = "id, spec, state, placement, reason, attempts, created_ms, updated_ms";
+
+fn read_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let spec: String = row.get(1)?;
+    let state: String = row.get(2)?;
+    let placement: Option<String> = row.get(3)?;
+    let reason: String = row.get(4)?;
+    let attempts: i64 = row.get(5)?;
+    let created_ms: i64 = row.get(6)?;
+    let updated_ms: i64 = row.get(7)?;
+    Ok((|| {
+        Ok(JobRecord {
+            spec: from_json(&format!("spec of job {id}"), &spec)?,
+            state: parse_state(&state)?,
+            placement: placement
+                .map(|p| from_json(&format!("placement of job {id}"), &p))
+                .transpose()?,
+            reason,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            created_ms,
+            updated_ms,
+            id: JobId(id),
+        })
+    })())
+}
+
+fn parse_state(text: &str) -> Result<JobState, StoreError> {
+    text.parse().map_err(|p| StoreError::Corrupt {
+        what: format!("job state {text:?}"),
+        source: serde::de::Error::custom(p),
+    })
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Corrupt {
+        what: "value being written".to_string(),
+        source,
+    })
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt {
+        what: what.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
+
+    fn spec(name: &str, tenant: &str) -> JobSpec {
+        let mut spec = JobSpec::new(name, JobKind::Training);
+        spec.tenant = tenant.to_string();
+        spec.replicas = 2;
+        spec.gpu = Some(GpuRequest {
+            policy: GpuPolicy::Exclusive { count: 8 },
+            models: vec!["H100".parse().expect("valid model")],
+        });
+        spec
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, Durability::Normal).expect("opens")
+    }
+
+    #[test]
+    fn submitted_jobs_survive_reopen_with_their_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids: Vec<JobId> = {
+            let mut store = open(dir.path());
+            let a = store.insert_job(&spec("a", "research")).expect("stored");
+            let b = store.insert_job(&spec("b", "prod")).expect("stored");
+            vec![a.id, b.id]
+        };
+        let store = open(dir.path());
+        let a = store.job(&ids[0]).expect("found");
+        assert_eq!(a.spec, spec("a", "research"));
+        assert_eq!(a.state, JobState::Pending);
+        assert_eq!(ids[0].0, "j-00000001");
+        let events = store.events(None, 0, 0).expect("events");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].job_id, ids[1]);
+        assert_eq!(events[1].to, JobState::Pending);
+        assert_eq!(events[1].reason, "Submitted");
+    }
+
+    #[test]
+    fn transitions_follow_the_lifecycle_and_keep_placement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let job = store.insert_job(&spec("a", "t")).expect("stored");
+        let placement = serde_json::json!({"replicas": [{"node": "cid:a/b/c/n1"}]});
+        store
+            .transition(
+                &job.id,
+                JobState::Placed,
+                "Placed",
+                "on n1",
+                Some(Some(&placement)),
+            )
+            .expect("pending → placed");
+        let err = store
+            .transition(&job.id, JobState::Succeeded, "Done", "", None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "job j-00000001 is placed; it cannot become succeeded"
+        );
+        store
+            .transition(&job.id, JobState::Running, "Started", "", None)
+            .expect("placed → running");
+        let record = store.job(&job.id).expect("found");
+        assert_eq!(record.state, JobState::Running);
+        assert_eq!(record.placement, Some(placement));
+        assert_eq!(record.attempts, 1);
+        store
+            .transition(
+                &job.id,
+                JobState::Pending,
+                "NodeLost",
+                "n1 lost",
+                Some(None),
+            )
+            .expect("running → pending");
+        let record = store.job(&job.id).expect("found");
+        assert_eq!(record.placement, None);
+        let events = store.events(Some(&job.id), 0, 0).expect("events");
+        let path: Vec<_> = events.iter().map(|e| e.to).collect();
+        assert_eq!(
+            path,
+            [
+                JobState::Pending,
+                JobState::Placed,
+                JobState::Running,
+                JobState::Pending
+            ]
+        );
+    }
+
+    #[test]
+    fn listing_filters_and_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let specs: Vec<JobSpec> = (0..5)
+            .map(|i| spec(&format!("j{i}"), if i % 2 == 0 { "even" } else { "odd" }))
+            .collect();
+        store.insert_jobs(&specs).expect("stored");
+        let even = store
+            .jobs(&JobFilter {
+                tenant: Some("even".into()),
+                ..Default::default()
+            })
+            .expect("listed");
+        assert_eq!(even.len(), 3);
+        let page1 = store
+            .jobs(&JobFilter {
+                limit: 2,
+                ..Default::default()
+            })
+            .expect("listed");
+        let page2 = store
+            .jobs(&JobFilter {
+                limit: 2,
+                after: Some(page1[1].id.clone()),
+                ..Default::default()
+            })
+            .expect("listed");
+        assert_eq!(page2[0].id.0, "j-00000003");
+        let running = store
+            .jobs(&JobFilter {
+                states: vec![JobState::Running],
+                ..Default::default()
+            })
+            .expect("listed");
+        assert!(running.is_empty());
+        assert_eq!(
+            store.job_counts().expect("counts"),
+            vec![(JobState::Pending, 5)]
+        );
+    }
+
+    #[test]
+    fn unknown_job_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let id = JobId("j-404".into());
+        assert_eq!(
+            store.job(&id).unwrap_err().to_string(),
+            "job j-404 not found"
+        );
+        assert_eq!(
+            store
+                .transition(&id, JobState::Cancelled, "", "", None)
+                .unwrap_err()
+                .to_string(),
+            "job j-404 not found"
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_not_damaged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path());
+            store
+                .conn
+                .pragma_update(None, "user_version", 99)
+                .expect("set version");
+        }
+        let err = Store::open(dir.path(), Durability::Normal).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("schema version 99, newer than this binary knows (1)")
+        );
+    }
+}
