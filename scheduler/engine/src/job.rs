@@ -409,7 +409,7 @@ impl JobSpec {
             check_name("name", &volume.name, 253)
                 .map_err(|e| e.within(&format!("placement.data[{i}]")))?;
             ensure(
-                volume.domain.depth() >= Level::Domain as usize + 1,
+                volume.domain.depth() > Level::Domain as usize,
                 &format!("placement.data[{i}].domain"),
                 || {
                     Problem::Invalid(format!(
