@@ -29,8 +29,11 @@ CREATE TABLE jobs (
     placement  TEXT,
     reason     TEXT NOT NULL DEFAULT '',
     attempts   INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT UNIQUE,
     created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL DEFAULT 0,
+    finished_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_by_state ON jobs(state, seq);
 CREATE INDEX jobs_by_tenant ON jobs(tenant, seq);
@@ -112,6 +115,17 @@ pub struct JobRecord {
     pub attempts: u32,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// When it last started running; 0 if never.
+    pub started_ms: i64,
+    /// When it reached a terminal state; 0 if not yet.
+    pub finished_ms: i64,
+}
+
+/// A job to store: the validated spec and the client's idempotency key, if any.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub spec: JobSpec,
+    pub request_id: Option<String>,
 }
 
 /// One lifecycle transition.
@@ -140,9 +154,11 @@ pub struct JobFilter {
     pub tenant: Option<String>,
     pub queue: Option<String>,
     pub states: Vec<JobState>,
-    /// Return jobs after this id (the previous page's last id).
+    /// Return jobs past this id in listing order (the previous page's last id).
     pub after: Option<JobId>,
     pub limit: usize,
+    /// Newest first.
+    pub newest_first: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -216,27 +232,45 @@ impl Store {
 
     /// Stores a new pending job and its first event; returns the record once committed.
     pub fn insert_job(&mut self, spec: &JobSpec) -> Result<JobRecord, StoreError> {
-        let mut records = self.insert_jobs(std::slice::from_ref(spec))?;
+        let job = NewJob {
+            spec: spec.clone(),
+            request_id: None,
+        };
+        let mut records = self.insert_jobs(std::slice::from_ref(&job))?;
         Ok(records.remove(0))
     }
 
     /// Stores several new jobs in one transaction (one fsync): the server batches concurrent
-    /// submits through this.
-    pub fn insert_jobs(&mut self, specs: &[JobSpec]) -> Result<Vec<JobRecord>, StoreError> {
+    /// submits through this. A job whose `request_id` was seen before is not stored again;
+    /// the earlier job is returned in its place.
+    pub fn insert_jobs(&mut self, jobs: &[NewJob]) -> Result<Vec<JobRecord>, StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
-        let mut records = Vec::with_capacity(specs.len());
+        let mut records = Vec::with_capacity(jobs.len());
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs (id, tenant, queue, kind, state, priority, spec, created_ms, updated_ms)
-                 VALUES ('', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                "INSERT INTO jobs (id, tenant, queue, kind, state, priority, spec, request_id,
+                     created_ms, updated_ms)
+                 VALUES ('', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
             )?;
+            let mut existing = tx.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE request_id = ?1"
+            ))?;
             let mut set_id = tx.prepare_cached("UPDATE jobs SET id = ?1 WHERE seq = ?2")?;
             let mut event = tx.prepare_cached(
                 "INSERT INTO events (job_id, at_ms, from_state, to_state, reason, message)
-                 VALUES (?1, ?2, NULL, ?3, 'Submitted', ?4)",
+                 VALUES (?1, ?2, NULL, ?3, 'submitted', ?4)",
             )?;
-            for spec in specs {
+            for job in jobs {
+                if let Some(key) = &job.request_id {
+                    if let Some(record) =
+                        existing.query_row(params![key], read_job_row).optional()?
+                    {
+                        records.push(record?);
+                        continue;
+                    }
+                }
+                let spec = &job.spec;
                 insert.execute(params![
                     spec.tenant,
                     spec.queue,
@@ -244,6 +278,7 @@ impl Store {
                     JobState::Pending.as_str(),
                     spec.priority,
                     to_json(spec)?,
+                    job.request_id,
                     now,
                 ])?;
                 let seq = tx.last_insert_rowid();
@@ -264,6 +299,8 @@ impl Store {
                     attempts: 0,
                     created_ms: now,
                     updated_ms: now,
+                    started_ms: 0,
+                    finished_ms: 0,
                 });
             }
         }
@@ -306,7 +343,12 @@ impl Store {
             args.push(after.0.clone());
             sql.push_str(&format!(" AND id > ?{}", args.len()));
         }
-        sql.push_str(" ORDER BY id");
+        if filter.newest_first {
+            sql = sql.replace(" AND id > ?", " AND id < ?");
+            sql.push_str(" ORDER BY id DESC");
+        } else {
+            sql.push_str(" ORDER BY id");
+        }
         if filter.limit > 0 {
             sql.push_str(&format!(" LIMIT {}", filter.limit));
         }
@@ -347,10 +389,22 @@ impl Store {
         }
         // A job that goes back to pending after it held resources has used an attempt.
         let bump_attempt = i64::from(to == JobState::Placed);
+        let started = if to == JobState::Running { now } else { 0 };
+        let finished = if to.is_terminal() { now } else { 0 };
         tx.execute(
-            "UPDATE jobs SET state = ?1, reason = ?2, updated_ms = ?3, attempts = attempts + ?4
-             WHERE id = ?5",
-            params![to.as_str(), message, now, bump_attempt, id.0],
+            "UPDATE jobs SET state = ?1, reason = ?2, updated_ms = ?3, attempts = attempts + ?4,
+                 started_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE started_ms END,
+                 finished_ms = CASE WHEN ?6 > 0 THEN ?6 ELSE finished_ms END
+             WHERE id = ?7",
+            params![
+                to.as_str(),
+                message,
+                now,
+                bump_attempt,
+                started,
+                finished,
+                id.0
+            ],
         )?;
         if let Some(placement) = placement {
             let json = placement.map(to_json).transpose()?;
@@ -387,6 +441,53 @@ impl Store {
             return Err(StoreError::JobNotFound(id.clone()));
         }
         Ok(())
+    }
+
+    /// How many jobs match `filter`, ignoring its paging.
+    pub fn count_jobs(&self, filter: &JobFilter) -> Result<u64, StoreError> {
+        let unpaged = JobFilter {
+            after: None,
+            limit: 0,
+            ..filter.clone()
+        };
+        Ok(self.jobs(&unpaged)?.len() as u64)
+    }
+
+    /// Replaces a job's spec (priority, preemptibility or queue changed), recording an event.
+    pub fn update_spec(
+        &mut self,
+        id: &JobId,
+        spec: &JobSpec,
+        message: &str,
+    ) -> Result<EventRecord, StoreError> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id.0], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let state = parse_state(&state.ok_or_else(|| StoreError::JobNotFound(id.clone()))?)?;
+        tx.execute(
+            "UPDATE jobs SET spec = ?1, queue = ?2, priority = ?3, updated_ms = ?4 WHERE id = ?5",
+            params![to_json(spec)?, spec.queue, spec.priority, now, id.0],
+        )?;
+        tx.execute(
+            "INSERT INTO events (job_id, at_ms, from_state, to_state, reason, message)
+             VALUES (?1, ?2, ?3, ?3, 'updated', ?4)",
+            params![id.0, now, state.as_str(), message],
+        )?;
+        let seq = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(EventRecord {
+            seq,
+            job_id: id.clone(),
+            at_ms: now,
+            from: Some(state),
+            to: state,
+            reason: "updated".to_string(),
+            message: message.to_string(),
+        })
     }
 
     /// Events after `after_seq` (all when 0), optionally for one job, oldest first.
@@ -501,7 +602,8 @@ impl Store {
     }
 }
 
-const JOB_COLUMNS: &str = "id, spec, state, placement, reason, attempts, created_ms, updated_ms";
+const JOB_COLUMNS: &str =
+    "id, spec, state, placement, reason, attempts, created_ms, updated_ms, started_ms, finished_ms";
 
 fn read_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
     let id: String = row.get(0)?;
@@ -512,6 +614,8 @@ fn read_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<JobRecord, S
     let attempts: i64 = row.get(5)?;
     let created_ms: i64 = row.get(6)?;
     let updated_ms: i64 = row.get(7)?;
+    let started_ms: i64 = row.get(8)?;
+    let finished_ms: i64 = row.get(9)?;
     Ok((|| {
         Ok(JobRecord {
             spec: from_json(&format!("spec of job {id}"), &spec)?,
@@ -523,6 +627,8 @@ fn read_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<JobRecord, S
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             created_ms,
             updated_ms,
+            started_ms,
+            finished_ms,
             id: JobId(id),
         })
     })())
@@ -587,7 +693,7 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].job_id, ids[1]);
         assert_eq!(events[1].to, JobState::Pending);
-        assert_eq!(events[1].reason, "Submitted");
+        assert_eq!(events[1].reason, "submitted");
     }
 
     #[test]
@@ -650,7 +756,14 @@ mod tests {
         let specs: Vec<JobSpec> = (0..5)
             .map(|i| spec(&format!("j{i}"), if i % 2 == 0 { "even" } else { "odd" }))
             .collect();
-        store.insert_jobs(&specs).expect("stored");
+        let jobs: Vec<NewJob> = specs
+            .into_iter()
+            .map(|spec| NewJob {
+                spec,
+                request_id: None,
+            })
+            .collect();
+        store.insert_jobs(&jobs).expect("stored");
         let even = store
             .jobs(&JobFilter {
                 tenant: Some("even".into()),
@@ -683,6 +796,56 @@ mod tests {
             store.job_counts().expect("counts"),
             vec![(JobState::Pending, 5)]
         );
+    }
+
+    #[test]
+    fn a_retried_submit_returns_the_first_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let job = NewJob {
+            spec: spec("a", "t"),
+            request_id: Some("req-1".into()),
+        };
+        let first = store
+            .insert_jobs(std::slice::from_ref(&job))
+            .expect("stored");
+        let again = store.insert_jobs(&[job.clone(), job]).expect("stored");
+        assert_eq!(again[0].id, first[0].id);
+        assert_eq!(again[1].id, first[0].id);
+        assert_eq!(store.count_jobs(&JobFilter::default()).expect("count"), 1);
+    }
+
+    #[test]
+    fn newest_first_pages_backwards_and_updates_are_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        for i in 0..3 {
+            store
+                .insert_job(&spec(&format!("j{i}"), "t"))
+                .expect("stored");
+        }
+        let filter = JobFilter {
+            newest_first: true,
+            limit: 2,
+            ..Default::default()
+        };
+        let page1 = store.jobs(&filter).expect("listed");
+        assert_eq!(page1[0].id.0, "j-00000003");
+        let page2 = store
+            .jobs(&JobFilter {
+                after: Some(page1[1].id.clone()),
+                ..filter
+            })
+            .expect("listed");
+        assert_eq!(page2.len(), 1);
+        assert_eq!(page2[0].id.0, "j-00000001");
+        let mut changed = page2[0].spec.clone();
+        changed.priority = 50;
+        let event = store
+            .update_spec(&page2[0].id, &changed, "priority 0 → 50")
+            .expect("updated");
+        assert_eq!(event.reason, "updated");
+        assert_eq!(store.job(&page2[0].id).expect("found").spec.priority, 50);
     }
 
     #[test]
