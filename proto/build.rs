@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Ordered maps, so labels and env encode (and print) the same way every time.
+        .btree_map(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! Suanli's gRPC contract: the `suanli.v1` protos, the code tonic and prost generate from them,
 //! and the conversions between wire messages and `suanli_engine` domain types.
 
+pub mod convert;
+
+pub use convert::ConvertError;
+
 mod generated {
     #![allow(
         missing_docs,

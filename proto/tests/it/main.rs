@@ -1,0 +1,7 @@
+//! Integration tests of `suanli-proto`: one binary, one module per concern.
+
+mod errors;
+mod fixtures;
+mod grpc;
+mod hostile;
+mod round_trip;
