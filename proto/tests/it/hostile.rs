@@ -180,10 +180,10 @@ proptest! {
         if let Ok(msg) = pb::NodeInventory::decode(bytes.as_slice()) {
             let _ = NodeInventory::try_from(msg);
         }
-        if let Ok(msg) = pb::AgentMessage::decode(bytes.as_slice()) {
-            if let Some(pb::agent_message::Msg::Inventory(update)) = msg.msg {
-                let _ = suanli_proto::convert::inventory::required_inventory(update.inventory);
-            }
+        if let Ok(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Inventory(update)) }) =
+            pb::AgentMessage::decode(bytes.as_slice())
+        {
+            let _ = suanli_proto::convert::inventory::required_inventory(update.inventory);
         }
     }
 

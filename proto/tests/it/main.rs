@@ -4,4 +4,5 @@ mod errors;
 mod fixtures;
 mod grpc;
 mod hostile;
+mod properties;
 mod round_trip;
