@@ -1,0 +1,8 @@
+//! The Suanli node agent: discovery (NVML, sysfs), registration and session with the
+//! scheduler, telemetry, and running assigned work.
+
+pub mod config;
+pub mod discovery;
+pub mod output;
+pub mod session;
+pub mod work;

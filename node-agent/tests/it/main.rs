@@ -1,0 +1,5 @@
+//! One integration-test binary: discovery goldens, the CLI, and sessions against a real
+//! tonic server on 127.0.0.1.
+
+mod inventory;
+mod support;
