@@ -1,5 +1,27 @@
 //! Suanli's gRPC contract: the `suanli.v1` protos, the code tonic and prost generate from them,
 //! and the conversions between wire messages and `suanli_engine` domain types.
+//!
+//! - [`pb`]: messages, enums, and per service a server trait and a client, e.g.
+//!   [`pb::agent_service_server::AgentService`] / [`pb::agent_service_server::AgentServiceServer`]
+//!   and [`pb::agent_service_client::AgentServiceClient`]; likewise `job_service_*` and
+//!   `cluster_service_*`.
+//! - [`convert`]: `From<domain> for pb::X` and `TryFrom<pb::X> for domain`; every failure is a
+//!   [`ConvertError`] naming the field path, and converts into `Status::invalid_argument`.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection.
+//!
+//! ```
+//! use suanli_engine::job::{JobKind, JobSpec};
+//! use suanli_proto::pb;
+//!
+//! let wire = pb::JobSpec::from(JobSpec::new("train", JobKind::Training));
+//! assert_eq!(JobSpec::try_from(wire).expect("valid"), JobSpec::new("train", JobKind::Training));
+//!
+//! let err = JobSpec::try_from(pb::JobSpec { name: "x".into(), ..Default::default() })
+//!     .expect_err("zero replicas");
+//! assert_eq!(err.to_string(), "spec.replicas: must be between 1 and 100000, got 0");
+//! let status = tonic::Status::from(err);
+//! assert_eq!(status.code(), tonic::Code::InvalidArgument);
+//! ```
 
 pub mod convert;
 
