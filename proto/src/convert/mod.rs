@@ -20,6 +20,8 @@ use std::fmt;
 use suanli_engine::{Problem, ValidationError};
 
 pub use ids::{parse_cid, parse_gpu_model, parse_mig_profile};
+pub use inventory::required_inventory;
+pub use job::job_state_from_wire;
 
 /// Why a wire message could not become a domain value, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
