@@ -642,6 +642,34 @@ impl Cluster {
         Ok(())
     }
 
+    /// Turns MIG mode on for an idle GPU (by position): afterwards only MIG requests use it.
+    pub fn enable_mig(&mut self, node: NodeId, gpu: usize) -> Result<(), ClusterError> {
+        let n = self
+            .nodes
+            .get_mut(node.index())
+            .ok_or(ClusterError::UnknownNode(node.0))?;
+        let name = n.name.clone();
+        let g = n.gpus.get_mut(gpu).ok_or_else(|| ClusterError::DoesNotFit {
+            node: name.clone(),
+            problem: format!("no GPU at position {gpu}"),
+        })?;
+        if g.sharers > 0 || g.exclusive {
+            return Err(ClusterError::DoesNotFit {
+                node: name,
+                problem: format!("GPU {} is in use; MIG mode changes only on idle GPUs", g.index),
+            });
+        }
+        if g.mig.is_none() {
+            g.mig = Some(MigGpu {
+                class: mig_memory_class(g.memory_mib).unwrap_or(0),
+                used_slices: 0,
+                instances: Vec::new(),
+            });
+        }
+        n.version = next_version();
+        Ok(())
+    }
+
     /// Marks one GPU (by position) healthy, degraded or unhealthy.
     pub fn set_gpu_health(
         &mut self,
