@@ -262,13 +262,12 @@ impl Store {
                  VALUES (?1, ?2, NULL, ?3, 'submitted', ?4)",
             )?;
             for job in jobs {
-                if let Some(key) = &job.request_id {
-                    if let Some(record) =
+                if let Some(key) = &job.request_id
+                    && let Some(record) =
                         existing.query_row(params![key], read_job_row).optional()?
-                    {
-                        records.push(record?);
-                        continue;
-                    }
+                {
+                    records.push(record?);
+                    continue;
                 }
                 let spec = &job.spec;
                 insert.execute(params![
@@ -429,6 +428,22 @@ impl Store {
             reason: reason.to_string(),
             message: message.to_string(),
         })
+    }
+
+    /// Stores a job's placement (replica progress changed) without an event.
+    pub fn set_placement<T: Serialize>(
+        &mut self,
+        id: &JobId,
+        placement: &T,
+    ) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE jobs SET placement = ?1, updated_ms = ?2 WHERE id = ?3",
+            params![to_json(placement)?, now_ms(), id.0],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::JobNotFound(id.clone()));
+        }
+        Ok(())
     }
 
     /// Records why a pending job is still pending, without an event (it changes often).

@@ -1,0 +1,1622 @@
+//! The scheduler core: one thread owns the cluster model, the job table and the store.
+//!
+//! Every mutation arrives as a [`Command`] and is applied in order, so the in-memory cluster,
+//! the database and what agents are told never disagree. Commands that arrive together are
+//! applied together: concurrent submits share one transaction (one fsync), and one scheduling
+//! pass follows each batch.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use suanli_engine::cluster::{AllocationId, Claim, Cluster, GpuGrant, NodeId};
+use suanli_engine::explain::{Reason, ScoreBreakdown, Unplaceable};
+use suanli_engine::job::JobId;
+use suanli_engine::policy::{Policy, place};
+use suanli_engine::request::Request;
+use suanli_engine::{Cid, JobSpec, JobState, MigProfile, NodeInventory};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::auth::Identity;
+use crate::placement::{GrantRecord, ReplicaSlot, ScoreItem, StoredPlacement};
+use crate::store::{EventRecord, JobRecord, NewJob, Store, StoreError, now_ms};
+
+/// Most commands applied in one batch; bounds the latency of the first one in it.
+const MAX_BATCH: usize = 1024;
+/// Grace period between SIGTERM and SIGKILL when the scheduler stops a replica.
+pub const CANCEL_GRACE_MS: u32 = 10_000;
+
+/// What the scheduler tells one agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentCommand {
+    Assign(Box<Assignment>),
+    Cancel {
+        job_id: JobId,
+        replica: u32,
+        attempt: u32,
+        grace_period_ms: u32,
+    },
+    /// The scheduler does not know this session any more: register again.
+    Reregister {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub job_id: JobId,
+    pub replica: u32,
+    pub attempt: u32,
+    pub spec: JobSpec,
+    pub gpu_uuids: Vec<String>,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+}
+
+/// A replica an agent reports as still running when its session opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningReplica {
+    pub job_id: JobId,
+    pub replica: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the scheduler core has stopped")]
+    Stopped,
+}
+
+impl From<CoreError> for tonic::Status {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::NotFound(m) => tonic::Status::not_found(m),
+            CoreError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            CoreError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            CoreError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            CoreError::Store(StoreError::JobNotFound(id)) => {
+                tonic::Status::not_found(format!("job {id} not found"))
+            }
+            CoreError::Store(e) => {
+                warn!(error = %e, "Store failure.");
+                tonic::Status::internal(format!("store: {e}"))
+            }
+            CoreError::Stopped => tonic::Status::unavailable("the scheduler is shutting down"),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
+
+/// Per-GPU usage, for node listings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuUsageView {
+    pub uuid: String,
+    pub index: u32,
+    pub model: String,
+    pub memory_mib: u64,
+    pub milli_used: u32,
+    pub memory_used: u64,
+    pub exclusive: bool,
+    pub jobs: Vec<JobId>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub inventory: NodeInventory,
+    pub cordoned: bool,
+    pub lost: bool,
+    pub connected: bool,
+    pub last_seen_ms: i64,
+    pub cpu_used: u64,
+    pub memory_used: u64,
+    pub gpus: Vec<GpuUsageView>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub state: JobState,
+    pub summary: String,
+    /// Per-reason node counts for a pending job: (reason key, node count, message).
+    pub reasons: Vec<(String, u32, String)>,
+    pub nodes_considered: u32,
+    pub placement: Option<StoredPlacement>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsView {
+    pub jobs_by_state: BTreeMap<String, u64>,
+    pub pending: u64,
+    pub connected_agents: u64,
+    pub nodes: u64,
+    /// GPU model → (used milli, total milli).
+    pub gpu_milli_by_model: BTreeMap<String, (u64, u64)>,
+    /// Seconds from submit to placement, one per placement since the last read.
+    pub placement_latencies_s: Vec<f64>,
+}
+
+// Commands are built once and moved through one channel; boxing the large ones buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Command {
+    Submit {
+        job: NewJob,
+        reply: Reply<JobRecord>,
+    },
+    Cancel {
+        id: JobId,
+        by: Identity,
+        reason: String,
+        reply: Reply<JobRecord>,
+    },
+    Update {
+        id: JobId,
+        by: Identity,
+        priority: Option<i32>,
+        preemptible: Option<bool>,
+        queue: Option<String>,
+        reply: Reply<JobRecord>,
+    },
+    Register {
+        inventory: Box<NodeInventory>,
+        reply: Reply<String>,
+    },
+    SessionOpen {
+        node: Cid,
+        session_id: String,
+        running: Vec<RunningReplica>,
+        tx: mpsc::UnboundedSender<AgentCommand>,
+        reply: Reply<()>,
+    },
+    SessionClosed {
+        node: Cid,
+        session_id: String,
+    },
+    Heartbeat {
+        node: Cid,
+        session_id: String,
+    },
+    InventoryUpdate {
+        node: Cid,
+        inventory: Box<NodeInventory>,
+    },
+    WorkStarted {
+        node: Cid,
+        job_id: JobId,
+        replica: u32,
+        attempt: u32,
+    },
+    WorkExited {
+        node: Cid,
+        job_id: JobId,
+        replica: u32,
+        attempt: u32,
+        exit_code: i32,
+        message: String,
+    },
+    Cordon {
+        node: Cid,
+        cordoned: bool,
+        reply: Reply<NodeView>,
+    },
+    Drain {
+        node: Cid,
+        reason: String,
+        reply: Reply<Vec<JobId>>,
+    },
+    Explain {
+        id: JobId,
+        by: Identity,
+        reply: Reply<Explanation>,
+    },
+    Nodes {
+        reply: Reply<Vec<NodeView>>,
+    },
+    Metrics {
+        reply: Reply<MetricsView>,
+    },
+    Tick,
+    Shutdown,
+}
+
+/// A cheap, clonable handle for sending commands to the core.
+#[derive(Debug, Clone)]
+pub struct CoreHandle {
+    tx: std_mpsc::Sender<Command>,
+    events: broadcast::Sender<EventRecord>,
+}
+
+impl CoreHandle {
+    pub fn send(&self, command: Command) {
+        // A closed channel means the core is gone; the caller's reply channel reports that.
+        let _ = self.tx.send(command);
+    }
+
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub async fn ask<T>(&self, build: impl FnOnce(Reply<T>) -> Command) -> Result<T, CoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(build(reply)).map_err(|_| CoreError::Stopped)?;
+        rx.await.map_err(|_| CoreError::Stopped)?
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<EventRecord> {
+        self.events.subscribe()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub policy: String,
+    pub seed: u64,
+    pub heartbeat_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+struct NodeEntry {
+    inventory: NodeInventory,
+    cordoned: bool,
+    lost: bool,
+    last_seen: Instant,
+    /// The session id the last registration was given; a hello must present it.
+    issued: Option<String>,
+    session: Option<(String, mpsc::UnboundedSender<AgentCommand>)>,
+}
+
+struct LiveJob {
+    spec: JobSpec,
+    state: JobState,
+    attempts: u32,
+    created_ms: i64,
+    placement: Option<StoredPlacement>,
+    allocations: Vec<AllocationId>,
+    last_unplaceable: Option<Unplaceable>,
+}
+
+struct Core {
+    config: CoreConfig,
+    store: Store,
+    events: broadcast::Sender<EventRecord>,
+    nodes: BTreeMap<Cid, NodeEntry>,
+    cluster: Cluster,
+    /// Cluster positions of the nodes in `cluster`, by CID.
+    node_ids: HashMap<Cid, NodeId>,
+    jobs: HashMap<JobId, LiveJob>,
+    /// Pending jobs in scheduling order: highest priority first, then oldest.
+    pending: BTreeSet<(Reverse<i32>, JobId)>,
+    policy: Policy,
+    rng: ChaCha8Rng,
+    /// Set when capacity was freed or added: every pending job is worth another try.
+    capacity_changed: bool,
+    /// Pending jobs not tried since they arrived.
+    untried: HashSet<JobId>,
+    latencies: Vec<f64>,
+    session_counter: u64,
+}
+
+/// Starts the core on its own thread, loading state from `store`.
+pub fn start(
+    store: Store,
+    config: CoreConfig,
+) -> Result<(CoreHandle, std::thread::JoinHandle<()>), CoreError> {
+    let (tx, rx) = std_mpsc::channel();
+    let (events, _) = broadcast::channel(4096);
+    let policy = Policy::from_name(&config.policy, None)
+        .map_err(|e| CoreError::InvalidArgument(format!("policy {:?}: {e}", config.policy)))?;
+    let mut core = Core {
+        rng: ChaCha8Rng::seed_from_u64(config.seed),
+        config,
+        store,
+        events: events.clone(),
+        nodes: BTreeMap::new(),
+        cluster: Cluster::from_inventories(&[]).expect("an empty cluster is valid"),
+        node_ids: HashMap::new(),
+        jobs: HashMap::new(),
+        pending: BTreeSet::new(),
+        policy,
+        capacity_changed: true,
+        untried: HashSet::new(),
+        latencies: Vec::new(),
+        session_counter: 0,
+    };
+    core.load()?;
+    let handle = CoreHandle { tx, events };
+    let thread = std::thread::Builder::new()
+        .name("suanli-core".into())
+        .spawn(move || core.run(rx))
+        .map_err(|e| CoreError::FailedPrecondition(format!("cannot start core thread: {e}")))?;
+    Ok((handle, thread))
+}
+
+impl Core {
+    /// Rebuilds memory from the store: nodes, live jobs and the resources they hold.
+    fn load(&mut self) -> Result<(), CoreError> {
+        let now = Instant::now();
+        for record in self.store.nodes()? {
+            self.nodes.insert(
+                record.inventory.cid.clone(),
+                NodeEntry {
+                    inventory: record.inventory,
+                    cordoned: record.cordoned,
+                    lost: record.lost,
+                    // Agents get a full timeout to come back after a restart.
+                    last_seen: now,
+                    issued: None,
+                    session: None,
+                },
+            );
+        }
+        let live = self.store.jobs(&crate::store::JobFilter {
+            states: vec![
+                JobState::Pending,
+                JobState::Placed,
+                JobState::Running,
+                JobState::Preempted,
+            ],
+            ..Default::default()
+        })?;
+        for record in live {
+            let placement = match &record.placement {
+                Some(json) => Some(
+                    serde_json::from_value::<StoredPlacement>(json.clone()).map_err(|source| {
+                        StoreError::Corrupt {
+                            what: format!("placement of job {}", record.id),
+                            source,
+                        }
+                    })?,
+                ),
+                None => None,
+            };
+            if record.state == JobState::Pending || record.state == JobState::Preempted {
+                self.pending
+                    .insert((Reverse(record.spec.priority), record.id.clone()));
+                self.untried.insert(record.id.clone());
+            }
+            self.jobs.insert(
+                record.id.clone(),
+                LiveJob {
+                    spec: record.spec,
+                    state: record.state,
+                    attempts: record.attempts,
+                    created_ms: record.created_ms,
+                    placement,
+                    allocations: Vec::new(),
+                    last_unplaceable: None,
+                },
+            );
+        }
+        self.rebuild_cluster();
+        info!(
+            nodes = self.nodes.len(),
+            live_jobs = self.jobs.len(),
+            pending = self.pending.len(),
+            "Loaded state."
+        );
+        Ok(())
+    }
+
+    fn run(mut self, rx: std_mpsc::Receiver<Command>) {
+        let tick = Duration::from_millis(500);
+        let mut last_tick = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(c) => Some(c),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch: Vec<Command> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            if batch.iter().any(|c| matches!(c, Command::Shutdown)) {
+                info!("Core stopping.");
+                return;
+            }
+            self.apply_batch(batch);
+            if last_tick.elapsed() >= tick {
+                last_tick = Instant::now();
+                self.check_heartbeats();
+            }
+            self.schedule();
+        }
+    }
+
+    fn apply_batch(&mut self, batch: Vec<Command>) {
+        let mut submits = Vec::new();
+        for command in batch {
+            match command {
+                Command::Submit { job, reply } => submits.push((job, reply)),
+                other => {
+                    // Submits stay ahead of later commands about the same jobs.
+                    self.flush_submits(&mut submits);
+                    self.apply(other);
+                }
+            }
+        }
+        self.flush_submits(&mut submits);
+    }
+
+    fn flush_submits(&mut self, submits: &mut Vec<(NewJob, Reply<JobRecord>)>) {
+        if submits.is_empty() {
+            return;
+        }
+        let jobs: Vec<NewJob> = submits.iter().map(|(j, _)| j.clone()).collect();
+        match self.store.insert_jobs(&jobs) {
+            Ok(records) => {
+                for ((_, reply), record) in submits.drain(..).zip(records) {
+                    if !self.jobs.contains_key(&record.id) {
+                        self.pending
+                            .insert((Reverse(record.spec.priority), record.id.clone()));
+                        self.untried.insert(record.id.clone());
+                        self.jobs.insert(
+                            record.id.clone(),
+                            LiveJob {
+                                spec: record.spec.clone(),
+                                state: JobState::Pending,
+                                attempts: 0,
+                                created_ms: record.created_ms,
+                                placement: None,
+                                allocations: Vec::new(),
+                                last_unplaceable: None,
+                            },
+                        );
+                        self.publish_submitted(&record);
+                    }
+                    let _ = reply.send(Ok(record));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, jobs = submits.len(), "Could not store submitted jobs.");
+                let message = e.to_string();
+                for (_, reply) in submits.drain(..) {
+                    let _ = reply.send(Err(CoreError::FailedPrecondition(format!(
+                        "job not stored: {message}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn publish_submitted(&self, record: &JobRecord) {
+        if let Ok(events) = self.store.events(Some(&record.id), 0, 1) {
+            for event in events {
+                let _ = self.events.send(event);
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Submit { .. } => unreachable!("submits are batched by apply_batch"),
+            Command::Cancel {
+                id,
+                by,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.cancel(&id, &by, &reason));
+            }
+            Command::Update {
+                id,
+                by,
+                priority,
+                preemptible,
+                queue,
+                reply,
+            } => {
+                let _ = reply.send(self.update(&id, &by, priority, preemptible, queue));
+            }
+            Command::Register { inventory, reply } => {
+                let _ = reply.send(self.register(*inventory));
+            }
+            Command::SessionOpen {
+                node,
+                session_id,
+                running,
+                tx,
+                reply,
+            } => {
+                let _ = reply.send(self.open_session(&node, session_id, running, tx));
+            }
+            Command::SessionClosed { node, session_id } => {
+                if let Some(entry) = self.nodes.get_mut(&node)
+                    && entry
+                        .session
+                        .as_ref()
+                        .is_some_and(|(s, _)| *s == session_id)
+                {
+                    entry.session = None;
+                    info!(node = %node, "Agent session closed.");
+                }
+            }
+            Command::Heartbeat { node, session_id } => {
+                if let Some(entry) = self.nodes.get_mut(&node)
+                    && entry
+                        .session
+                        .as_ref()
+                        .is_some_and(|(s, _)| *s == session_id)
+                {
+                    entry.last_seen = Instant::now();
+                }
+            }
+            Command::InventoryUpdate { node, inventory } => {
+                if let Err(e) = self.update_inventory(&node, *inventory) {
+                    warn!(node = %node, error = %e, "Rejected an inventory update.");
+                }
+            }
+            Command::WorkStarted {
+                node,
+                job_id,
+                replica,
+                attempt,
+            } => self.work_started(&node, &job_id, replica, attempt),
+            Command::WorkExited {
+                node,
+                job_id,
+                replica,
+                attempt,
+                exit_code,
+                message,
+            } => self.work_exited(&node, &job_id, replica, attempt, exit_code, &message),
+            Command::Cordon {
+                node,
+                cordoned,
+                reply,
+            } => {
+                let _ = reply.send(self.cordon(&node, cordoned));
+            }
+            Command::Drain {
+                node,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.drain(&node, &reason));
+            }
+            Command::Explain { id, by, reply } => {
+                let _ = reply.send(self.explain(&id, &by));
+            }
+            Command::Nodes { reply } => {
+                let _ = reply.send(Ok(self.node_views()));
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
+            Command::Tick | Command::Shutdown => {}
+        }
+    }
+
+    // ---- jobs -------------------------------------------------------------------------
+
+    fn visible(&self, id: &JobId, by: &Identity) -> Result<&LiveJob, CoreError> {
+        let not_found = || CoreError::NotFound(format!("job {id} not found"));
+        let job = self.jobs.get(id).ok_or_else(not_found)?;
+        match by.tenant_scope() {
+            Some(tenant) if tenant != job.spec.tenant => Err(not_found()),
+            _ => Ok(job),
+        }
+    }
+
+    fn cancel(&mut self, id: &JobId, by: &Identity, reason: &str) -> Result<JobRecord, CoreError> {
+        let stored = self.store.job(id)?;
+        if let Some(tenant) = by.tenant_scope()
+            && tenant != stored.spec.tenant
+        {
+            return Err(CoreError::NotFound(format!("job {id} not found")));
+        }
+        if stored.state.is_terminal() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "job {id} already {}",
+                stored.state
+            )));
+        }
+        let message = if reason.is_empty() {
+            format!("cancelled by {}", by.describe())
+        } else {
+            format!("cancelled by {}: {reason}", by.describe())
+        };
+        self.stop_replicas(id);
+        self.finish(id, JobState::Cancelled, "cancelled", &message)?;
+        Ok(self.store.job(id)?)
+    }
+
+    fn update(
+        &mut self,
+        id: &JobId,
+        by: &Identity,
+        priority: Option<i32>,
+        preemptible: Option<bool>,
+        queue: Option<String>,
+    ) -> Result<JobRecord, CoreError> {
+        let job = self.visible(id, by)?;
+        let mut spec = job.spec.clone();
+        let mut changes = Vec::new();
+        if let Some(p) = priority {
+            changes.push(format!("priority {} → {p}", spec.priority));
+            spec.priority = p;
+        }
+        if let Some(p) = preemptible {
+            changes.push(format!("preemptible {} → {p}", spec.preemptible));
+            spec.preemptible = p;
+        }
+        if let Some(q) = queue {
+            changes.push(format!("queue {} → {q}", spec.queue));
+            spec.queue = q;
+        }
+        spec.validate()
+            .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        if changes.is_empty() {
+            return Ok(self.store.job(id)?);
+        }
+        let event = self.store.update_spec(id, &spec, &changes.join(", "))?;
+        let _ = self.events.send(event);
+        if let Some(job) = self.jobs.get_mut(id) {
+            if self
+                .pending
+                .remove(&(Reverse(job.spec.priority), id.clone()))
+            {
+                self.pending.insert((Reverse(spec.priority), id.clone()));
+                self.untried.insert(id.clone());
+            }
+            job.spec = spec;
+        }
+        Ok(self.store.job(id)?)
+    }
+
+    /// Records a transition in the store, publishes its event and mirrors it in memory.
+    fn transition(
+        &mut self,
+        id: &JobId,
+        to: JobState,
+        reason: &str,
+        message: &str,
+        placement: Option<Option<&StoredPlacement>>,
+    ) -> Result<(), CoreError> {
+        let json = match placement {
+            Some(Some(p)) => Some(Some(serde_json::to_value(p).map_err(|source| {
+                StoreError::Corrupt {
+                    what: "placement being written".into(),
+                    source,
+                }
+            })?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let event =
+            self.store
+                .transition(id, to, reason, message, json.as_ref().map(|o| o.as_ref()))?;
+        let _ = self.events.send(event);
+        if let Some(job) = self.jobs.get_mut(id) {
+            if to == JobState::Placed {
+                job.attempts += 1;
+            }
+            job.state = to;
+        }
+        Ok(())
+    }
+
+    /// Ends a job: releases what it holds and forgets it in memory.
+    fn finish(
+        &mut self,
+        id: &JobId,
+        to: JobState,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), CoreError> {
+        self.release(id);
+        if let Some(job) = self.jobs.get(id) {
+            self.pending
+                .remove(&(Reverse(job.spec.priority), id.clone()));
+        }
+        self.transition(id, to, reason, message, None)?;
+        self.jobs.remove(id);
+        self.untried.remove(id);
+        info!(job = %id, state = %to, "Job finished.");
+        Ok(())
+    }
+
+    fn release(&mut self, id: &JobId) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        for alloc in job.allocations.drain(..) {
+            if let Err(e) = self.cluster.release(alloc) {
+                warn!(job = %id, error = %e, "Release of an unknown allocation.");
+            }
+        }
+        self.capacity_changed = true;
+    }
+
+    /// Tells agents to stop every replica of a job that was placed.
+    fn stop_replicas(&mut self, id: &JobId) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        let Some(placement) = &job.placement else {
+            return;
+        };
+        for slot in &placement.replicas {
+            if slot.exit_code.is_some() {
+                continue;
+            }
+            self.send_to(
+                &slot.node,
+                AgentCommand::Cancel {
+                    job_id: id.clone(),
+                    replica: slot.replica,
+                    attempt: placement.attempt,
+                    grace_period_ms: CANCEL_GRACE_MS,
+                },
+            );
+        }
+    }
+
+    /// Sends a job that held resources back to pending (node lost, drained), or fails it once
+    /// it has used all its attempts.
+    fn requeue(&mut self, id: &JobId, reason: &str, message: &str) -> Result<(), CoreError> {
+        self.stop_replicas(id);
+        self.release(id);
+        let Some(job) = self.jobs.get(id) else {
+            return Ok(());
+        };
+        if job.attempts >= self.config.max_attempts {
+            let msg = format!("{message}; gave up after {} attempts", job.attempts);
+            return self.finish(id, JobState::Failed, reason, &msg);
+        }
+        self.transition(id, JobState::Pending, reason, message, Some(None))?;
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.placement = None;
+            self.pending
+                .insert((Reverse(job.spec.priority), id.clone()));
+            self.untried.insert(id.clone());
+        }
+        Ok(())
+    }
+
+    // ---- placement ----------------------------------------------------------------------
+
+    /// Tries pending jobs in priority order. Within one pass a request shape that did not fit
+    /// is not tried again: the cluster only fills up during a pass.
+    fn schedule(&mut self) {
+        if self.pending.is_empty() || (!self.capacity_changed && self.untried.is_empty()) {
+            return;
+        }
+        let retry_all = self.capacity_changed;
+        self.capacity_changed = false;
+        let order: Vec<JobId> = self
+            .pending
+            .iter()
+            .map(|(_, id)| id.clone())
+            .filter(|id| retry_all || self.untried.contains(id))
+            .collect();
+        self.untried.clear();
+        let mut failed_shapes: HashSet<String> = HashSet::new();
+        for id in order {
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            let shape = format!(
+                "{:?}|{:?}|{:?}|{}",
+                job.spec.gpu, job.spec.resources, job.spec.placement.allowed, job.spec.replicas
+            );
+            if failed_shapes.contains(&shape) {
+                continue;
+            }
+            match self.try_place(&id) {
+                Ok(true) => {}
+                Ok(false) => {
+                    failed_shapes.insert(shape);
+                }
+                Err(e) => warn!(job = %id, error = %e, "Placement could not be recorded."),
+            }
+        }
+    }
+
+    /// Places every replica of a job or none. Returns whether it was placed.
+    fn try_place(&mut self, id: &JobId) -> Result<bool, CoreError> {
+        let Some(job) = self.jobs.get(id) else {
+            return Ok(false);
+        };
+        let spec = job.spec.clone();
+        let request = match Request::from_job(&spec) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("the engine cannot place this job: {e}");
+                self.finish(id, JobState::Failed, "unplaceable", &message)?;
+                return Ok(false);
+            }
+        };
+        let replicas = spec.replicas;
+        let mut claims: Vec<(AllocationId, Claim, Vec<ScoreItem>)> = Vec::new();
+        let mut failure = None;
+        for _ in 0..replicas {
+            match place(&self.cluster, &request, &self.policy, &mut self.rng) {
+                Ok(placement) => {
+                    let score = score_items(&placement.breakdown);
+                    match self.cluster.allocate(&placement.claim) {
+                        Ok(alloc) => claims.push((alloc, placement.claim, score)),
+                        Err(e) => {
+                            warn!(job = %id, error = %e, "Engine placement did not fit.");
+                            break;
+                        }
+                    }
+                }
+                Err(unplaceable) => {
+                    failure = Some(unplaceable);
+                    break;
+                }
+            }
+        }
+        if claims.len() < replicas as usize {
+            // All or nothing: give back what the partial gang took.
+            for (alloc, _, _) in &claims {
+                let _ = self.cluster.release(*alloc);
+            }
+            if let Some(unplaceable) = failure {
+                let reason = if claims.is_empty() {
+                    unplaceable.to_string()
+                } else {
+                    format!(
+                        "only {} of {} replicas fit; then {unplaceable}",
+                        claims.len(),
+                        replicas
+                    )
+                };
+                self.store.set_reason(id, &reason)?;
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.last_unplaceable = Some(unplaceable);
+                }
+            }
+            return Ok(false);
+        }
+        let attempt = self.jobs.get(id).map_or(1, |j| j.attempts + 1);
+        let mut slots = Vec::with_capacity(claims.len());
+        for (replica, (_, claim, score)) in claims.iter().enumerate() {
+            slots.push(self.slot_for(replica as u32, claim, score.clone()));
+        }
+        let placement = StoredPlacement {
+            policy: self.policy.kind().name().to_string(),
+            placed_ms: now_ms(),
+            attempt,
+            replicas: slots,
+        };
+        let where_ = placement
+            .nodes()
+            .map(|c| c.node_name().unwrap_or("?").to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = format!("{} replica(s) on {where_}", replicas);
+        if let Err(e) = self.transition(
+            id,
+            JobState::Placed,
+            "placed",
+            &message,
+            Some(Some(&placement)),
+        ) {
+            for (alloc, _, _) in &claims {
+                let _ = self.cluster.release(*alloc);
+            }
+            return Err(e);
+        }
+        let created_ms = self.jobs.get(id).map_or(0, |j| j.created_ms);
+        self.latencies
+            .push((now_ms() - created_ms).max(0) as f64 / 1000.0);
+        if self.latencies.len() > 100_000 {
+            self.latencies.drain(..50_000);
+        }
+        if let Some(job) = self.jobs.get_mut(id) {
+            self.pending
+                .remove(&(Reverse(job.spec.priority), id.clone()));
+            job.allocations = claims.iter().map(|(a, _, _)| *a).collect();
+            job.placement = Some(placement.clone());
+            job.last_unplaceable = None;
+        }
+        info!(job = %id, replicas, nodes = %where_, "Placed job.");
+        for slot in &placement.replicas {
+            self.assign(id, &spec, slot, attempt);
+        }
+        Ok(true)
+    }
+
+    fn slot_for(&self, replica: u32, claim: &Claim, score: Vec<ScoreItem>) -> ReplicaSlot {
+        let node = &self.cluster.nodes()[claim.node.index()];
+        let node_cid = node
+            .cid()
+            .cloned()
+            .expect("server clusters are built from inventories, which have CIDs");
+        let gpus = claim
+            .gpus
+            .iter()
+            .map(|grant| {
+                let gpu = &node.gpus()[grant.gpu as usize];
+                let device_cid = node_cid
+                    .child(&format!("gpu-{}", gpu.index))
+                    .expect("gpu-<n> is a valid segment");
+                GrantRecord {
+                    uuid: gpu.uuid.clone(),
+                    device_cid,
+                    gpu: grant.gpu,
+                    milli: grant.milli,
+                    memory_mib: grant.memory_mib,
+                    exclusive: grant.exclusive,
+                    mig: grant
+                        .mig
+                        .as_ref()
+                        .map(|(profile, start)| (profile.name().to_string(), *start)),
+                }
+            })
+            .collect();
+        ReplicaSlot {
+            replica,
+            node: node_cid,
+            cpu_milli: claim.cpu_milli,
+            memory_mib: claim.memory_mib,
+            gpus,
+            score,
+            started: false,
+            exit_code: None,
+        }
+    }
+
+    fn assign(&self, id: &JobId, spec: &JobSpec, slot: &ReplicaSlot, attempt: u32) {
+        self.send_to(
+            &slot.node,
+            AgentCommand::Assign(Box::new(Assignment {
+                job_id: id.clone(),
+                replica: slot.replica,
+                attempt,
+                spec: spec.clone(),
+                gpu_uuids: slot.gpus.iter().map(|g| g.uuid.clone()).collect(),
+                cpu_milli: slot.cpu_milli,
+                memory_mib: slot.memory_mib,
+            })),
+        );
+    }
+
+    fn send_to(&self, node: &Cid, command: AgentCommand) {
+        match self.nodes.get(node).and_then(|n| n.session.as_ref()) {
+            Some((_, tx)) => {
+                if tx.send(command).is_err() {
+                    debug!(node = %node, "Agent session gone; the command waits for its return.");
+                }
+            }
+            None => debug!(node = %node, "No agent session; the command waits for its return."),
+        }
+    }
+
+    // ---- nodes and agents ----------------------------------------------------------------
+
+    /// Rebuilds the engine's cluster from the usable nodes and claims again what live jobs
+    /// hold. Jobs whose resources are gone (node lost or shrunk) go back to pending.
+    fn rebuild_cluster(&mut self) {
+        let usable: Vec<NodeInventory> = self
+            .nodes
+            .values()
+            .filter(|n| !n.lost)
+            .map(|n| {
+                let mut inv = n.inventory.clone();
+                if n.cordoned {
+                    inv.labels
+                        .insert("suanli.io/cordoned".into(), "true".into());
+                }
+                inv
+            })
+            .collect();
+        self.cluster = match Cluster::from_inventories(&usable) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "Stored inventories do not form a cluster; starting empty.");
+                Cluster::from_inventories(&[]).expect("an empty cluster is valid")
+            }
+        };
+        self.node_ids = self
+            .cluster
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.cid().map(|c| (c.clone(), NodeId(i as u32))))
+            .collect();
+        let holders: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.placement.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut lost = Vec::new();
+        for id in holders {
+            let claims = self.claims_of(&id);
+            let mut allocs = Vec::new();
+            let mut ok = claims.is_some();
+            for claim in claims.into_iter().flatten() {
+                match self.cluster.allocate(&claim) {
+                    Ok(a) => allocs.push(a),
+                    Err(e) => {
+                        warn!(job = %id, error = %e, "A job's resources are gone.");
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.allocations = allocs;
+                }
+            } else {
+                for a in allocs {
+                    let _ = self.cluster.release(a);
+                }
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.allocations.clear();
+                }
+                lost.push(id);
+            }
+        }
+        for id in lost {
+            if let Err(e) = self.requeue(&id, "node_lost", "its node left the cluster") {
+                warn!(job = %id, error = %e, "Could not requeue.");
+            }
+        }
+        self.capacity_changed = true;
+    }
+
+    /// The engine claims for a job's stored placement, or `None` if a node or GPU is gone.
+    fn claims_of(&self, id: &JobId) -> Option<Vec<Claim>> {
+        let placement = self.jobs.get(id)?.placement.as_ref()?;
+        placement
+            .replicas
+            .iter()
+            .map(|slot| {
+                let node = *self.node_ids.get(&slot.node)?;
+                let gpus_here = self.cluster.nodes()[node.index()].gpus();
+                let gpus = slot
+                    .gpus
+                    .iter()
+                    .map(|g| {
+                        let position = gpus_here.iter().position(|gpu| gpu.uuid == g.uuid)?;
+                        let mig = match &g.mig {
+                            Some((profile, start)) => {
+                                Some((profile.parse::<MigProfile>().ok()?, *start))
+                            }
+                            None => None,
+                        };
+                        Some(GpuGrant {
+                            gpu: position as u32,
+                            milli: g.milli,
+                            memory_mib: g.memory_mib,
+                            exclusive: g.exclusive,
+                            mig,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                let request = Request::from_job(&self.jobs.get(id)?.spec).ok()?;
+                Some(Claim {
+                    node,
+                    cpu_milli: slot.cpu_milli,
+                    memory_mib: slot.memory_mib,
+                    gpus,
+                    affinity: request.affinity(),
+                })
+            })
+            .collect()
+    }
+
+    fn register(&mut self, inventory: NodeInventory) -> Result<String, CoreError> {
+        inventory
+            .validate()
+            .map_err(|e| CoreError::InvalidArgument(format!("inventory.{e}")))?;
+        let cid = inventory.cid.clone();
+        let name = inventory.node_name().to_string();
+        if let Some(other) = self
+            .nodes
+            .keys()
+            .find(|c| *c != &cid && c.node_name() == Some(name.as_str()))
+        {
+            return Err(CoreError::FailedPrecondition(format!(
+                "node name {name:?} is already registered as {other}; node names must be unique"
+            )));
+        }
+        self.store.upsert_node(&inventory)?;
+        let changed = self
+            .nodes
+            .get(&cid)
+            .is_none_or(|n| n.lost || n.inventory != inventory);
+        let entry = self.nodes.entry(cid.clone()).or_insert_with(|| NodeEntry {
+            inventory: inventory.clone(),
+            cordoned: false,
+            lost: false,
+            last_seen: Instant::now(),
+            issued: None,
+            session: None,
+        });
+        entry.inventory = inventory;
+        entry.lost = false;
+        entry.last_seen = Instant::now();
+        // A new registration replaces any old session.
+        entry.session = None;
+        self.session_counter += 1;
+        let session_id = format!("s-{:x}-{}", now_ms(), self.session_counter);
+        entry.issued = Some(session_id.clone());
+        if changed {
+            self.rebuild_cluster();
+        }
+        info!(node = %cid, session = %session_id, "Agent registered.");
+        Ok(session_id)
+    }
+
+    fn open_session(
+        &mut self,
+        node: &Cid,
+        session_id: String,
+        running: Vec<RunningReplica>,
+        tx: mpsc::UnboundedSender<AgentCommand>,
+    ) -> Result<(), CoreError> {
+        let Some(entry) = self
+            .nodes
+            .get_mut(node)
+            .filter(|e| e.issued.as_deref() == Some(session_id.as_str()))
+        else {
+            // Unknown node, or a session from before a scheduler restart.
+            return Err(CoreError::NotFound(format!(
+                "session {session_id} of node {node} is unknown; register again"
+            )));
+        };
+        entry.session = Some((session_id, tx));
+        entry.last_seen = Instant::now();
+        let reported: HashSet<(JobId, u32)> = running
+            .iter()
+            .map(|r| (r.job_id.clone(), r.replica))
+            .collect();
+        // What the agent reports running wins: keep those, stop what should not run.
+        for r in &running {
+            let expected = self.jobs.get(&r.job_id).and_then(|j| {
+                j.placement.as_ref().and_then(|p| {
+                    p.replicas
+                        .iter()
+                        .find(|s| s.replica == r.replica && &s.node == node)
+                        .map(|_| p.attempt)
+                })
+            });
+            if expected.is_none() {
+                info!(node = %node, job = %r.job_id, replica = r.replica, "Stopping work the scheduler did not place here.");
+                self.send_to(
+                    node,
+                    AgentCommand::Cancel {
+                        job_id: r.job_id.clone(),
+                        replica: r.replica,
+                        attempt: 0,
+                        grace_period_ms: CANCEL_GRACE_MS,
+                    },
+                );
+            }
+        }
+        // Replicas placed here: resend those not started; requeue jobs whose started replicas
+        // vanished.
+        let mut vanished = Vec::new();
+        let mut resend = Vec::new();
+        for (id, job) in &self.jobs {
+            let Some(p) = &job.placement else { continue };
+            for slot in p.replicas.iter().filter(|s| &s.node == node) {
+                if slot.exit_code.is_some() || reported.contains(&(id.clone(), slot.replica)) {
+                    continue;
+                }
+                if slot.started {
+                    vanished.push(id.clone());
+                } else {
+                    resend.push((id.clone(), job.spec.clone(), slot.clone(), p.attempt));
+                }
+            }
+        }
+        for (id, spec, slot, attempt) in resend {
+            self.assign(&id, &spec, &slot, attempt);
+        }
+        vanished.sort();
+        vanished.dedup();
+        for id in vanished {
+            let message =
+                format!("a replica on {node} was no longer running when its agent returned");
+            if let Err(e) = self.requeue(&id, "replica_lost", &message) {
+                warn!(job = %id, error = %e, "Could not requeue.");
+            }
+        }
+        info!(node = %node, running = running.len(), "Agent session open.");
+        Ok(())
+    }
+
+    fn update_inventory(&mut self, node: &Cid, inventory: NodeInventory) -> Result<(), CoreError> {
+        if &inventory.cid != node {
+            return Err(CoreError::InvalidArgument(format!(
+                "inventory is for {}, but this session is {node}",
+                inventory.cid
+            )));
+        }
+        inventory
+            .validate()
+            .map_err(|e| CoreError::InvalidArgument(format!("inventory.{e}")))?;
+        let Some(entry) = self.nodes.get_mut(node) else {
+            return Err(CoreError::NotFound(format!(
+                "node {node} is not registered"
+            )));
+        };
+        if inventory.generation <= entry.inventory.generation && inventory == entry.inventory {
+            return Ok(());
+        }
+        self.store.upsert_node(&inventory)?;
+        entry.inventory = inventory;
+        self.rebuild_cluster();
+        Ok(())
+    }
+
+    fn check_heartbeats(&mut self) {
+        let timeout = self.config.heartbeat_timeout;
+        let lost: Vec<Cid> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !n.lost && n.last_seen.elapsed() > timeout)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        for cid in &lost {
+            warn!(node = %cid, timeout_ms = timeout.as_millis() as u64, "Agent missed its heartbeats; node lost.");
+            if let Some(n) = self.nodes.get_mut(cid) {
+                n.lost = true;
+                n.session = None;
+            }
+            if let Err(e) = self.store.set_node_flags(cid, None, Some(true)) {
+                warn!(node = %cid, error = %e, "Could not record the lost node.");
+            }
+        }
+        self.rebuild_cluster();
+    }
+
+    fn work_started(&mut self, node: &Cid, id: &JobId, replica: u32, attempt: u32) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let Some(p) = job.placement.as_mut() else {
+            return;
+        };
+        if attempt != 0 && attempt != p.attempt {
+            return;
+        }
+        let Some(slot) = p.replica_mut(replica) else {
+            return;
+        };
+        if &slot.node != node || slot.started {
+            return;
+        }
+        slot.started = true;
+        let all = p.all_started();
+        let placement = p.clone();
+        let state = job.state;
+        let result = if all && state == JobState::Placed {
+            self.transition(
+                id,
+                JobState::Running,
+                "started",
+                "every replica is running",
+                Some(Some(&placement)),
+            )
+        } else {
+            self.store
+                .set_placement(id, &placement)
+                .map_err(CoreError::from)
+        };
+        if let Err(e) = result {
+            warn!(job = %id, error = %e, "Could not record a start.");
+        }
+    }
+
+    fn work_exited(
+        &mut self,
+        node: &Cid,
+        id: &JobId,
+        replica: u32,
+        attempt: u32,
+        exit_code: i32,
+        message: &str,
+    ) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let Some(p) = job.placement.as_mut() else {
+            return;
+        };
+        if attempt != 0 && attempt != p.attempt {
+            return;
+        }
+        let Some(slot) = p.replica_mut(replica) else {
+            return;
+        };
+        if &slot.node != node || slot.exit_code.is_some() {
+            return;
+        }
+        slot.started = true;
+        slot.exit_code = Some(exit_code);
+        let all_exited = p.all_exited();
+        let placement = p.clone();
+        let result = if exit_code != 0 {
+            let detail = if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            };
+            let msg = format!("replica {replica} exited with code {exit_code}{detail}");
+            self.stop_replicas(id);
+            self.finish(id, JobState::Failed, "exited", &msg)
+        } else if all_exited {
+            if job.state == JobState::Placed {
+                let _ = self.transition(
+                    id,
+                    JobState::Running,
+                    "started",
+                    "every replica ran",
+                    Some(Some(&placement)),
+                );
+            }
+            self.finish(
+                id,
+                JobState::Succeeded,
+                "exited",
+                "every replica exited with code 0",
+            )
+        } else {
+            self.store
+                .set_placement(id, &placement)
+                .map_err(CoreError::from)
+        };
+        if let Err(e) = result {
+            warn!(job = %id, error = %e, "Could not record an exit.");
+        }
+    }
+
+    fn cordon(&mut self, node: &Cid, cordoned: bool) -> Result<NodeView, CoreError> {
+        let Some(entry) = self.nodes.get_mut(node) else {
+            return Err(CoreError::NotFound(format!("node {node} not found")));
+        };
+        entry.cordoned = cordoned;
+        self.store.set_node_flags(node, Some(cordoned), None)?;
+        if let Some(id) = self.node_ids.get(node) {
+            let _ = self.cluster.set_cordoned(*id, cordoned);
+        }
+        if !cordoned {
+            self.capacity_changed = true;
+        }
+        info!(node = %node, cordoned, "Cordon changed.");
+        self.node_views()
+            .into_iter()
+            .find(|v| &v.inventory.cid == node)
+            .ok_or_else(|| CoreError::NotFound(format!("node {node} not found")))
+    }
+
+    fn drain(&mut self, node: &Cid, reason: &str) -> Result<Vec<JobId>, CoreError> {
+        self.cordon(node, true)?;
+        let mut on_node: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.placement
+                    .as_ref()
+                    .is_some_and(|p| p.nodes().any(|c| c == node))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        on_node.sort();
+        let message = if reason.is_empty() {
+            format!("node {node} drained")
+        } else {
+            format!("node {node} drained: {reason}")
+        };
+        for id in &on_node {
+            self.requeue(id, "drained", &message)?;
+        }
+        Ok(on_node)
+    }
+
+    fn explain(&self, id: &JobId, by: &Identity) -> Result<Explanation, CoreError> {
+        let job = match self.visible(id, by) {
+            Ok(job) => job,
+            Err(_) => {
+                let stored = self.store.job(id)?;
+                if by.tenant_scope().is_some_and(|t| t != stored.spec.tenant) {
+                    return Err(CoreError::NotFound(format!("job {id} not found")));
+                }
+                return Ok(Explanation {
+                    state: stored.state,
+                    summary: format!("job {id} is {}: {}", stored.state, stored.reason),
+                    reasons: Vec::new(),
+                    nodes_considered: 0,
+                    placement: None,
+                });
+            }
+        };
+        match (&job.placement, &job.last_unplaceable) {
+            (Some(p), _) => Ok(Explanation {
+                state: job.state,
+                summary: format!(
+                    "placed by policy {} on {}",
+                    p.policy,
+                    p.nodes()
+                        .map(|c| c.to_string())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                reasons: Vec::new(),
+                nodes_considered: self.cluster.len() as u32,
+                placement: Some(p.clone()),
+            }),
+            (None, Some(u)) => Ok(Explanation {
+                state: job.state,
+                summary: u.to_string(),
+                reasons: u
+                    .counts
+                    .iter()
+                    .map(|(reason, count)| (reason_key(*reason), *count, u.describe(*reason)))
+                    .collect(),
+                nodes_considered: u.nodes,
+                placement: None,
+            }),
+            (None, None) => Ok(Explanation {
+                state: job.state,
+                summary: if self.cluster.is_empty() {
+                    "waiting: no nodes have registered".to_string()
+                } else {
+                    "waiting for its first scheduling pass".to_string()
+                },
+                reasons: Vec::new(),
+                nodes_considered: self.cluster.len() as u32,
+                placement: None,
+            }),
+        }
+    }
+
+    fn node_views(&self) -> Vec<NodeView> {
+        let mut holders: HashMap<(Cid, String), Vec<JobId>> = HashMap::new();
+        for (id, job) in &self.jobs {
+            if let Some(p) = &job.placement {
+                for slot in &p.replicas {
+                    for g in &slot.gpus {
+                        holders
+                            .entry((slot.node.clone(), g.uuid.clone()))
+                            .or_default()
+                            .push(id.clone());
+                    }
+                }
+            }
+        }
+        self.nodes
+            .iter()
+            .map(|(cid, entry)| {
+                let engine_node = self.node_ids.get(cid).and_then(|id| self.cluster.node(*id));
+                let gpus = entry
+                    .inventory
+                    .gpus
+                    .iter()
+                    .map(|info| {
+                        let used =
+                            engine_node.and_then(|n| n.gpus().iter().find(|g| g.uuid == info.uuid));
+                        let mut jobs = holders
+                            .get(&(cid.clone(), info.uuid.clone()))
+                            .cloned()
+                            .unwrap_or_default();
+                        jobs.sort();
+                        GpuUsageView {
+                            uuid: info.uuid.clone(),
+                            index: info.index,
+                            model: info.model.to_string(),
+                            memory_mib: info.memory_mib,
+                            milli_used: used.map_or(0, |g| g.milli_used()),
+                            memory_used: used.map_or(0, |g| g.memory_used()),
+                            exclusive: used.is_some_and(|g| g.is_exclusive()),
+                            jobs,
+                        }
+                    })
+                    .collect();
+                NodeView {
+                    inventory: entry.inventory.clone(),
+                    cordoned: entry.cordoned,
+                    lost: entry.lost,
+                    connected: entry.session.is_some(),
+                    last_seen_ms: now_ms()
+                        - i64::try_from(entry.last_seen.elapsed().as_millis()).unwrap_or(0),
+                    cpu_used: engine_node.map_or(0, |n| n.cpu_milli() - n.cpu_left()),
+                    memory_used: engine_node.map_or(0, |n| n.memory_mib() - n.memory_left()),
+                    gpus,
+                }
+            })
+            .collect()
+    }
+
+    fn metrics(&mut self) -> Result<MetricsView, CoreError> {
+        let mut view = MetricsView {
+            pending: self.pending.len() as u64,
+            connected_agents: self.nodes.values().filter(|n| n.session.is_some()).count() as u64,
+            nodes: self.nodes.len() as u64,
+            placement_latencies_s: std::mem::take(&mut self.latencies),
+            ..Default::default()
+        };
+        for state in JobState::ALL {
+            view.jobs_by_state.insert(state.as_str().to_string(), 0);
+        }
+        for (state, count) in self.store.job_counts()? {
+            view.jobs_by_state.insert(state.as_str().to_string(), count);
+        }
+        for node in self.cluster.nodes() {
+            for gpu in node.gpus() {
+                let model = self.cluster.model(gpu.model).to_string();
+                let entry = view.gpu_milli_by_model.entry(model).or_default();
+                entry.0 += u64::from(gpu.milli_used());
+                entry.1 += 1000;
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// The engine's score breakdown as named components, in policy order.
+fn score_items(b: &ScoreBreakdown) -> Vec<ScoreItem> {
+    let mut items = vec![
+        ScoreItem {
+            name: "points".into(),
+            value: b.points as f64,
+            detail: format!("{} points, higher is better", b.policy.name()),
+        },
+        ScoreItem {
+            name: "link_rank".into(),
+            value: f64::from(b.link_rank),
+            detail: "worst GPU-to-GPU link among the chosen GPUs; lower is closer".into(),
+        },
+        ScoreItem {
+            name: "feasible_nodes".into(),
+            value: f64::from(b.feasible_nodes),
+            detail: "nodes that passed every filter".into(),
+        },
+        ScoreItem {
+            name: "tied_nodes".into(),
+            value: f64::from(b.tied_nodes),
+            detail: "nodes with the same best score; one was drawn with the seeded RNG".into(),
+        },
+    ];
+    items.extend(b.terms.iter().map(|(name, value)| ScoreItem {
+        name: (*name).to_string(),
+        value: *value,
+        detail: format!("{} input", b.policy.name()),
+    }));
+    items
+}
+
+/// `FewerFreeGpus` → `fewer_free_gpus`.
+fn reason_key(reason: Reason) -> String {
+    let mut key = String::new();
+    for (i, ch) in format!("{reason:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                key.push('_');
+            }
+            key.push(ch.to_ascii_lowercase());
+        } else {
+            key.push(ch);
+        }
+    }
+    key
+}

@@ -1,0 +1,891 @@
+//! The gRPC boundary: `JobService`, `ClusterService` and `AgentService` over tonic.
+//!
+//! Handlers authenticate, convert wire messages to domain types (every invalid message
+//! becomes `INVALID_ARGUMENT` naming the field), ask the core, and convert the answer back.
+//! No scheduling logic lives here.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use suanli_engine::job::JobId;
+use suanli_engine::{Cid, JobState};
+use suanli_proto::convert::ConvertError;
+use suanli_proto::pb;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::auth::{Authenticator, Identity};
+use crate::core::{AgentCommand, Command, CoreHandle, Explanation, NodeView, RunningReplica};
+use crate::placement::StoredPlacement;
+use crate::store::{EventRecord, JobFilter, JobRecord, NewJob, Store};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// Shared by the three services.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub core: CoreHandle,
+    pub auth: Authenticator,
+    /// A second connection for reads, so listings never queue behind writes.
+    pub reader: Arc<Mutex<Store>>,
+    pub heartbeat_interval_ms: u32,
+    pub telemetry_interval_ms: u32,
+    /// The latest telemetry per node, for `suanli top`.
+    pub telemetry: Arc<Mutex<HashMap<Cid, pb::Telemetry>>>,
+}
+
+impl Services {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = reader
+                .lock()
+                .map_err(|_| Status::internal("reader lock poisoned"))?;
+            f(&store).map_err(|e| match e {
+                crate::store::StoreError::JobNotFound(id) => {
+                    Status::not_found(format!("job {id} not found"))
+                }
+                other => Status::internal(format!("store: {other}")),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+    }
+
+    /// A job the caller may see, or NOT_FOUND (never revealing another tenant's job).
+    async fn visible_job(&self, id: &str, who: &Identity) -> Result<JobRecord, Status> {
+        let id = parse_job_id(id)?;
+        let record = self.read(move |s| s.job(&id)).await?;
+        if who.tenant_scope().is_some_and(|t| t != record.spec.tenant) {
+            return Err(Status::not_found(format!("job {} not found", record.id)));
+        }
+        Ok(record)
+    }
+}
+
+fn parse_job_id(id: &str) -> Result<JobId, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("id: must not be empty"));
+    }
+    if id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(Status::invalid_argument(format!(
+            "id: {id:?} is not a job id"
+        )));
+    }
+    Ok(JobId(id.to_string()))
+}
+
+fn parse_cid(field: &str, text: &str) -> Result<Cid, Status> {
+    text.parse::<Cid>()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn convert_err(e: ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn page_size(page: Option<&pb::PageRequest>) -> usize {
+    match page.map_or(0, |p| p.page_size as usize) {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+// ---- wire forms of server records ----------------------------------------------------------
+
+pub fn job_to_wire(record: &JobRecord) -> pb::Job {
+    let placement = record
+        .placement
+        .as_ref()
+        .and_then(|json| serde_json::from_value::<StoredPlacement>(json.clone()).ok())
+        .map(|p| placement_to_wire(&p));
+    pb::Job {
+        id: record.id.0.clone(),
+        spec: Some(record.spec.clone().into()),
+        state: pb::JobState::from(record.state) as i32,
+        created_unix_ms: record.created_ms,
+        updated_unix_ms: record.updated_ms,
+        started_unix_ms: record.started_ms,
+        finished_unix_ms: record.finished_ms,
+        attempts: record.attempts,
+        placement,
+        last_reason: record.reason.clone(),
+    }
+}
+
+pub fn placement_to_wire(p: &StoredPlacement) -> pb::Placement {
+    pb::Placement {
+        replicas: p
+            .replicas
+            .iter()
+            .map(|r| pb::ReplicaPlacement {
+                replica: r.replica,
+                node_cid: r.node.to_string(),
+                gpus: r
+                    .gpus
+                    .iter()
+                    .map(|g| pb::GpuGrant {
+                        uuid: g.uuid.clone(),
+                        device_cid: g.device_cid.to_string(),
+                        milli: g.milli,
+                        memory_mib: g.memory_mib,
+                        mig_profile: g.mig.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
+                    })
+                    .collect(),
+                score: r
+                    .score
+                    .iter()
+                    .map(|s| pb::ScoreComponent {
+                        name: s.name.clone(),
+                        value: s.value,
+                        detail: s.detail.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        score: Vec::new(),
+        policy: p.policy.clone(),
+        placed_unix_ms: p.placed_ms,
+    }
+}
+
+pub fn event_to_wire(e: &EventRecord) -> pb::JobEvent {
+    pb::JobEvent {
+        job_id: e.job_id.0.clone(),
+        seq: u64::try_from(e.seq).unwrap_or(0),
+        unix_ms: e.at_ms,
+        from_state: e.from.map_or(pb::JobState::Unspecified, pb::JobState::from) as i32,
+        to_state: pb::JobState::from(e.to) as i32,
+        reason: e.reason.clone(),
+        message: e.message.clone(),
+    }
+}
+
+pub fn node_to_wire(v: &NodeView) -> pb::NodeStatus {
+    let mut job_ids: Vec<String> = v
+        .gpus
+        .iter()
+        .flat_map(|g| g.jobs.iter().map(|j| j.0.clone()))
+        .collect();
+    job_ids.sort();
+    job_ids.dedup();
+    let condition = if v.lost {
+        pb::NodeCondition::NotReady
+    } else if v.connected {
+        pb::NodeCondition::Ready
+    } else {
+        pb::NodeCondition::Unknown
+    };
+    pb::NodeStatus {
+        inventory: Some(v.inventory.clone().into()),
+        condition: condition as i32,
+        cordoned: v.cordoned,
+        draining: false,
+        cordon_reason: String::new(),
+        last_heartbeat_unix_ms: v.last_seen_ms,
+        allocated: Some(pb::Resources {
+            cpu_milli: v.cpu_used,
+            memory_mib: v.memory_used,
+        }),
+        free_gpus: v
+            .gpus
+            .iter()
+            .filter(|g| g.milli_used == 0 && g.memory_used == 0 && !g.exclusive)
+            .count() as u32,
+        gpus: v
+            .gpus
+            .iter()
+            .map(|g| pb::GpuUsage {
+                uuid: g.uuid.clone(),
+                cid: v.inventory.gpu_cid(g.index).to_string(),
+                allocated_milli: g.milli_used,
+                allocated_memory_mib: g.memory_used,
+                job_ids: g.jobs.iter().map(|j| j.0.clone()).collect(),
+                free_mig_profiles: Vec::new(),
+            })
+            .collect(),
+        job_ids,
+    }
+}
+
+fn explanation_to_wire(id: &JobId, e: Explanation) -> pb::ExplainJobResponse {
+    use pb::explain_job_response::Explanation as Which;
+    let explanation = match (&e.placement, e.state) {
+        (Some(p), _) => Some(Which::Placed(pb::PlacedExplanation {
+            placement: Some(placement_to_wire(p)),
+        })),
+        (None, JobState::Pending | JobState::Preempted) => {
+            Some(Which::Pending(pb::PendingExplanation {
+                nodes_considered: e.nodes_considered,
+                reasons: e
+                    .reasons
+                    .iter()
+                    .map(|(reason, count, message)| pb::ReasonCount {
+                        reason: reason.clone(),
+                        node_count: *count,
+                        message: message.clone(),
+                    })
+                    .collect(),
+                queue_reason: String::new(),
+            }))
+        }
+        _ => None,
+    };
+    pb::ExplainJobResponse {
+        id: id.0.clone(),
+        state: pb::JobState::from(e.state) as i32,
+        summary: e.summary,
+        explanation,
+    }
+}
+
+// ---- JobService --------------------------------------------------------------------------
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for Services {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let wire = msg
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        let mut spec = suanli_engine::JobSpec::try_from(wire).map_err(convert_err)?;
+        if let Identity::Tenant(tenant) = &who {
+            if spec.tenant != *tenant && spec.tenant != "default" {
+                return Err(Status::permission_denied(format!(
+                    "tenant {tenant} may not submit jobs for tenant {}",
+                    spec.tenant
+                )));
+            }
+            spec.tenant = tenant.clone();
+        }
+        if msg.request_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "request_id: is longer than 128 characters",
+            ));
+        }
+        let request_id = (!msg.request_id.is_empty()).then_some(msg.request_id);
+        let record = self
+            .core
+            .ask(|reply| Command::Submit {
+                job: NewJob { spec, request_id },
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job_to_wire(&record)),
+        }))
+    }
+
+    async fn get(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let record = self.visible_job(&request.get_ref().id, &who).await?;
+        Ok(Response::new(job_to_wire(&record)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let mut states = Vec::new();
+        for (i, raw) in msg.states.iter().enumerate() {
+            states.push(
+                suanli_proto::convert::job_state_from_wire(&format!("states[{i}]"), *raw)
+                    .map_err(convert_err)?,
+            );
+        }
+        let kind = pb::JobKind::try_from(msg.kind)
+            .map_err(|_| Status::invalid_argument(format!("kind: unknown value {}", msg.kind)))?;
+        let tenant = match who.tenant_scope() {
+            Some(own) => {
+                if !msg.tenant.is_empty() && msg.tenant != own {
+                    return Err(Status::permission_denied(format!(
+                        "tenant {own} may not list tenant {}'s jobs",
+                        msg.tenant
+                    )));
+                }
+                Some(own.to_string())
+            }
+            None => (!msg.tenant.is_empty()).then_some(msg.tenant.clone()),
+        };
+        let limit = page_size(msg.page.as_ref());
+        let after = match msg.page.as_ref().map(|p| p.page_token.as_str()) {
+            None | Some("") => None,
+            Some(token) => Some(parse_job_id(token).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page.page_token: {token:?} is not a token this server issued"
+                ))
+            })?),
+        };
+        let filter = JobFilter {
+            tenant,
+            queue: (!msg.queue.is_empty()).then_some(msg.queue.clone()),
+            states,
+            after,
+            limit: 0,
+            newest_first: true,
+        };
+        let (jobs, total) = self
+            .read(move |s| {
+                // Kind is not a column worth indexing; filter it here.
+                let all = s.jobs(&JobFilter {
+                    limit: 0,
+                    ..filter.clone()
+                })?;
+                let matching: Vec<JobRecord> = all
+                    .into_iter()
+                    .filter(|j| {
+                        kind == pb::JobKind::Unspecified || pb::JobKind::from(j.spec.kind) == kind
+                    })
+                    .collect();
+                let total = if filter.after.is_none() {
+                    matching.len() as u64
+                } else {
+                    s.count_jobs(&filter)?
+                };
+                Ok((
+                    matching.into_iter().take(limit + 1).collect::<Vec<_>>(),
+                    total,
+                ))
+            })
+            .await?;
+        let more = jobs.len() > limit;
+        let page: Vec<&JobRecord> = jobs.iter().take(limit).collect();
+        let next = if more {
+            page.last().map(|j| j.id.0.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: page.into_iter().map(job_to_wire).collect(),
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+                total_size: total,
+            }),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let id = parse_job_id(&msg.id)?;
+        let record = self
+            .core
+            .ask(|reply| Command::Update {
+                id,
+                by: who,
+                priority: msg.priority,
+                preemptible: msg.preemptible,
+                queue: msg.queue,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(job_to_wire(&record)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let id = parse_job_id(&msg.id)?;
+        let reason: String = msg.reason.chars().take(512).collect();
+        let record = self
+            .core
+            .ask(|reply| Command::Cancel {
+                id,
+                by: who,
+                reason,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(job_to_wire(&record)))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let job = if msg.job_id.is_empty() {
+            None
+        } else {
+            Some(self.visible_job(&msg.job_id, &who).await?.id)
+        };
+        let tenant_scope = who
+            .tenant_scope()
+            .map(str::to_string)
+            .or_else(|| (!msg.tenant.is_empty()).then_some(msg.tenant.clone()));
+        // Subscribe before replaying so nothing falls between the two.
+        let mut live = self.core.subscribe();
+        let replay = match msg.from_seq {
+            Some(from) => {
+                let job = job.clone();
+                let after = i64::try_from(from).unwrap_or(i64::MAX).saturating_sub(1);
+                self.read(move |s| s.events(job.as_ref(), after, 0)).await?
+            }
+            None => Vec::new(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = self.reader.clone();
+        tokio::spawn(async move {
+            let mut tenants: HashMap<JobId, bool> = HashMap::new();
+            let mut visible = |e: &EventRecord| -> bool {
+                if job.as_ref().is_some_and(|j| *j != e.job_id) {
+                    return false;
+                }
+                let Some(tenant) = &tenant_scope else {
+                    return true;
+                };
+                *tenants.entry(e.job_id.clone()).or_insert_with(|| {
+                    reader
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.job(&e.job_id).ok())
+                        .is_some_and(|j| &j.spec.tenant == tenant)
+                })
+            };
+            let mut last_seq = 0;
+            for e in replay {
+                last_seq = e.seq;
+                if visible(&e) && tx.send(Ok(event_to_wire(&e))).is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) => {
+                        if e.seq <= last_seq {
+                            continue;
+                        }
+                        last_seq = e.seq;
+                        if visible(&e) && tx.send(Ok(event_to_wire(&e))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx.send(Err(Status::resource_exhausted(format!(
+                            "watcher fell {n} events behind; resume with from_seq = {}",
+                            last_seq + 1
+                        ))));
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainJobRequest>,
+    ) -> Result<Response<pb::ExplainJobResponse>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let id = parse_job_id(&request.get_ref().id)?;
+        let explanation = self
+            .core
+            .ask(|reply| Command::Explain {
+                id: id.clone(),
+                by: who,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(explanation_to_wire(&id, explanation)))
+    }
+}
+
+// ---- ClusterService ----------------------------------------------------------------------
+
+impl Services {
+    async fn node_views(&self) -> Result<Vec<NodeView>, Status> {
+        Ok(self.core.ask(|reply| Command::Nodes { reply }).await?)
+    }
+
+    async fn node_view(&self, cid: &Cid) -> Result<NodeView, Status> {
+        self.node_views()
+            .await?
+            .into_iter()
+            .find(|v| &v.inventory.cid == cid)
+            .ok_or_else(|| Status::not_found(format!("node {cid} not found")))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for Services {
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let prefix = if msg.prefix.is_empty() {
+            None
+        } else {
+            Some(parse_cid("prefix", &msg.prefix)?)
+        };
+        let limit = page_size(msg.page.as_ref());
+        let token = msg.page.map(|p| p.page_token).unwrap_or_default();
+        let after = if token.is_empty() {
+            None
+        } else {
+            Some(parse_cid("page.page_token", &token)?)
+        };
+        let views: Vec<NodeView> = self
+            .node_views()
+            .await?
+            .into_iter()
+            .filter(|v| {
+                prefix
+                    .as_ref()
+                    .is_none_or(|p| p.is_prefix_of(&v.inventory.cid))
+            })
+            .collect();
+        let total = views.len() as u64;
+        let rest: Vec<&NodeView> = views
+            .iter()
+            .filter(|v| after.as_ref().is_none_or(|a| &v.inventory.cid > a))
+            .collect();
+        let more = rest.len() > limit;
+        let page: Vec<&NodeView> = rest.into_iter().take(limit).collect();
+        let next = if more {
+            page.last()
+                .map(|v| v.inventory.cid.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: page.into_iter().map(node_to_wire).collect(),
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+                total_size: total,
+            }),
+        }))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        self.auth.user(request.metadata())?;
+        let cid = parse_cid("cid", &request.get_ref().cid)?;
+        Ok(Response::new(node_to_wire(&self.node_view(&cid).await?)))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let query = crate::resolve::Query::from_wire(&msg)?;
+        let views = self.node_views().await?;
+        let nodes = crate::resolve::resolve(&views, &query);
+        let limit = page_size(msg.page.as_ref());
+        let total = nodes.len() as u64;
+        Ok(Response::new(pb::ResolveResponse {
+            nodes: nodes.into_iter().take(limit).collect(),
+            page: Some(pb::PageInfo {
+                next_page_token: String::new(),
+                total_size: total,
+            }),
+        }))
+    }
+
+    async fn topology(
+        &self,
+        request: Request<pb::TopologyRequest>,
+    ) -> Result<Response<pb::TopologyResponse>, Status> {
+        self.auth.user(request.metadata())?;
+        let domain = parse_cid("domain", &request.get_ref().domain)?;
+        let views = self.node_views().await?;
+        Ok(Response::new(crate::resolve::topology(&views, &domain)))
+    }
+
+    async fn cordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        self.auth.admin(request.metadata())?;
+        let cid = parse_cid("cid", &request.get_ref().cid)?;
+        let view = self
+            .core
+            .ask(|reply| Command::Cordon {
+                node: cid,
+                cordoned: true,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(node_to_wire(&view)))
+    }
+
+    async fn uncordon(
+        &self,
+        request: Request<pb::UncordonRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        self.auth.admin(request.metadata())?;
+        let cid = parse_cid("cid", &request.get_ref().cid)?;
+        let view = self
+            .core
+            .ask(|reply| Command::Cordon {
+                node: cid,
+                cordoned: false,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(node_to_wire(&view)))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.auth.admin(request.metadata())?;
+        let msg = request.into_inner();
+        let cid = parse_cid("cid", &msg.cid)?;
+        let evicted = self
+            .core
+            .ask(|reply| Command::Drain {
+                node: cid.clone(),
+                reason: msg.reason.chars().take(512).collect(),
+                reply,
+            })
+            .await?;
+        let view = self.node_view(&cid).await?;
+        Ok(Response::new(pb::DrainResponse {
+            node: Some(node_to_wire(&view)),
+            evicted_job_ids: evicted.into_iter().map(|j| j.0).collect(),
+        }))
+    }
+}
+
+// ---- AgentService ------------------------------------------------------------------------
+
+type SchedulerStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
+
+fn command_to_wire(command: AgentCommand) -> pb::SchedulerMessage {
+    use pb::scheduler_message::Msg;
+    let msg = match command {
+        AgentCommand::Assign(a) => Msg::Assign(pb::Assignment {
+            job_id: a.job_id.0,
+            replica: a.replica,
+            command: a.spec.command.clone(),
+            env: a.spec.env.clone().into_iter().collect(),
+            gpu_uuids: a.gpu_uuids,
+            volumes: a.spec.volumes.iter().cloned().map(Into::into).collect(),
+            attempt: a.attempt,
+            resources: Some(pb::Resources {
+                cpu_milli: a.cpu_milli,
+                memory_mib: a.memory_mib,
+            }),
+        }),
+        AgentCommand::Cancel {
+            job_id,
+            replica,
+            attempt,
+            grace_period_ms,
+        } => Msg::Cancel(pb::Cancel {
+            job_id: job_id.0,
+            replica,
+            grace_period_ms,
+            attempt,
+        }),
+        AgentCommand::Reregister { reason } => Msg::Reregister(pb::Reregister { reason }),
+    };
+    pb::SchedulerMessage { msg: Some(msg) }
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for Services {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.auth.agent(request.metadata())?;
+        let msg = request.into_inner();
+        let inventory =
+            suanli_proto::convert::required_inventory(msg.inventory).map_err(convert_err)?;
+        let cid = inventory.cid.clone();
+        let session_id = self
+            .core
+            .ask(|reply| Command::Register {
+                inventory: Box::new(inventory),
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::RegisterResponse {
+            node_cid: cid.to_string(),
+            session_id,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            telemetry_interval_ms: self.telemetry_interval_ms,
+        }))
+    }
+
+    type SessionStream = SchedulerStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        self.auth.agent(request.metadata())?;
+        let mut inbound = request.into_inner();
+        use pb::agent_message::Msg;
+        let hello = match inbound.message().await? {
+            Some(pb::AgentMessage {
+                msg: Some(Msg::Hello(hello)),
+            }) => hello,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be hello",
+                ));
+            }
+            None => return Err(Status::cancelled("session closed before hello")),
+        };
+        let node = parse_cid("hello.node_cid", &hello.node_cid)?;
+        let mut running = Vec::new();
+        for (i, r) in hello.running.iter().enumerate() {
+            let job_id = parse_job_id(&r.job_id).map_err(|s| {
+                Status::invalid_argument(format!("hello.running[{i}].job_{}", s.message()))
+            })?;
+            running.push(RunningReplica {
+                job_id,
+                replica: r.replica,
+            });
+        }
+        let (to_agent, from_core) = mpsc::unbounded_channel::<AgentCommand>();
+        let session_id = hello.session_id.clone();
+        self.core
+            .ask(|reply| Command::SessionOpen {
+                node: node.clone(),
+                session_id: session_id.clone(),
+                running,
+                tx: to_agent.clone(),
+                reply,
+            })
+            .await?;
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Result<pb::SchedulerMessage, Status>>();
+        // Core → agent.
+        let forward_tx = out_tx.clone();
+        tokio::spawn(async move {
+            let mut from_core = from_core;
+            while let Some(command) = from_core.recv().await {
+                if forward_tx.send(Ok(command_to_wire(command))).is_err() {
+                    break;
+                }
+            }
+        });
+        // Agent → core.
+        let core = self.core.clone();
+        let telemetry = self.telemetry.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        info!(node = %node, error = %status.message(), "Agent stream ended.");
+                        break;
+                    }
+                };
+                let Some(msg) = message.msg else { continue };
+                match msg {
+                    Msg::Hello(_) => {
+                        warn!(node = %node, "Ignoring a second hello on one session.");
+                    }
+                    Msg::Heartbeat(hb) => {
+                        core.send(Command::Heartbeat {
+                            node: node.clone(),
+                            session_id: session_id.clone(),
+                        });
+                        let ack = pb::SchedulerMessage {
+                            msg: Some(pb::scheduler_message::Msg::HeartbeatAck(pb::HeartbeatAck {
+                                seq: hb.seq,
+                            })),
+                        };
+                        if out_tx.send(Ok(ack)).is_err() {
+                            break;
+                        }
+                    }
+                    Msg::Telemetry(t) => {
+                        core.send(Command::Heartbeat {
+                            node: node.clone(),
+                            session_id: session_id.clone(),
+                        });
+                        if let Ok(mut map) = telemetry.lock() {
+                            map.insert(node.clone(), t);
+                        }
+                    }
+                    Msg::Inventory(update) => {
+                        match suanli_proto::convert::required_inventory(update.inventory) {
+                            Ok(inventory) => core.send(Command::InventoryUpdate {
+                                node: node.clone(),
+                                inventory: Box::new(inventory),
+                            }),
+                            Err(e) => {
+                                warn!(node = %node, error = %e, "Rejected an inventory update.")
+                            }
+                        }
+                    }
+                    Msg::Started(s) => match parse_job_id(&s.job_id) {
+                        Ok(job_id) => core.send(Command::WorkStarted {
+                            node: node.clone(),
+                            job_id,
+                            replica: s.replica,
+                            attempt: s.attempt,
+                        }),
+                        Err(e) => {
+                            warn!(node = %node, error = %e.message(), "Bad work-started report.")
+                        }
+                    },
+                    Msg::Exited(x) => match parse_job_id(&x.job_id) {
+                        Ok(job_id) => {
+                            let message = if x.signal != 0 && x.message.is_empty() {
+                                format!("killed by signal {}", x.signal)
+                            } else {
+                                x.message.chars().take(1024).collect()
+                            };
+                            core.send(Command::WorkExited {
+                                node: node.clone(),
+                                job_id,
+                                replica: x.replica,
+                                attempt: x.attempt,
+                                exit_code: x.exit_code,
+                                message,
+                            });
+                        }
+                        Err(e) => {
+                            warn!(node = %node, error = %e.message(), "Bad work-exited report.")
+                        }
+                    },
+                }
+            }
+            core.send(Command::SessionClosed { node, session_id });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
+            out_rx,
+        ))))
+    }
+}

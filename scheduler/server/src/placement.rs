@@ -1,0 +1,75 @@
+//! The placement a job holds, as the scheduler stores it.
+//!
+//! The engine's `Allocation` refers to nodes and GPUs by position in one in-memory cluster;
+//! what is stored names them by CID and UUID instead, so it survives restarts and cluster
+//! rebuilds, and can be claimed again exactly.
+
+use serde::{Deserialize, Serialize};
+use suanli_engine::Cid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// UUID of the GPU, or of the MIG instance for MIG grants.
+    pub uuid: String,
+    /// Device CID (`.../node/gpu-3`).
+    pub device_cid: Cid,
+    /// Position of the GPU on its node.
+    pub gpu: u32,
+    pub milli: u32,
+    pub memory_mib: u64,
+    pub exclusive: bool,
+    /// MIG profile and first memory slice, for MIG grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<(String, u8)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreItem {
+    pub name: String,
+    pub value: f64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSlot {
+    pub replica: u32,
+    pub node: Cid,
+    pub cpu_milli: u64,
+    pub memory_mib: u64,
+    pub gpus: Vec<GrantRecord>,
+    #[serde(default)]
+    pub score: Vec<ScoreItem>,
+    /// The agent reported the replica's process started.
+    #[serde(default)]
+    pub started: bool,
+    /// The replica's exit code once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPlacement {
+    pub policy: String,
+    pub placed_ms: i64,
+    /// Which attempt of the job this placement is (1 for the first).
+    pub attempt: u32,
+    pub replicas: Vec<ReplicaSlot>,
+}
+
+impl StoredPlacement {
+    pub fn nodes(&self) -> impl Iterator<Item = &Cid> {
+        self.replicas.iter().map(|r| &r.node)
+    }
+
+    pub fn all_started(&self) -> bool {
+        self.replicas.iter().all(|r| r.started)
+    }
+
+    pub fn all_exited(&self) -> bool {
+        self.replicas.iter().all(|r| r.exit_code.is_some())
+    }
+
+    pub fn replica_mut(&mut self, replica: u32) -> Option<&mut ReplicaSlot> {
+        self.replicas.iter_mut().find(|r| r.replica == replica)
+    }
+}

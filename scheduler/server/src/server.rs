@@ -1,0 +1,177 @@
+//! Assembles the daemon: store, core, gRPC services and HTTP endpoints on their sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use suanli_proto::pb;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::auth::Authenticator;
+use crate::config::ServerConfig;
+use crate::core::{self, Command, CoreConfig, CoreHandle};
+use crate::grpc::Services;
+use crate::http::{HttpState, router};
+use crate::store::{Durability, Store};
+
+/// Largest gRPC message accepted: a hostile client cannot make the server buffer more.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Core(#[from] crate::core::CoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running scheduler. Dropping it does not stop it; call [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub core: CoreHandle,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    core_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops serving, lets in-flight calls finish, and stops the core.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.core.send(Command::Shutdown);
+        if let Some(thread) = self.core_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    let durability = if config.durability == "normal" {
+        Durability::Normal
+    } else {
+        Durability::Full
+    };
+    let store = Store::open(&config.data_dir, durability)?;
+    let reader = Store::open(&config.data_dir, durability)?;
+    let auth = Authenticator::new(&config.auth);
+    if auth.is_open() {
+        warn!(
+            "No tokens configured: every caller is treated as an admin. Configure [auth] for anything but local use."
+        );
+    }
+    let (core, core_thread) = core::start(
+        store,
+        CoreConfig {
+            policy: config.policy.clone(),
+            seed: config.seed,
+            heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
+            max_attempts: config.max_attempts,
+        },
+    )?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
+
+    let services = Services {
+        core: core.clone(),
+        auth,
+        reader: Arc::new(Mutex::new(reader)),
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        telemetry_interval_ms: config.telemetry_interval_ms,
+        telemetry: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (grpc_stop_tx, grpc_stop_rx) = oneshot::channel::<()>();
+    let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+    let fanout = tokio::spawn(async move {
+        let _ = stop_rx.await;
+        let _ = grpc_stop_tx.send(());
+        let _ = http_stop_tx.send(());
+    });
+
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(
+            pb::job_service_server::JobServiceServer::new(services.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::cluster_service_server::ClusterServiceServer::new(services.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::agent_service_server::AgentServiceServer::new(services)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    let grpc_task = tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(grpc_listener);
+        if let Err(e) = grpc
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = grpc_stop_rx.await;
+            })
+            .await
+        {
+            warn!(error = %e, "gRPC server stopped with an error.");
+        }
+    });
+    let app = router(HttpState {
+        core: core.clone(),
+        latency: Arc::new(Mutex::new(crate::http::Histogram::default())),
+    });
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stop_rx.await;
+            })
+            .await
+        {
+            warn!(error = %e, "HTTP server stopped with an error.");
+        }
+    });
+    info!(grpc = %grpc_addr, http = %http_addr, data_dir = %config.data_dir.display(), "Scheduler serving.");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        core,
+        stop: Some(stop_tx),
+        tasks: vec![grpc_task, http_task, fanout],
+        core_thread: Some(core_thread),
+    })
+}
