@@ -96,7 +96,7 @@ struct ReplayArgs {
     /// Cluster as a node list (openb node format).
     #[arg(long, conflicts_with = "cluster_shape")]
     nodes: Option<PathBuf>,
-    /// Homogeneous cluster NODESxGPUSxMODEL, e.g. 550x8xV100 (the default for Philly).
+    /// Homogeneous cluster NODESxGPUSxMODEL, e.g. 550x8xV100 (Philly default: 96x8xV100).
     #[arg(long)]
     cluster_shape: Option<String>,
     /// Seed for the policies' random choices and the synthetic workload.
@@ -115,6 +115,13 @@ struct DemoArgs {
     #[arg(long)]
     out: Option<PathBuf>,
 }
+
+/// What a file's import skipped: (input name, count).
+type SkippedRows = (String, usize);
+
+/// 768 GPUs: the Philly list then keeps the cluster about half busy with real queueing
+/// (550x8 leaves it under 10% busy; 64x8 queues for days).
+const DEFAULT_PHILLY_SHAPE: &str = "96x8xV100";
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -296,7 +303,7 @@ fn load_cluster(
     args: &ReplayArgs,
     rows: RowPolicy,
     default_shape: &str,
-) -> Result<(Vec<NodeShape>, Option<(String, usize)>)> {
+) -> Result<(Vec<NodeShape>, Option<SkippedRows>)> {
     if let Some(file) = &args.nodes {
         let nodes = import::openb::load_nodes(file, rows)?;
         let skipped = note_skipped("nodes", file, &nodes);
@@ -311,7 +318,7 @@ fn run_replay(args: &ReplayArgs) -> Result<()> {
     let rows = row_policy(args.common.skip_bad_rows);
     let mut skipped = Vec::new();
     let (nodes, jobs, source) = if let Some(file) = &args.philly {
-        let (nodes, node_skips) = load_cluster(args, rows, "550x8xV100")?;
+        let (nodes, node_skips) = load_cluster(args, rows, DEFAULT_PHILLY_SHAPE)?;
         skipped.extend(node_skips);
         let imported = import::philly::load_jobs(file, rows)?;
         skipped.push(note_skipped("jobs", file, &imported));

@@ -187,7 +187,7 @@ pub fn run<F: PlacerFactory>(
                     }
                 }
                 done += 1;
-                if done % 1024 == 0 {
+                if done.is_multiple_of(1024) {
                     on_progress(1024);
                 }
             }
@@ -211,12 +211,20 @@ pub fn run<F: PlacerFactory>(
 
     let mut delays = Vec::new();
     let mut jcts = Vec::new();
-    let mut per_tenant: BTreeMap<String, (Vec<f64>, Vec<f64>, usize, f64, usize)> = BTreeMap::new();
+    #[derive(Default)]
+    struct TenantAcc {
+        delays: Vec<f64>,
+        jcts: Vec<f64>,
+        jobs: usize,
+        gpu_hours: f64,
+        rejected: usize,
+    }
+    let mut per_tenant: BTreeMap<String, TenantAcc> = BTreeMap::new();
     for (i, job) in jobs.iter().enumerate() {
         let entry = per_tenant.entry(job.tenant.clone()).or_default();
-        entry.2 += 1;
+        entry.jobs += 1;
         if rejected[i] {
-            entry.4 += 1;
+            entry.rejected += 1;
             continue;
         }
         if let Some(start) = start_time[i] {
@@ -224,22 +232,22 @@ pub fn run<F: PlacerFactory>(
             let jct = delay + job.duration as f64;
             delays.push(delay);
             jcts.push(jct);
-            entry.0.push(delay);
-            entry.1.push(jct);
-            entry.3 += job.total_gpu_milli() as f64 / 1000.0 * job.duration as f64 / 3600.0;
+            entry.delays.push(delay);
+            entry.jcts.push(jct);
+            entry.gpu_hours += job.total_gpu_milli() as f64 / 1000.0 * job.duration as f64 / 3600.0;
         }
     }
     let tenants = per_tenant
         .into_iter()
-        .map(|(name, (d, j, count, hours, rej))| {
+        .map(|(name, acc)| {
             (
                 name,
                 TenantStats {
-                    jobs: count,
-                    rejected: rej,
-                    gpu_hours: hours,
-                    queueing_delay_s: Distribution::of(&d),
-                    jct_s: Distribution::of(&j),
+                    jobs: acc.jobs,
+                    rejected: acc.rejected,
+                    gpu_hours: acc.gpu_hours,
+                    queueing_delay_s: Distribution::of(&acc.delays),
+                    jct_s: Distribution::of(&acc.jcts),
                 },
             )
         })

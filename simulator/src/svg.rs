@@ -238,7 +238,7 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains(">fgd</text>") && svg.contains("a &lt; b"));
-        assert!(svg.contains(">130</text>") && svg.contains(">100</text>"));
+        assert!(svg.contains(">120</text>") && svg.contains(">100</text>"));
     }
 
     #[test]

@@ -70,10 +70,16 @@ pub enum ImportError {
     AllRowsBad {
         file: PathBuf,
         skipped: usize,
-        first: RowError,
+        first: Box<RowError>,
     },
     #[error(transparent)]
-    Row(#[from] RowError),
+    Row(Box<RowError>),
+}
+
+impl From<RowError> for ImportError {
+    fn from(err: RowError) -> Self {
+        ImportError::Row(Box::new(err))
+    }
 }
 
 /// What an import produced, and what it skipped under [`RowPolicy::Skip`].
@@ -124,7 +130,7 @@ impl<T> Collector<T> {
                 Some(first) => ImportError::AllRowsBad {
                     skipped,
                     file: self.file,
-                    first,
+                    first: Box::new(first),
                 },
             });
         }
