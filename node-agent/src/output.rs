@@ -49,8 +49,8 @@ fn table(report: &DiscoveryReport) -> String {
     if !inv.gpus.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<4} {:<42} {:<6} {:>9} {:<13} {:<5} {:<6} {}",
-            "GPU", "UUID", "MODEL", "MEM MiB", "PCI", "NUMA", "NVLINK", "MIG"
+            "\n{:<4} {:<42} {:<6} {:>9} {:<13} {:<5} {:<6} MIG",
+            "GPU", "UUID", "MODEL", "MEM MiB", "PCI", "NUMA", "NVLINK"
         );
         for g in &inv.gpus {
             let mig = if !g.mig.capable {
@@ -78,8 +78,8 @@ fn table(report: &DiscoveryReport) -> String {
     if !inv.nics.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<10} {:<13} {:<5} {:<10} {}",
-            "NIC", "PCI", "NUMA", "RATE", "NETDEVS"
+            "\n{:<10} {:<13} {:<5} {:<10} NETDEVS",
+            "NIC", "PCI", "NUMA", "RATE"
         );
         for n in &inv.nics {
             let rate: f64 = n.ports.iter().map(|p| p.rate_gbps).sum();

@@ -130,7 +130,7 @@ impl SysfsRoot {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
-        names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        names.sort_by_key(|n| natural_key(n));
         names
     }
 
@@ -629,7 +629,7 @@ mod tests {
         assert!(parse_guid("zz").is_err());
         assert!(is_bdf("0000:9a:00.0") && !is_bdf("pci0000:9a") && !is_bdf("mlx5_0"));
         let mut names = vec!["mlx5_10", "mlx5_2", "mlx5_0"];
-        names.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        names.sort_by_key(|n| natural_key(n));
         assert_eq!(names, ["mlx5_0", "mlx5_2", "mlx5_10"]);
     }
 }

@@ -2,4 +2,5 @@
 //! tonic server on 127.0.0.1.
 
 mod inventory;
+mod session;
 mod support;
