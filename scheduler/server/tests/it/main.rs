@@ -1,0 +1,681 @@
+//! The daemon in-process on 127.0.0.1 with free ports, driven by real gRPC clients that play
+//! users and agents.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use suanli_engine::inventory::{
+    FabricPosition, GpuInfo, Health, MigState, NodeInventory, NvmlStatus, PcieLink, Versions,
+};
+use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
+use suanli_engine::{GpuModel, JobSpec};
+use suanli_proto::pb;
+use suanli_proto::pb::agent_service_client::AgentServiceClient;
+use suanli_proto::pb::cluster_service_client::ClusterServiceClient;
+use suanli_proto::pb::job_service_client::JobServiceClient;
+use suanli_scheduler::config::{AuthConfig, ServerConfig};
+use suanli_scheduler::server::{RunningServer, start};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const JOIN: &str = "join-token-1";
+const ADMIN: &str = "admin-token-1";
+const RESEARCH: &str = "research-token";
+const PROD: &str = "prod-token-1";
+
+fn config(dir: &Path, heartbeat_timeout_ms: u64) -> ServerConfig {
+    ServerConfig {
+        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+        http_addr: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.to_path_buf(),
+        policy: "best-fit".into(),
+        heartbeat_timeout_ms,
+        heartbeat_interval_ms: 100,
+        durability: "normal".into(),
+        auth: AuthConfig {
+            join_tokens: vec![JOIN.into()],
+            admin_tokens: vec![ADMIN.into()],
+            tenants: BTreeMap::from([
+                ("research".to_string(), vec![RESEARCH.to_string()]),
+                ("prod".to_string(), vec![PROD.to_string()]),
+            ]),
+        },
+        ..ServerConfig::default()
+    }
+}
+
+fn inventory(node: &str, gpus: u32) -> NodeInventory {
+    NodeInventory {
+        cid: format!("cid:acme/cn-east-1/dc-a/{node}")
+            .parse()
+            .expect("cid"),
+        generation: 1,
+        fabric: FabricPosition {
+            leaf: "leaf-1".into(),
+            spine: "spine-1".into(),
+        },
+        cpu_milli: 64_000,
+        memory_mib: 512 * 1024,
+        numa_nodes: 1,
+        versions: Versions::default(),
+        nvml: NvmlStatus::default(),
+        gpus: (0..gpus)
+            .map(|i| GpuInfo {
+                uuid: format!("GPU-{node}-{i}"),
+                index: i,
+                product: "NVIDIA H100 80GB HBM3".into(),
+                model: GpuModel::from_product_name("NVIDIA H100 80GB HBM3"),
+                architecture: "Hopper".into(),
+                compute_capability: "9.0".into(),
+                memory_mib: 81_559,
+                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + i),
+                numa_node: None,
+                pcie: PcieLink {
+                    generation: 5,
+                    width: 16,
+                },
+                mig: MigState::default(),
+                nvlinks: vec![],
+                health: Health::Healthy,
+            })
+            .collect(),
+        nics: vec![],
+        gpu_pairs: vec![],
+        gpu_nic_pairs: vec![],
+        labels: BTreeMap::new(),
+    }
+}
+
+fn job(name: &str, tenant: &str, gpus: u32) -> pb::JobSpec {
+    let mut spec = JobSpec::new(name, JobKind::Training);
+    spec.tenant = tenant.into();
+    spec.gpu = Some(GpuRequest {
+        policy: GpuPolicy::Exclusive { count: gpus },
+        models: vec![],
+    });
+    spec.resources.cpu_milli = 1000;
+    spec.resources.memory_mib = 1024;
+    spec.command = vec!["python".into(), "train.py".into()];
+    spec.into()
+}
+
+fn authed<T>(token: &str, msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    req
+}
+
+async fn channel(server: &RunningServer) -> Channel {
+    Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// A fake agent speaking the real protocol: registers, holds a session, reports work.
+struct Agent {
+    cid: String,
+    session_id: String,
+    up: mpsc::Sender<pb::AgentMessage>,
+    down: tonic::Streaming<pb::SchedulerMessage>,
+}
+
+impl Agent {
+    async fn connect(ch: Channel, inv: NodeInventory, running: Vec<pb::RunningWork>) -> Agent {
+        let mut client = AgentServiceClient::new(ch);
+        let reg = client
+            .register(authed(
+                JOIN,
+                pb::RegisterRequest {
+                    inventory: Some(inv.into()),
+                    agent_version: "test".into(),
+                },
+            ))
+            .await
+            .expect("registers")
+            .into_inner();
+        let (up, rx) = mpsc::channel(64);
+        up.send(msg(pb::agent_message::Msg::Hello(pb::Hello {
+            node_cid: reg.node_cid.clone(),
+            session_id: reg.session_id.clone(),
+            running,
+        })))
+        .await
+        .expect("queued");
+        let down = client
+            .session(authed(JOIN, ReceiverStream::new(rx)))
+            .await
+            .expect("session opens")
+            .into_inner();
+        Agent {
+            cid: reg.node_cid,
+            session_id: reg.session_id,
+            up,
+            down,
+        }
+    }
+
+    async fn next_assignment(&mut self) -> pb::Assignment {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.down.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("stream open")
+                .expect("ok message");
+            if let Some(pb::scheduler_message::Msg::Assign(a)) = m.msg {
+                return a;
+            }
+        }
+    }
+
+    async fn next_cancel(&mut self) -> pb::Cancel {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.down.next())
+                .await
+                .expect("a message within 10 s")
+                .expect("stream open")
+                .expect("ok message");
+            if let Some(pb::scheduler_message::Msg::Cancel(c)) = m.msg {
+                return c;
+            }
+        }
+    }
+
+    async fn send(&self, m: pb::agent_message::Msg) {
+        self.up.send(msg(m)).await.expect("session open");
+    }
+
+    async fn heartbeat(&self, seq: u64) {
+        self.send(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
+            seq,
+            sent_unix_ms: 0,
+        }))
+        .await;
+    }
+
+    /// Keeps heartbeating in the background until the returned sender is dropped.
+    fn keep_alive(&self) -> tokio::task::JoinHandle<()> {
+        let up = self.up.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            loop {
+                seq += 1;
+                let hb = msg(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
+                    seq,
+                    sent_unix_ms: 0,
+                }));
+                if up.send(hb).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+}
+
+fn msg(m: pb::agent_message::Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(m) }
+}
+
+async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, want: pb::JobState) -> pb::Job {
+    for _ in 0..200 {
+        let j = jobs
+            .get(authed(ADMIN, pb::GetJobRequest { id: id.into() }))
+            .await
+            .expect("get")
+            .into_inner();
+        if j.state == want as i32 {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {id} never reached {want:?}");
+}
+
+#[tokio::test]
+async fn a_job_runs_on_an_agent_and_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agent = Agent::connect(ch.clone(), inventory("n1", 2), vec![]).await;
+    agent.heartbeat(1).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+
+    let submitted = jobs
+        .submit(authed(
+            RESEARCH,
+            pb::SubmitJobRequest {
+                spec: Some(job("train", "research", 1)),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("submits")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(submitted.state, pb::JobState::Pending as i32);
+
+    let a = agent.next_assignment().await;
+    assert_eq!(a.job_id, submitted.id);
+    assert_eq!(a.command, ["python", "train.py"]);
+    assert_eq!(a.gpu_uuids.len(), 1);
+    assert!(a.gpu_uuids[0].starts_with("GPU-n1-"));
+    assert_eq!(a.attempt, 1);
+
+    agent
+        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
+            job_id: a.job_id.clone(),
+            replica: 0,
+            pid: 42,
+            started_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    let running = wait_state(&mut jobs, &submitted.id, pb::JobState::Running).await;
+    let placement = running.placement.expect("placement");
+    assert_eq!(placement.replicas[0].node_cid, agent.cid);
+    assert!(
+        placement.replicas[0].gpus[0]
+            .device_cid
+            .starts_with(&agent.cid)
+    );
+
+    agent
+        .send(pb::agent_message::Msg::Exited(pb::WorkExited {
+            job_id: a.job_id.clone(),
+            replica: 0,
+            exit_code: 0,
+            signal: 0,
+            message: String::new(),
+            ended_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    let done = wait_state(&mut jobs, &submitted.id, pb::JobState::Succeeded).await;
+    assert!(done.finished_unix_ms > 0);
+
+    // The whole history is replayable from the event log.
+    let mut events = jobs
+        .watch(authed(
+            RESEARCH,
+            pb::WatchJobsRequest {
+                job_id: submitted.id.clone(),
+                from_seq: Some(1),
+                tenant: String::new(),
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut states = Vec::new();
+    while states.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("event")
+            .expect("open")
+            .expect("ok");
+        states.push(pb::JobState::try_from(e.to_state).expect("known"));
+    }
+    assert_eq!(
+        states,
+        [
+            pb::JobState::Pending,
+            pb::JobState::Placed,
+            pb::JobState::Running,
+            pb::JobState::Succeeded
+        ]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tenants_see_and_cancel_only_their_own_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let id = jobs
+        .submit(authed(
+            RESEARCH,
+            pb::SubmitJobRequest {
+                spec: Some(job("mine", "research", 1)),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("submits")
+        .into_inner()
+        .job
+        .expect("job")
+        .id;
+    let err = jobs
+        .get(authed(PROD, pb::GetJobRequest { id: id.clone() }))
+        .await
+        .expect_err("hidden");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = jobs
+        .cancel(authed(
+            PROD,
+            pb::CancelJobRequest {
+                id: id.clone(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect_err("hidden");
+    assert_eq!(err.code(), Code::NotFound);
+    let listed = jobs
+        .list(authed(PROD, pb::ListJobsRequest::default()))
+        .await
+        .expect("lists")
+        .into_inner();
+    assert!(listed.jobs.is_empty());
+    let err = jobs
+        .submit(authed(
+            PROD,
+            pb::SubmitJobRequest {
+                spec: Some(job("sneaky", "research", 1)),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("cannot submit for another tenant");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = jobs
+        .get(authed(
+            "wrong-token-x",
+            pb::GetJobRequest { id: id.clone() },
+        ))
+        .await
+        .expect_err("unknown token");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(err.message(), "unknown token");
+
+    let cancelled = jobs
+        .cancel(authed(
+            RESEARCH,
+            pb::CancelJobRequest {
+                id: id.clone(),
+                reason: "changed my mind".into(),
+            },
+        ))
+        .await
+        .expect("own job")
+        .into_inner();
+    assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
+    assert_eq!(
+        cancelled.last_reason,
+        "cancelled by tenant research: changed my mind"
+    );
+    let err = jobs
+        .cancel(authed(
+            RESEARCH,
+            pb::CancelJobRequest {
+                id,
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect_err("already finished");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut spec = job("x", "research", 1);
+    spec.replicas = 0;
+    let err = jobs
+        .submit(authed(
+            RESEARCH,
+            pb::SubmitJobRequest {
+                spec: Some(spec),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "spec.replicas: must be between 1 and 100000, got 0"
+    );
+    let err = jobs
+        .submit(authed(RESEARCH, pb::SubmitJobRequest::default()))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.message(), "spec: is required");
+    let err = jobs
+        .get(authed(
+            RESEARCH,
+            pb::GetJobRequest {
+                id: "../etc".into(),
+            },
+        ))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let mut agents = AgentServiceClient::new(ch.clone());
+    let mut bad = inventory("n1", 2);
+    bad.gpus[1].uuid = bad.gpus[0].uuid.clone();
+    let err = agents
+        .register(authed(
+            JOIN,
+            pb::RegisterRequest {
+                inventory: Some(bad.into()),
+                agent_version: String::new(),
+            },
+        ))
+        .await
+        .expect_err("duplicate UUIDs");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "inventory.gpus[1].uuid: duplicate GPU UUID \"GPU-n1-0\" (first at gpus[0])"
+    );
+    let err = agents
+        .register(authed(
+            RESEARCH,
+            pb::RegisterRequest {
+                inventory: Some(inventory("n1", 1).into()),
+                agent_version: String::new(),
+            },
+        ))
+        .await
+        .expect_err("tenant tokens cannot register agents");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut cluster = ClusterServiceClient::new(ch);
+    let err = cluster
+        .cordon(authed(
+            RESEARCH,
+            pb::CordonRequest {
+                cid: "cid:acme/cn-east-1/dc-a/n1".into(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect_err("admins only");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lost_agent_sends_its_jobs_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 700)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut a = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
+    let a_alive = a.keep_alive();
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let id = jobs
+        .submit(authed(
+            RESEARCH,
+            pb::SubmitJobRequest {
+                spec: Some(job("moves", "research", 1)),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("submits")
+        .into_inner()
+        .job
+        .expect("job")
+        .id;
+    let first = a.next_assignment().await;
+    assert_eq!(first.job_id, id);
+    // Node n2 joins; then n1 goes silent.
+    let mut b = Agent::connect(ch.clone(), inventory("n2", 1), vec![]).await;
+    let _b_alive = b.keep_alive();
+    a_alive.abort();
+    let second = b.next_assignment().await;
+    assert_eq!(second.job_id, id);
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.gpu_uuids, ["GPU-n2-0"]);
+    let j = wait_state(&mut jobs, &id, pb::JobState::Placed).await;
+    assert_eq!(j.attempts, 2);
+    let mut cluster = ClusterServiceClient::new(ch);
+    let nodes = cluster
+        .list_nodes(authed(ADMIN, pb::ListNodesRequest::default()))
+        .await
+        .expect("lists")
+        .into_inner();
+    let n1 = nodes
+        .nodes
+        .iter()
+        .find(|n| n.inventory.as_ref().is_some_and(|i| i.cid.ends_with("/n1")))
+        .expect("n1 listed");
+    assert_eq!(n1.condition, pb::NodeCondition::NotReady as i32);
+    drop(a);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_jobs_and_never_double_allocates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
+    agent.heartbeat(1).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        ids.push(
+            jobs.submit(authed(
+                RESEARCH,
+                pb::SubmitJobRequest {
+                    spec: Some(job(name, "research", 1)),
+                    request_id: format!("req-{name}"),
+                },
+            ))
+            .await
+            .expect("submits")
+            .into_inner()
+            .job
+            .expect("job")
+            .id,
+        );
+    }
+    let a = agent.next_assignment().await;
+    assert_eq!(a.job_id, ids[0]);
+    agent
+        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
+            job_id: a.job_id.clone(),
+            replica: 0,
+            pid: 7,
+            started_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    wait_state(&mut jobs, &ids[0], pb::JobState::Running).await;
+    server.shutdown().await;
+    drop(agent);
+
+    let server = start(config(dir.path(), 60_000)).await.expect("restarts");
+    let ch = channel(&server).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    // A retried submit with the same request id is the same job.
+    let again = jobs
+        .submit(authed(
+            RESEARCH,
+            pb::SubmitJobRequest {
+                spec: Some(job("second", "research", 1)),
+                request_id: "req-second".into(),
+            },
+        ))
+        .await
+        .expect("submits")
+        .into_inner()
+        .job
+        .expect("job");
+    assert_eq!(again.id, ids[1]);
+    // The agent returns, still running the first job: the only GPU stays with it.
+    let mut agent = Agent::connect(
+        ch.clone(),
+        inventory("n1", 1),
+        vec![pb::RunningWork {
+            job_id: ids[0].clone(),
+            replica: 0,
+            pid: 7,
+            gpu_uuids: vec!["GPU-n1-0".into()],
+            started_unix_ms: 0,
+            attempt: 1,
+        }],
+    )
+    .await;
+    agent.heartbeat(1).await;
+    let explain = jobs
+        .explain(authed(
+            RESEARCH,
+            pb::ExplainJobRequest { id: ids[1].clone() },
+        ))
+        .await
+        .expect("explains")
+        .into_inner();
+    assert_eq!(explain.state, pb::JobState::Pending as i32);
+    let first = wait_state(&mut jobs, &ids[0], pb::JobState::Running).await;
+    assert_eq!(first.attempts, 1);
+    // Finishing the first job frees the GPU for the second, never before.
+    agent
+        .send(pb::agent_message::Msg::Exited(pb::WorkExited {
+            job_id: ids[0].clone(),
+            replica: 0,
+            exit_code: 0,
+            signal: 0,
+            message: String::new(),
+            ended_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    let next = agent.next_assignment().await;
+    assert_eq!(next.job_id, ids[1]);
+    wait_state(&mut jobs, &ids[0], pb::JobState::Succeeded).await;
+
+    // Cancelling a placed job tells its agent to stop it.
+    jobs.cancel(authed(
+        RESEARCH,
+        pb::CancelJobRequest {
+            id: ids[1].clone(),
+            reason: String::new(),
+        },
+    ))
+    .await
+    .expect("cancels");
+    let cancel = agent.next_cancel().await;
+    assert_eq!(cancel.job_id, ids[1]);
+    assert_eq!(agent.session_id.is_empty(), false);
+    server.shutdown().await;
+}
