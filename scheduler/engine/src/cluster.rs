@@ -73,7 +73,7 @@ pub enum ClusterError {
     Inventory {
         index: usize,
         node: String,
-        error: ValidationError,
+        error: Box<ValidationError>,
     },
     #[error("too many distinct GPU models (at most 65535)")]
     TooManyModels,
@@ -311,10 +311,7 @@ impl Node {
     /// The link rank between GPU positions `a` and `b` (lower is closer), when known.
     pub fn link_rank(&self, a: usize, b: usize) -> Option<u32> {
         let g = self.gpus.len();
-        self.links
-            .as_ref()
-            .and_then(|l| l.get(a * g + b))
-            .copied()
+        self.links.as_ref().and_then(|l| l.get(a * g + b)).copied()
     }
 
     pub fn has_links(&self) -> bool {
@@ -329,10 +326,11 @@ impl Node {
     /// Whether `cid` allows this node (prefix either way, like `PlacementConstraints`).
     pub fn within(&self, prefixes: &[Cid]) -> bool {
         prefixes.is_empty()
-            || self
-                .cid
-                .as_ref()
-                .is_some_and(|c| prefixes.iter().any(|p| p.is_prefix_of(c) || c.is_prefix_of(p)))
+            || self.cid.as_ref().is_some_and(|c| {
+                prefixes
+                    .iter()
+                    .any(|p| p.is_prefix_of(c) || c.is_prefix_of(p))
+            })
     }
 }
 
@@ -392,7 +390,13 @@ impl PartialEq for Cluster {
 
 impl Eq for Cluster {}
 
-fn range(node: &str, field: &'static str, got: u64, min: u64, max: u64) -> Result<(), ClusterError> {
+fn range(
+    node: &str,
+    field: &'static str,
+    got: u64,
+    min: u64,
+    max: u64,
+) -> Result<(), ClusterError> {
     if (min..=max).contains(&got) {
         Ok(())
     } else {
@@ -430,7 +434,10 @@ impl Cluster {
 
     /// The node's position when all nodes are sorted by name.
     pub fn name_rank(&self, node: NodeId) -> u32 {
-        self.name_rank.get(node.index()).copied().unwrap_or(u32::MAX)
+        self.name_rank
+            .get(node.index())
+            .copied()
+            .unwrap_or(u32::MAX)
     }
 
     fn intern(&mut self, model: &GpuModel) -> Result<ModelId, ClusterError> {
@@ -457,7 +464,11 @@ impl Cluster {
             });
         }
         node.uniform_model = node.gpus.first().map(|g| g.model);
-        if node.gpus.iter().any(|g| Some(g.model) != node.uniform_model) {
+        if node
+            .gpus
+            .iter()
+            .any(|g| Some(g.model) != node.uniform_model)
+        {
             node.uniform_model = None;
         }
         let id = NodeId(u32::try_from(self.nodes.len()).map_err(|_| ClusterError::TooManyModels)?);
@@ -473,14 +484,29 @@ impl Cluster {
             let name = shape.name.as_str();
             range(name, "cpu_milli", shape.cpu_milli, 1, MAX_NODE_CPU_MILLI)?;
             range(name, "memory_mib", shape.memory_mib, 1, MAX_NODE_MEMORY_MIB)?;
-            range(name, "gpu", u64::from(shape.gpus), 0, u64::from(MAX_GPUS_PER_NODE))?;
-            range(name, "gpu_memory_mib", shape.gpu_memory_mib, 0, MAX_NODE_MEMORY_MIB)?;
+            range(
+                name,
+                "gpu",
+                u64::from(shape.gpus),
+                0,
+                u64::from(MAX_GPUS_PER_NODE),
+            )?;
+            range(
+                name,
+                "gpu_memory_mib",
+                shape.gpu_memory_mib,
+                0,
+                MAX_NODE_MEMORY_MIB,
+            )?;
             let mut gpus = Vec::new();
             if shape.gpus > 0 {
-                let model = shape.model.as_ref().ok_or_else(|| ClusterError::MissingModel {
-                    node: name.to_string(),
-                    gpus: shape.gpus,
-                })?;
+                let model = shape
+                    .model
+                    .as_ref()
+                    .ok_or_else(|| ClusterError::MissingModel {
+                        node: name.to_string(),
+                        gpus: shape.gpus,
+                    })?;
                 let model = cluster.intern(model)?;
                 gpus = (0..shape.gpus)
                     .map(|i| Gpu::new(i, String::new(), model, shape.gpu_memory_mib))
@@ -514,12 +540,18 @@ impl Cluster {
             inv.validate().map_err(|error| ClusterError::Inventory {
                 index,
                 node: inv.cid.to_string(),
-                error,
+                error: Box::new(error),
             })?;
             let name = inv.node_name().to_string();
             range(&name, "cpu_milli", inv.cpu_milli, 1, MAX_NODE_CPU_MILLI)?;
             range(&name, "memory_mib", inv.memory_mib, 1, MAX_NODE_MEMORY_MIB)?;
-            range(&name, "gpus", inv.gpus.len() as u64, 0, u64::from(MAX_GPUS_PER_NODE))?;
+            range(
+                &name,
+                "gpus",
+                inv.gpus.len() as u64,
+                0,
+                u64::from(MAX_GPUS_PER_NODE),
+            )?;
             let mut reported: Vec<&crate::inventory::GpuInfo> = inv.gpus.iter().collect();
             reported.sort_by_key(|g| g.index);
             let mut gpus = Vec::with_capacity(reported.len());
@@ -649,14 +681,20 @@ impl Cluster {
             .get_mut(node.index())
             .ok_or(ClusterError::UnknownNode(node.0))?;
         let name = n.name.clone();
-        let g = n.gpus.get_mut(gpu).ok_or_else(|| ClusterError::DoesNotFit {
-            node: name.clone(),
-            problem: format!("no GPU at position {gpu}"),
-        })?;
+        let g = n
+            .gpus
+            .get_mut(gpu)
+            .ok_or_else(|| ClusterError::DoesNotFit {
+                node: name.clone(),
+                problem: format!("no GPU at position {gpu}"),
+            })?;
         if g.sharers > 0 || g.exclusive {
             return Err(ClusterError::DoesNotFit {
                 node: name,
-                problem: format!("GPU {} is in use; MIG mode changes only on idle GPUs", g.index),
+                problem: format!(
+                    "GPU {} is in use; MIG mode changes only on idle GPUs",
+                    g.index
+                ),
             });
         }
         if g.mig.is_none() {
@@ -682,10 +720,13 @@ impl Cluster {
             .get_mut(node.index())
             .ok_or(ClusterError::UnknownNode(node.0))?;
         let name = n.name.clone();
-        let g = n.gpus.get_mut(gpu).ok_or_else(|| ClusterError::DoesNotFit {
-            node: name,
-            problem: format!("no GPU at position {gpu}"),
-        })?;
+        let g = n
+            .gpus
+            .get_mut(gpu)
+            .ok_or_else(|| ClusterError::DoesNotFit {
+                node: name,
+                problem: format!("no GPU at position {gpu}"),
+            })?;
         g.health = health;
         n.version = next_version();
         Ok(())
@@ -718,7 +759,8 @@ impl Cluster {
                     .spec_for(mig.class)
                     .expect("check_claim verified the profile exists for this class");
                 let row = spec_row(spec).expect("a table row has a position");
-                mig.used_slices |= slice_mask(spec, *start).expect("check_claim verified the slices");
+                mig.used_slices |=
+                    slice_mask(spec, *start).expect("check_claim verified the slices");
                 mig.instances.push((row, *start));
             }
         }
@@ -763,22 +805,22 @@ impl Cluster {
             } else {
                 gpu.sharers -= 1;
             }
-            if let (Some((profile, start)), Some(mig)) = (&grant.mig, gpu.mig.as_mut()) {
-                if let Some(spec) = profile.spec_for(mig.class) {
-                    let row = spec_row(spec).expect("a table row has a position");
-                    if let Some(p) = mig.instances.iter().position(|i| *i == (row, *start)) {
-                        mig.instances.remove(p);
-                    }
-                    mig.used_slices &= !slice_mask(spec, *start).unwrap_or(0);
+            if let (Some((profile, start)), Some(mig)) = (&grant.mig, gpu.mig.as_mut())
+                && let Some(spec) = profile.spec_for(mig.class)
+            {
+                let row = spec_row(spec).expect("a table row has a position");
+                if let Some(p) = mig.instances.iter().position(|i| *i == (row, *start)) {
+                    mig.instances.remove(p);
                 }
+                mig.used_slices &= !slice_mask(spec, *start).unwrap_or(0);
             }
         }
-        if let Some(tag) = alloc.affinity {
-            if let Ok(i) = node.affinity.binary_search_by_key(&tag, |(t, _)| *t) {
-                node.affinity[i].1 -= 1;
-                if node.affinity[i].1 == 0 {
-                    node.affinity.remove(i);
-                }
+        if let Some(tag) = alloc.affinity
+            && let Ok(i) = node.affinity.binary_search_by_key(&tag, |(t, _)| *t)
+        {
+            node.affinity[i].1 -= 1;
+            if node.affinity[i].1 == 0 {
+                node.affinity.remove(i);
             }
         }
         node.version = next_version();
@@ -936,7 +978,10 @@ mod tests {
             gpus: vec![share(600), share(600)],
             affinity: Some(AffinityTag::Share),
         };
-        assert!(c.allocate(&claim).is_err(), "two grants over-commit one GPU");
+        assert!(
+            c.allocate(&claim).is_err(),
+            "two grants over-commit one GPU"
+        );
         let one = Claim {
             gpus: vec![share(600)],
             ..claim
@@ -957,6 +1002,9 @@ mod tests {
         assert!(c.allocate(&whole).is_err(), "a shared GPU is not exclusive");
         c.release(id).expect("known");
         c.allocate(&whole).expect("now free");
-        assert!(c.allocate(&one).is_err(), "an exclusive GPU is never shared");
+        assert!(
+            c.allocate(&one).is_err(),
+            "an exclusive GPU is never shared"
+        );
     }
 }

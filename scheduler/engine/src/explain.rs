@@ -43,7 +43,7 @@ pub struct Unplaceable {
     pub nodes: u32,
     /// Reasons with their node counts, most frequent first; zero counts left out.
     pub counts: Vec<(Reason, u32)>,
-    request: RequestSummary,
+    request: Box<RequestSummary>,
 }
 
 /// What the reason texts need to know about the request.
@@ -74,14 +74,14 @@ impl Unplaceable {
         Unplaceable {
             nodes,
             counts,
-            request: RequestSummary {
+            request: Box::new(RequestSummary {
                 cpu_milli: request.cpu_milli(),
                 memory_mib: request.memory_mib(),
                 gpus: request.gpu_count(),
                 share,
                 profile,
                 models: request.models().to_vec(),
-            },
+            }),
         }
     }
 
@@ -135,7 +135,7 @@ fn grouped(n: u32) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -169,7 +169,11 @@ impl WorkloadMix {
                     milli: s.gpu_milli,
                     count: s.gpu_count,
                     any_model: s.models.is_empty(),
-                    models: s.models.iter().filter_map(|m| cluster.model_id(m)).collect(),
+                    models: s
+                        .models
+                        .iter()
+                        .filter_map(|m| cluster.model_id(m))
+                        .collect(),
                     weight: s.weight,
                 })
                 .collect(),

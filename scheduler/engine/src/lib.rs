@@ -42,8 +42,8 @@ pub mod validation;
 
 pub use cid::{Cid, CidError, Level};
 pub use cluster::{
-    Allocation, AllocationId, Claim, Cluster, ClusterError, Gpu, GpuGrant, ModelId, Node,
-    NodeId, NodeShape,
+    Allocation, AllocationId, Claim, Cluster, ClusterError, Gpu, GpuGrant, ModelId, Node, NodeId,
+    NodeShape,
 };
 pub use explain::{Reason, ScoreBreakdown, Unplaceable};
 pub use fgd::{MixError, MixShape, WorkloadMix};

@@ -373,6 +373,9 @@ mod tests {
             })
         ));
         let err = Request::from_openb(1, 1, 1, 1000, "A100 80GB").expect_err("bad model");
-        assert!(err.to_string().starts_with("gpu_spec \"A100 80GB\""), "{err}");
+        assert!(
+            err.to_string().starts_with("gpu_spec \"A100 80GB\""),
+            "{err}"
+        );
     }
 }

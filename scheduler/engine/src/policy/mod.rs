@@ -84,7 +84,9 @@ impl fmt::Display for PolicyKind {
 /// Why a policy cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("unknown policy {name:?}; known: random, best-fit, dot-product, gpu-packing, gpu-clustering, fgd")]
+    #[error(
+        "unknown policy {name:?}; known: random, best-fit, dot-product, gpu-packing, gpu-clustering, fgd"
+    )]
     Unknown { name: String },
     #[error("policy fgd needs the expected workload mix")]
     MissingMix,
@@ -455,7 +457,9 @@ pub fn place<R: RngCore + ?Sized>(
             link: Reverse(link),
             // The random policy is a uniform draw over feasible nodes whatever the tie-break.
             tie: match policy.tie_break {
-                TieBreak::NodeName if policy.kind != PolicyKind::Random => u64::from(u32::MAX - cluster.name_rank(NodeId(i as u32))),
+                TieBreak::NodeName if policy.kind != PolicyKind::Random => {
+                    u64::from(u32::MAX - cluster.name_rank(NodeId(i as u32)))
+                }
                 _ => mix64(nonce ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             },
             node: Reverse(NodeId(i as u32)),
@@ -475,11 +479,7 @@ pub fn place<R: RngCore + ?Sized>(
         }
     }
     let Some(score) = best else {
-        return Err(Unplaceable::new(
-            cluster.len() as u32,
-            &reasons,
-            request,
-        ));
+        return Err(Unplaceable::new(cluster.len() as u32, &reasons, request));
     };
     let node = &cluster.nodes()[score.node.0.index()];
     let (gpus, terms) = choose_gpus(&mut scorer, node, rng);
@@ -550,7 +550,9 @@ fn choose_gpus<R: RngCore + ?Sized>(
             .into_iter()
             .collect()
         }
-        GpuDemand::Mig { profile, count } => plan_mig(ctx, node, profile, *count).unwrap_or_default(),
+        GpuDemand::Mig { profile, count } => {
+            plan_mig(ctx, node, profile, *count).unwrap_or_default()
+        }
     };
     if !grants.is_empty() {
         terms.push(("gpus_granted", grants.len() as f64));
@@ -567,11 +569,26 @@ mod tests {
         for kind in PolicyKind::ALL {
             assert_eq!(kind.name().parse::<PolicyKind>().expect("own name"), kind);
         }
-        assert_eq!("DotProd".parse::<PolicyKind>().expect("paper name"), PolicyKind::DotProduct);
-        assert_eq!("FGD".parse::<PolicyKind>().expect("paper name"), PolicyKind::Fgd);
-        assert!(matches!("worst-fit".parse::<PolicyKind>(), Err(PolicyError::Unknown { .. })));
-        assert_eq!(Policy::new(PolicyKind::Fgd).expect_err("needs mix"), PolicyError::MissingMix);
-        assert_eq!(Policy::from_name("fgd", None).expect_err("needs mix"), PolicyError::MissingMix);
+        assert_eq!(
+            "DotProd".parse::<PolicyKind>().expect("paper name"),
+            PolicyKind::DotProduct
+        );
+        assert_eq!(
+            "FGD".parse::<PolicyKind>().expect("paper name"),
+            PolicyKind::Fgd
+        );
+        assert!(matches!(
+            "worst-fit".parse::<PolicyKind>(),
+            Err(PolicyError::Unknown { .. })
+        ));
+        assert_eq!(
+            Policy::new(PolicyKind::Fgd).expect_err("needs mix"),
+            PolicyError::MissingMix
+        );
+        assert_eq!(
+            Policy::from_name("fgd", None).expect_err("needs mix"),
+            PolicyError::MissingMix
+        );
     }
 
     #[test]

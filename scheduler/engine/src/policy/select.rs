@@ -26,8 +26,12 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(cluster: &crate::cluster::Cluster, req: &'a Request) -> Ctx<'a> {
-        let models = (!req.models().is_empty())
-            .then(|| req.models().iter().filter_map(|m| cluster.model_id(m)).collect());
+        let models = (!req.models().is_empty()).then(|| {
+            req.models()
+                .iter()
+                .filter_map(|m| cluster.model_id(m))
+                .collect()
+        });
         Ctx {
             req,
             cpu: req.cpu_milli(),
@@ -101,7 +105,9 @@ pub(crate) fn filter(ctx: &Ctx<'_>, node: &Node) -> Result<(), Reason> {
             let offering = node.gpus().iter().any(|g| {
                 g.usable()
                     && ctx.model_ok(g.model)
-                    && g.mig.as_ref().is_some_and(|m| profile.spec_for(m.class).is_some())
+                    && g.mig
+                        .as_ref()
+                        .is_some_and(|m| profile.spec_for(m.class).is_some())
             });
             if !offering {
                 Err(Reason::NoMigProfile)
@@ -135,7 +141,9 @@ pub(crate) fn choose_whole(
     if n < count {
         return None;
     }
-    if count < 2 || !node.has_links() || combinations(n as u64, count as u64) > MAX_LINK_COMBINATIONS
+    if count < 2
+        || !node.has_links()
+        || combinations(n as u64, count as u64) > MAX_LINK_COMBINATIONS
     {
         out.extend_from_slice(&free[..count]);
         return Some(worst_rank(node, out));
@@ -272,7 +280,12 @@ pub(crate) fn share_candidates(
 }
 
 /// The tightest GPU for a share: least compute left, then lowest index.
-pub(crate) fn tightest_share(ctx: &Ctx<'_>, node: &Node, milli: u32, memory_mib: u64) -> Option<usize> {
+pub(crate) fn tightest_share(
+    ctx: &Ctx<'_>,
+    node: &Node,
+    milli: u32,
+    memory_mib: u64,
+) -> Option<usize> {
     let gpus = node.gpus();
     share_candidates(ctx, node, milli, memory_mib).min_by_key(|&i| (gpus[i].milli_left(), i))
 }

@@ -42,9 +42,16 @@ use suanli_engine::inventory::{
 };
 
 /// An inventory for node `name` in domain `domain` with `gpus` H100s and the given GPU pairs.
-pub fn inventory(domain: &str, name: &str, gpus: u32, pairs: &[(u32, u32, LinkPath)]) -> NodeInventory {
+pub fn inventory(
+    domain: &str,
+    name: &str,
+    gpus: u32,
+    pairs: &[(u32, u32, LinkPath)],
+) -> NodeInventory {
     NodeInventory {
-        cid: format!("cid:acme/cn-east-1/{domain}/{name}").parse().expect("valid cid"),
+        cid: format!("cid:acme/cn-east-1/{domain}/{name}")
+            .parse()
+            .expect("valid cid"),
         generation: 1,
         fabric: FabricPosition::default(),
         cpu_milli: 128_000,
@@ -72,7 +79,11 @@ pub fn inventory(domain: &str, name: &str, gpus: u32, pairs: &[(u32, u32, LinkPa
         nics: vec![],
         gpu_pairs: pairs
             .iter()
-            .map(|(a, b, path)| GpuPair { a: *a, b: *b, path: *path })
+            .map(|(a, b, path)| GpuPair {
+                a: *a,
+                b: *b,
+                path: *path,
+            })
             .collect(),
         gpu_nic_pairs: vec![],
         labels: BTreeMap::new(),

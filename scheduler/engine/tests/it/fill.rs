@@ -83,9 +83,7 @@ pub fn fill(shapes: &[NodeShape], pods: &[Request], policy: &Policy, seed: u64) 
         let pod = &pods[i];
         arrived += pod.gpu_milli_total();
         if let Ok(p) = place(&cluster, pod, policy, &mut rng) {
-            cluster
-                .allocate(&p.claim)
-                .expect("a fresh placement fits");
+            cluster.allocate(&p.claim).expect("a fresh placement fits");
         }
     }
     100.0 - 100.0 * cluster.used_gpu_milli() as f64 / capacity as f64
@@ -128,7 +126,10 @@ fn all_policies_print_their_numbers() {
     let seeds: Vec<u64> = (42..52).collect();
     for kind in PolicyKind::ALL {
         let policy = Policy::from_name(kind.name(), Some(mix.clone())).expect("known policy");
-        let v: Vec<f64> = seeds.iter().map(|s| fill(&shapes, &pods, &policy, *s)).collect();
+        let v: Vec<f64> = seeds
+            .iter()
+            .map(|s| fill(&shapes, &pods, &policy, *s))
+            .collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         eprintln!("{kind}: mean {mean:.2}% unallocated over seeds 42..51 {v:.2?}");
     }

@@ -1,8 +1,8 @@
 //! Bad input gets a typed error or an explanation, never a panic.
 
 use suanli_engine::{
-    AllocationId, Cluster, ClusterError, GpuDemand, NodeShape, Policy, PolicyKind, Reason,
-    Request, RequestError, place,
+    AllocationId, Cluster, ClusterError, GpuDemand, NodeShape, Policy, PolicyKind, Reason, Request,
+    RequestError, place,
 };
 
 use crate::common::{cluster, rng, shapes, whole};
@@ -11,17 +11,29 @@ use crate::common::{cluster, rng, shapes, whole};
 fn zero_and_absurd_request_sizes_are_typed_errors() {
     assert!(matches!(
         Request::new(0, 0, GpuDemand::Exclusive { count: 65 }),
-        Err(RequestError::OutOfRange { field: "gpu.count", .. })
+        Err(RequestError::OutOfRange {
+            field: "gpu.count",
+            ..
+        })
     ));
     assert!(matches!(
         Request::new(0, u64::MAX, GpuDemand::None),
-        Err(RequestError::OutOfRange { field: "memory_mib", .. })
+        Err(RequestError::OutOfRange {
+            field: "memory_mib",
+            ..
+        })
     ));
     assert!(matches!(
         Request::from_openb(1000, 1, 3, 250, ""),
-        Err(RequestError::PartialMultiGpu { count: 3, milli: 250 })
+        Err(RequestError::PartialMultiGpu {
+            count: 3,
+            milli: 250
+        })
     ));
-    assert!(matches!(Request::from_openb(1000, 1, 1, 1, "H100||bad model"), Err(RequestError::BadModel { .. })));
+    assert!(matches!(
+        Request::from_openb(1000, 1, 1, 1, "H100||bad model"),
+        Err(RequestError::BadModel { .. })
+    ));
 }
 
 #[test]
@@ -30,13 +42,25 @@ fn bad_node_shapes_are_typed_errors() {
     s[0].memory_mib = 0;
     assert!(matches!(
         Cluster::from_shapes(&s),
-        Err(ClusterError::OutOfRange { field: "memory_mib", .. })
+        Err(ClusterError::OutOfRange {
+            field: "memory_mib",
+            ..
+        })
     ));
     let mut s = shapes(1, 1, "T4");
     s[0].gpus = 10_000;
-    assert!(matches!(Cluster::from_shapes(&s), Err(ClusterError::OutOfRange { field: "gpu", .. })));
-    let blank = NodeShape { name: " ".into(), ..shapes(1, 0, "CPU")[0].clone() };
-    assert!(matches!(Cluster::from_shapes(&[blank]), Err(ClusterError::EmptyName { index: 0 })));
+    assert!(matches!(
+        Cluster::from_shapes(&s),
+        Err(ClusterError::OutOfRange { field: "gpu", .. })
+    ));
+    let blank = NodeShape {
+        name: " ".into(),
+        ..shapes(1, 0, "CPU")[0].clone()
+    };
+    assert!(matches!(
+        Cluster::from_shapes(&[blank]),
+        Err(ClusterError::EmptyName { index: 0 })
+    ));
 }
 
 #[test]
@@ -66,16 +90,25 @@ fn stale_claims_and_unknown_ids_are_refused() {
     c.allocate(&p.claim).expect("fits");
     let err = c.allocate(&p.claim).expect_err("the GPU is taken now");
     assert!(matches!(err, ClusterError::DoesNotFit { .. }), "{err}");
-    assert!(matches!(c.release(AllocationId(999)), Err(ClusterError::UnknownAllocation(_))));
+    assert!(matches!(
+        c.release(AllocationId(999)),
+        Err(ClusterError::UnknownAllocation(_))
+    ));
     let mut wrong = p.claim.clone();
     wrong.node = suanli_engine::NodeId(7);
-    assert!(matches!(c.allocate(&wrong), Err(ClusterError::UnknownNode(7))));
+    assert!(matches!(
+        c.allocate(&wrong),
+        Err(ClusterError::UnknownNode(7))
+    ));
 }
 
 #[test]
 fn fgd_without_a_mix_and_unknown_names_are_errors() {
     assert!(Policy::from_name("fgd", None).is_err());
     assert!(Policy::from_name("tetris", None).is_err());
-    let err = "tetris".parse::<PolicyKind>().expect_err("unknown").to_string();
+    let err = "tetris"
+        .parse::<PolicyKind>()
+        .expect_err("unknown")
+        .to_string();
     assert!(err.contains("known: random, best-fit"), "{err}");
 }

@@ -33,25 +33,40 @@ fn one_busy_node() -> Cluster {
 #[test]
 fn best_fit_fills_the_fuller_node() {
     let mut c = one_busy_node();
-    assert_eq!(place_on(&mut c, &whole(4000, 1), &policy(PolicyKind::BestFit)), NodeId(1));
+    assert_eq!(
+        place_on(&mut c, &whole(4000, 1), &policy(PolicyKind::BestFit)),
+        NodeId(1)
+    );
 }
 
 #[test]
 fn dot_product_prefers_less_free_capacity() {
     let mut c = one_busy_node();
-    assert_eq!(place_on(&mut c, &whole(4000, 2), &policy(PolicyKind::DotProduct)), NodeId(1));
+    assert_eq!(
+        place_on(&mut c, &whole(4000, 2), &policy(PolicyKind::DotProduct)),
+        NodeId(1)
+    );
 }
 
 #[test]
 fn gpu_packing_shares_a_used_gpu_before_a_fresh_one() {
     let mut c = cluster(&shapes(2, 2, "T4"));
     let first = place_on(&mut c, &share(1000, 300), &policy(PolicyKind::GpuPacking));
-    let p = place(&c, &share(1000, 500), &policy(PolicyKind::GpuPacking), &mut rng(3))
-        .expect("fits");
+    let p = place(
+        &c,
+        &share(1000, 500),
+        &policy(PolicyKind::GpuPacking),
+        &mut rng(3),
+    )
+    .expect("fits");
     assert_eq!(p.node(), first, "the partly used GPU's node");
     let used_gpu = c.allocations().next().expect("one allocation").gpus[0].gpu;
     assert_eq!(p.claim.gpus[0].gpu, used_gpu, "the partly used GPU itself");
-    assert!(p.score.points >= 50, "sharing scores in the top band: {}", p.breakdown);
+    assert!(
+        p.score.points >= 50,
+        "sharing scores in the top band: {}",
+        p.breakdown
+    );
 }
 
 #[test]
@@ -59,12 +74,17 @@ fn gpu_clustering_groups_the_same_kind_of_work() {
     let mut c = cluster(&shapes(3, 8, "V100M32"));
     let clustering = policy(PolicyKind::GpuClustering);
     let shares_node = place_on(&mut c, &share(1000, 200), &clustering);
-    let mut claim = place(&c, &whole(1000, 1), &clustering, &mut rng(2)).expect("fits").claim;
+    let mut claim = place(&c, &whole(1000, 1), &clustering, &mut rng(2))
+        .expect("fits")
+        .claim;
     // Put a whole-GPU job on another node, then ask for another whole GPU.
     claim.node = NodeId((shares_node.0 + 1) % 3);
     c.allocate(&claim).expect("fits");
     assert_eq!(place_on(&mut c, &whole(1000, 1), &clustering), claim.node);
-    assert_eq!(place_on(&mut c, &share(1000, 100), &clustering), shares_node);
+    assert_eq!(
+        place_on(&mut c, &share(1000, 100), &clustering),
+        shares_node
+    );
 }
 
 #[test]
@@ -74,7 +94,11 @@ fn fgd_fills_the_gpu_the_share_fits_exactly() {
     let fgd = Policy::fgd(mix);
     let first = place_on(&mut c, &share(1000, 500), &fgd);
     let p = place(&c, &share(1000, 500), &fgd, &mut rng(5)).expect("fits");
-    assert_eq!(p.node(), first, "the other half of the used GPU leaves no fragment");
+    assert_eq!(
+        p.node(),
+        first,
+        "the other half of the used GPU leaves no fragment"
+    );
     let terms: Vec<&str> = p.breakdown.terms.iter().map(|(n, _)| *n).collect();
     assert!(terms.contains(&"frag_before") && terms.contains(&"frag_after"));
     assert!(p.score.points > 50, "fragmentation falls: {}", p.breakdown);
@@ -84,10 +108,17 @@ fn fgd_fills_the_gpu_the_share_fits_exactly() {
 fn random_is_seeded_and_spreads() {
     let c = cluster(&shapes(8, 1, "T4"));
     let random = policy(PolicyKind::Random);
-    let pick = |seed| place(&c, &whole(1000, 1), &random, &mut rng(seed)).expect("fits").node();
+    let pick = |seed| {
+        place(&c, &whole(1000, 1), &random, &mut rng(seed))
+            .expect("fits")
+            .node()
+    };
     assert_eq!(pick(11), pick(11), "same seed, same node");
     let distinct: std::collections::BTreeSet<NodeId> = (0..40).map(pick).collect();
-    assert!(distinct.len() > 3, "seeds reach several nodes: {distinct:?}");
+    assert!(
+        distinct.len() > 3,
+        "seeds reach several nodes: {distinct:?}"
+    );
 }
 
 #[test]
@@ -95,14 +126,28 @@ fn ties_break_by_name_or_by_seed() {
     let c = cluster(&shapes(6, 1, "T4"));
     let by_name = policy(PolicyKind::BestFit);
     let named: Vec<NodeId> = (0..10)
-        .map(|s| place(&c, &whole(1000, 1), &by_name, &mut rng(s)).expect("fits").node())
+        .map(|s| {
+            place(&c, &whole(1000, 1), &by_name, &mut rng(s))
+                .expect("fits")
+                .node()
+        })
         .collect();
-    assert!(named.iter().all(|n| *n == NodeId(0)), "first name wins: {named:?}");
+    assert!(
+        named.iter().all(|n| *n == NodeId(0)),
+        "first name wins: {named:?}"
+    );
     let drawn = by_name.with_tie_break(TieBreak::Random);
     let nodes: std::collections::BTreeSet<NodeId> = (0..30)
-        .map(|s| place(&c, &whole(1000, 1), &drawn, &mut rng(s)).expect("fits").node())
+        .map(|s| {
+            place(&c, &whole(1000, 1), &drawn, &mut rng(s))
+                .expect("fits")
+                .node()
+        })
         .collect();
-    assert!(nodes.len() > 2, "random ties reach several nodes: {nodes:?}");
+    assert!(
+        nodes.len() > 2,
+        "random ties reach several nodes: {nodes:?}"
+    );
 }
 
 #[test]
@@ -116,13 +161,29 @@ fn whole_gpus_prefer_nvlink_pairs() {
         (2, 3, LinkPath::Sys),
     ];
     let mut c = Cluster::from_inventories(&[inventory("dc-a", "n1", 4, &pairs)]).expect("valid");
-    let p = place(&c, &whole(1000, 2), &policy(PolicyKind::BestFit), &mut rng(1)).expect("fits");
+    let p = place(
+        &c,
+        &whole(1000, 2),
+        &policy(PolicyKind::BestFit),
+        &mut rng(1),
+    )
+    .expect("fits");
     let gpus: Vec<u32> = p.gpus().collect();
     assert_eq!(gpus, vec![0, 2], "the NVLink pair");
     assert_eq!(p.breakdown.link_rank, LinkPath::NvLink(18).rank());
     c.allocate(&p.claim).expect("fits");
-    let p = place(&c, &whole(1000, 2), &policy(PolicyKind::BestFit), &mut rng(1)).expect("fits");
-    assert_eq!(p.gpus().collect::<Vec<_>>(), vec![1, 3], "then the PCIe-switch pair");
+    let p = place(
+        &c,
+        &whole(1000, 2),
+        &policy(PolicyKind::BestFit),
+        &mut rng(1),
+    )
+    .expect("fits");
+    assert_eq!(
+        p.gpus().collect::<Vec<_>>(),
+        vec![1, 3],
+        "then the PCIe-switch pair"
+    );
 }
 
 #[test]
@@ -142,7 +203,12 @@ fn mig_profiles_go_where_their_slots_are_free() {
     };
     let best_fit = policy(PolicyKind::BestFit);
     let p = place(&c, &mig("3g.40gb", 2), &best_fit, &mut rng(1)).expect("two halves fit");
-    let starts: Vec<u8> = p.claim.gpus.iter().filter_map(|g| g.mig.as_ref().map(|m| m.1)).collect();
+    let starts: Vec<u8> = p
+        .claim
+        .gpus
+        .iter()
+        .filter_map(|g| g.mig.as_ref().map(|m| m.1))
+        .collect();
     assert_eq!(starts, vec![0, 4]);
     c.allocate(&p.claim).expect("fits");
     let err = place(&c, &mig("1g.10gb", 1), &best_fit, &mut rng(1)).expect_err("all slices used");
@@ -151,8 +217,13 @@ fn mig_profiles_go_where_their_slots_are_free() {
 }
 
 fn whole_on_mig_gpu_is_refused(c: &Cluster) -> bool {
-    place(c, &whole(1000, 1), &policy(PolicyKind::BestFit), &mut rng(1))
-        .is_err_and(|e| e.count(Reason::FewerFreeGpus) == 1)
+    place(
+        c,
+        &whole(1000, 1),
+        &policy(PolicyKind::BestFit),
+        &mut rng(1),
+    )
+    .is_err_and(|e| e.count(Reason::FewerFreeGpus) == 1)
 }
 
 #[test]
@@ -164,12 +235,16 @@ fn cordon_domain_and_model_filters_explain_themselves() {
     ])
     .expect("valid");
     c.set_cordoned(NodeId(2), true).expect("known node");
-    let request = whole(1000, 1).with_allowed(vec!["cid:acme/cn-east-1/dc-b".parse().expect("cid")]);
+    let request =
+        whole(1000, 1).with_allowed(vec!["cid:acme/cn-east-1/dc-b".parse().expect("cid")]);
     let p = place(&c, &request, &policy(PolicyKind::BestFit), &mut rng(1)).expect("n2 fits");
     assert_eq!(p.node_name, "n2");
     let picky = Request::from_openb(1000, 1, 2, 1000, "V100M32").expect("valid");
     let err = place(&c, &picky, &policy(PolicyKind::BestFit), &mut rng(1)).expect_err("no V100");
-    assert_eq!(err.to_string(), "2 nodes: model not in [V100M32]; 1 node: cordoned");
+    assert_eq!(
+        err.to_string(),
+        "2 nodes: model not in [V100M32]; 1 node: cordoned"
+    );
 }
 
 #[test]
@@ -177,8 +252,16 @@ fn explanation_counts_fewer_free_gpus() {
     let mut small: Vec<NodeShape> = shapes(3, 1, "T4");
     small.extend(shapes(1, 0, "CPU"));
     let c = cluster(&small);
-    let err = place(&c, &whole(1000, 2), &policy(PolicyKind::GpuPacking), &mut rng(1))
-        .expect_err("no node has 2 GPUs");
-    assert_eq!(err.to_string(), "3 nodes: fewer than 2 free GPUs; 1 node: no GPUs");
+    let err = place(
+        &c,
+        &whole(1000, 2),
+        &policy(PolicyKind::GpuPacking),
+        &mut rng(1),
+    )
+    .expect_err("no node has 2 GPUs");
+    assert_eq!(
+        err.to_string(),
+        "3 nodes: fewer than 2 free GPUs; 1 node: no GPUs"
+    );
     assert_eq!(err.nodes, 4);
 }

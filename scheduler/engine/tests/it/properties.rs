@@ -12,8 +12,14 @@ use crate::common::rng;
 const MODELS: [&str; 3] = ["A100-80GB", "T4", "V100M32"];
 
 fn node_shape() -> impl Strategy<Value = (NodeShape, Vec<bool>)> {
-    (1u64..=64, 1u64..=512, 0u32..=8, 0usize..3, prop::collection::vec(any::<bool>(), 8)).prop_map(
-        |(cores, gib, gpus, model, mig)| {
+    (
+        1u64..=64,
+        1u64..=512,
+        0u32..=8,
+        0usize..3,
+        prop::collection::vec(any::<bool>(), 8),
+    )
+        .prop_map(|(cores, gib, gpus, model, mig)| {
             (
                 NodeShape {
                     name: String::new(),
@@ -25,8 +31,7 @@ fn node_shape() -> impl Strategy<Value = (NodeShape, Vec<bool>)> {
                 },
                 mig,
             )
-        },
-    )
+        })
 }
 
 fn cluster_strategy() -> impl Strategy<Value = Cluster> {
@@ -41,9 +46,10 @@ fn cluster_strategy() -> impl Strategy<Value = Cluster> {
             .collect();
         let mut c = Cluster::from_shapes(&shapes).expect("valid shapes");
         for (i, (s, mig)) in nodes.iter().enumerate() {
-            for g in 0..s.gpus as usize {
-                // MIG only on the 80 GB A100s, and only on some GPUs.
-                if s.model.as_ref().is_some_and(|m| m.as_str() == "A100-80GB") && mig[g] {
+            let a100 = s.model.as_ref().is_some_and(|m| m.as_str() == "A100-80GB");
+            // MIG only on the 80 GB A100s, and only on some GPUs.
+            for (g, on) in mig.iter().enumerate().take(s.gpus as usize) {
+                if a100 && *on {
                     c.enable_mig(NodeId(i as u32), g).expect("idle GPU");
                 }
             }
@@ -59,29 +65,36 @@ fn request_strategy() -> impl Strategy<Value = Request> {
         (0u32..=1000, 0u64..=40_000)
             .prop_filter("a share asks for something", |(m, mem)| *m > 0 || *mem > 0)
             .prop_map(|(milli, memory_mib)| GpuDemand::Shared { milli, memory_mib }),
-        (prop::sample::select(vec!["1g.10gb", "2g.20gb", "3g.40gb", "7g.80gb"]), 1u32..=3)
+        (
+            prop::sample::select(vec!["1g.10gb", "2g.20gb", "3g.40gb", "7g.80gb"]),
+            1u32..=3
+        )
             .prop_map(|(p, count)| GpuDemand::Mig {
                 profile: p.parse().expect("known profile"),
                 count,
             }),
     ];
-    (0u64..=20_000, 0u64..=65_536, demand, prop::option::of(0usize..3)).prop_map(
-        |(cpu, mem, gpu, model)| {
+    (
+        0u64..=20_000,
+        0u64..=65_536,
+        demand,
+        prop::option::of(0usize..3),
+    )
+        .prop_map(|(cpu, mem, gpu, model)| {
             let r = Request::new(cpu, mem, gpu).expect("sizes in range");
             match model {
                 Some(m) => r.with_models(vec![MODELS[m].parse().expect("valid")]),
                 None => r,
             }
-        },
-    )
+        })
 }
 
 fn policy_for(kind: PolicyKind, requests: &[Request]) -> Policy {
     match kind {
-        PolicyKind::Fgd => Policy::fgd(
-            WorkloadMix::typical(requests, 95.0)
-                .unwrap_or_else(|_| WorkloadMix::typical(&[Request::new(1, 1, GpuDemand::None).expect("valid")], 95.0).expect("one shape")),
-        ),
+        PolicyKind::Fgd => Policy::fgd(WorkloadMix::typical(requests, 95.0).unwrap_or_else(|_| {
+            WorkloadMix::typical(&[Request::new(1, 1, GpuDemand::None).expect("valid")], 95.0)
+                .expect("one shape")
+        })),
         kind => Policy::new(kind).expect("needs no mix"),
     }
 }
@@ -127,7 +140,10 @@ fn check_invariants(c: &Cluster) -> Result<(), TestCaseError> {
             prop_assert_eq!(gpu.milli_used(), milli[i]);
             prop_assert_eq!(gpu.memory_used(), gmem[i]);
             prop_assert!(holders[i].0 <= 1, "two exclusive holders");
-            prop_assert!(holders[i].0 == 0 || holders[i].1 == 0, "an exclusive GPU is shared");
+            prop_assert!(
+                holders[i].0 == 0 || holders[i].1 == 0,
+                "an exclusive GPU is shared"
+            );
             if let Some(m) = &gpu.mig {
                 prop_assert_eq!(m.used_slices, slices[i]);
             }
