@@ -35,8 +35,8 @@ pub struct Services {
     pub reader: Arc<Mutex<Store>>,
     pub heartbeat_interval_ms: u32,
     pub telemetry_interval_ms: u32,
-    /// The latest telemetry per node, for `suanli top`.
-    pub telemetry: Arc<Mutex<HashMap<Cid, pb::Telemetry>>>,
+    /// The latest telemetry per node and when it arrived, for `suanli top`.
+    pub telemetry: Arc<Mutex<HashMap<Cid, (pb::Telemetry, i64)>>>,
 }
 
 impl Services {
@@ -680,6 +680,32 @@ impl pb::cluster_service_server::ClusterService for Services {
             evicted_job_ids: evicted.into_iter().map(|j| j.0).collect(),
         }))
     }
+
+    async fn telemetry(
+        &self,
+        request: Request<pb::TelemetryRequest>,
+    ) -> Result<Response<pb::TelemetryResponse>, Status> {
+        self.auth.user(request.metadata())?;
+        let prefix = match request.get_ref().prefix.as_str() {
+            "" => None,
+            text => Some(parse_cid("prefix", text)?),
+        };
+        let map = self
+            .telemetry
+            .lock()
+            .map_err(|_| Status::internal("telemetry lock poisoned"))?;
+        let mut nodes: Vec<pb::NodeTelemetry> = map
+            .iter()
+            .filter(|(cid, _)| prefix.as_ref().is_none_or(|p| p.is_prefix_of(cid)))
+            .map(|(cid, (t, at))| pb::NodeTelemetry {
+                node_cid: cid.to_string(),
+                telemetry: Some(t.clone()),
+                received_unix_ms: *at,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node_cid.cmp(&b.node_cid));
+        Ok(Response::new(pb::TelemetryResponse { nodes }))
+    }
 }
 
 // ---- AgentService ------------------------------------------------------------------------
@@ -835,7 +861,7 @@ impl pb::agent_service_server::AgentService for Services {
                             session_id: session_id.clone(),
                         });
                         if let Ok(mut map) = telemetry.lock() {
-                            map.insert(node.clone(), t);
+                            map.insert(node.clone(), (t, crate::store::now_ms()));
                         }
                     }
                     Msg::Inventory(update) => {

@@ -122,7 +122,7 @@ async fn channel(server: &RunningServer) -> Channel {
 
 /// A fake agent speaking the real protocol: registers, holds a session, reports work.
 struct Agent {
-        cid: String,
+    cid: String,
     up: mpsc::Sender<pb::AgentMessage>,
     down: tonic::Streaming<pb::SchedulerMessage>,
 }
@@ -155,7 +155,7 @@ impl Agent {
             .expect("session opens")
             .into_inner();
         Agent {
-                        cid: reg.node_cid,
+            cid: reg.node_cid,
             up,
             down,
         }
@@ -331,6 +331,45 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
             pb::JobState::Running,
             pb::JobState::Succeeded
         ]
+    );
+
+    // Live telemetry is kept per node for `suanli top`.
+    agent
+        .send(pb::agent_message::Msg::Telemetry(pb::Telemetry {
+            node_cid: agent.cid.clone(),
+            sampled_unix_ms: 1,
+            gpus: vec![pb::GpuTelemetry {
+                uuid: "GPU-n1-0".into(),
+                utilization_percent: 87,
+                ..Default::default()
+            }],
+            nic_ports: vec![],
+        }))
+        .await;
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut seen = None;
+    for _ in 0..100 {
+        let t = cluster
+            .telemetry(authed(
+                RESEARCH,
+                pb::TelemetryRequest {
+                    prefix: "cid:acme".into(),
+                },
+            ))
+            .await
+            .expect("telemetry")
+            .into_inner();
+        if let Some(n) = t.nodes.into_iter().next() {
+            seen = Some(n);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let node = seen.expect("telemetry arrives");
+    assert_eq!(node.node_cid, agent.cid);
+    assert_eq!(
+        node.telemetry.expect("sample").gpus[0].utilization_percent,
+        87
     );
     server.shutdown().await;
 }
