@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use suanli_engine::cluster::{AllocationId, Claim, Cluster, GpuGrant, NodeId};
 use suanli_engine::explain::{Reason, ScoreBreakdown, Unplaceable};
 use suanli_engine::job::JobId;
-use suanli_engine::policy::{Policy, place};
+
+use suanli_engine::fgd::{DEFAULT_POPULARITY_PCT, WorkloadMix};
+use suanli_engine::policy::{Policy, PolicyKind, place};
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, JobSpec, JobState, MigProfile, NodeInventory};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -25,6 +29,8 @@ use crate::auth::Identity;
 use crate::placement::{GrantRecord, ReplicaSlot, ScoreItem, StoredPlacement};
 use crate::store::{EventRecord, JobRecord, NewJob, Store, StoreError, now_ms};
 
+/// How many recent requests make up FGD's expected workload.
+const RECENT_WINDOW: usize = 2000;
 /// Most commands applied in one batch; bounds the latency of the first one in it.
 const MAX_BATCH: usize = 1024;
 /// Grace period between SIGTERM and SIGKILL when the scheduler stops a replica.
@@ -297,7 +303,13 @@ struct Core {
     jobs: HashMap<JobId, LiveJob>,
     /// Pending jobs in scheduling order: highest priority first, then oldest.
     pending: BTreeSet<(Reverse<i32>, JobId)>,
-    policy: Policy,
+    policy_kind: PolicyKind,
+    /// Built lazily: FGD needs a workload mix, which comes from recent submissions.
+    policy: Option<Policy>,
+    /// The most recent requests, FGD's expected workload.
+    recent: VecDeque<Request>,
+    /// Requests added to `recent` since the FGD mix was last built.
+    recent_since_mix: usize,
     rng: ChaCha8Rng,
     /// Set when capacity was freed or added: every pending job is worth another try.
     capacity_changed: bool,
@@ -314,7 +326,9 @@ pub fn start(
 ) -> Result<(CoreHandle, std::thread::JoinHandle<()>), CoreError> {
     let (tx, rx) = std_mpsc::channel();
     let (events, _) = broadcast::channel(4096);
-    let policy = Policy::from_name(&config.policy, None)
+    let policy_kind: PolicyKind = config
+        .policy
+        .parse()
         .map_err(|e| CoreError::InvalidArgument(format!("policy {:?}: {e}", config.policy)))?;
     let mut core = Core {
         rng: ChaCha8Rng::seed_from_u64(config.seed),
@@ -326,7 +340,10 @@ pub fn start(
         node_ids: HashMap::new(),
         jobs: HashMap::new(),
         pending: BTreeSet::new(),
-        policy,
+        policy_kind,
+        policy: None,
+        recent: VecDeque::new(),
+        recent_since_mix: 0,
         capacity_changed: true,
         untried: HashSet::new(),
         latencies: Vec::new(),
@@ -380,6 +397,7 @@ impl Core {
                 ),
                 None => None,
             };
+            self.remember(&record.spec);
             if record.state == JobState::Pending || record.state == JobState::Preempted {
                 self.pending
                     .insert((Reverse(record.spec.priority), record.id.clone()));
@@ -461,6 +479,7 @@ impl Core {
             Ok(records) => {
                 for ((_, reply), record) in submits.drain(..).zip(records) {
                     if !self.jobs.contains_key(&record.id) {
+                        self.remember(&record.spec);
                         self.pending
                             .insert((Reverse(record.spec.priority), record.id.clone()));
                         self.untried.insert(record.id.clone());
@@ -796,6 +815,7 @@ impl Core {
         if self.pending.is_empty() || (!self.capacity_changed && self.untried.is_empty()) {
             return;
         }
+        self.refresh_policy();
         let retry_all = self.capacity_changed;
         self.capacity_changed = false;
         let order: Vec<JobId> = self
@@ -827,6 +847,39 @@ impl Core {
         }
     }
 
+    /// Remembers a submitted request as part of the expected workload.
+    fn remember(&mut self, spec: &JobSpec) {
+        if let Ok(request) = Request::from_job(spec) {
+            self.recent.push_back(request);
+            self.recent_since_mix += 1;
+            if self.recent.len() > RECENT_WINDOW {
+                self.recent.pop_front();
+            }
+        }
+    }
+
+    /// Builds the policy, and rebuilds FGD's mix once the recent workload has moved on by a
+    /// tenth of the window (rebuilding drops FGD's per-node cache, so not on every submit).
+    fn refresh_policy(&mut self) {
+        if self.policy_kind != PolicyKind::Fgd {
+            if self.policy.is_none() {
+                self.policy = Policy::new(self.policy_kind).ok();
+            }
+            return;
+        }
+        let stale = self.recent_since_mix * 10 >= self.recent.len().max(10);
+        if self.policy.is_some() && !stale {
+            return;
+        }
+        match WorkloadMix::typical(self.recent.iter(), DEFAULT_POPULARITY_PCT) {
+            Ok(mix) => {
+                self.policy = Some(Policy::fgd(Arc::new(mix)));
+                self.recent_since_mix = 0;
+            }
+            Err(e) => debug!(error = %e, "No FGD workload mix yet."),
+        }
+    }
+
     /// Places every replica of a job or none. Returns whether it was placed.
     fn try_place(&mut self, id: &JobId) -> Result<bool, CoreError> {
         let Some(job) = self.jobs.get(id) else {
@@ -845,7 +898,10 @@ impl Core {
         let mut claims: Vec<(AllocationId, Claim, Vec<ScoreItem>)> = Vec::new();
         let mut failure = None;
         for _ in 0..replicas {
-            match place(&self.cluster, &request, &self.policy, &mut self.rng) {
+            let Some(policy) = self.policy.as_ref() else {
+                return Ok(false);
+            };
+            match place(&self.cluster, &request, policy, &mut self.rng) {
                 Ok(placement) => {
                     let score = score_items(&placement.breakdown);
                     match self.cluster.allocate(&placement.claim) {
@@ -890,7 +946,7 @@ impl Core {
             slots.push(self.slot_for(replica as u32, claim, score.clone()));
         }
         let placement = StoredPlacement {
-            policy: self.policy.kind().name().to_string(),
+            policy: self.policy_kind.name().to_string(),
             placed_ms: now_ms(),
             attempt,
             replicas: slots,

@@ -32,7 +32,7 @@ fn config(dir: &Path, heartbeat_timeout_ms: u64) -> ServerConfig {
         grpc_addr: "127.0.0.1:0".parse().expect("addr"),
         http_addr: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.to_path_buf(),
-        policy: "best-fit".into(),
+        policy: "fgd".into(),
         heartbeat_timeout_ms,
         heartbeat_interval_ms: 100,
         durability: "normal".into(),
