@@ -1,0 +1,358 @@
+//! Load benchmark against the real `suanli-scheduler` binary on loopback.
+//!
+//! 1,000 agents (8 × H100 each, real AgentService sessions with heartbeats) register; 50
+//! concurrent clients submit 20,000 jobs; a watcher records when each job is placed. Then the
+//! scheduler is stopped and started again on the same data directory, and the time to its
+//! first placement is measured. Prints one summary table and one JSON line.
+//!
+//! `cargo bench -p suanli-scheduler --bench load` (sizes: SUANLI_LOAD_NODES, _JOBS, _CLIENTS).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use suanli_engine::inventory::{
+    FabricPosition, GpuInfo, Health, MigState, NodeInventory, NvmlStatus, PcieLink, Versions,
+};
+use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
+use suanli_engine::{GpuModel, JobSpec};
+use suanli_proto::pb;
+use suanli_proto::pb::agent_service_client::AgentServiceClient;
+use suanli_proto::pb::job_service_client::JobServiceClient;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn inventory(i: usize) -> NodeInventory {
+    let node = format!("node-{i:05}");
+    NodeInventory {
+        cid: format!("cid:bench/r1/d1/{node}")
+            .parse()
+            .expect("valid cid"),
+        generation: 1,
+        fabric: FabricPosition {
+            leaf: format!("leaf-{}", i / 32),
+            spine: format!("spine-{}", i / 512),
+        },
+        cpu_milli: 192_000,
+        memory_mib: 2 * 1024 * 1024,
+        numa_nodes: 2,
+        versions: Versions::default(),
+        nvml: NvmlStatus::default(),
+        gpus: (0..8)
+            .map(|g| GpuInfo {
+                uuid: format!("GPU-{i:05}-{g}"),
+                index: g,
+                product: "NVIDIA H100 80GB HBM3".into(),
+                model: GpuModel::from_product_name("NVIDIA H100 80GB HBM3"),
+                architecture: "Hopper".into(),
+                compute_capability: "9.0".into(),
+                memory_mib: 81_559,
+                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + g),
+                numa_node: Some((g / 4) as i32),
+                pcie: PcieLink {
+                    generation: 5,
+                    width: 16,
+                },
+                mig: MigState::default(),
+                nvlinks: vec![],
+                health: Health::Healthy,
+            })
+            .collect(),
+        nics: vec![],
+        gpu_pairs: vec![],
+        gpu_nic_pairs: vec![],
+        labels: BTreeMap::new(),
+    }
+}
+
+/// A mixed workload: one in ten jobs takes a whole GPU, the rest share one.
+fn job(i: usize) -> pb::JobSpec {
+    let mut spec = JobSpec::new(format!("load-{i}"), JobKind::Inference);
+    spec.resources.cpu_milli = 1000;
+    spec.resources.memory_mib = 4096;
+    spec.gpu = Some(GpuRequest {
+        policy: if i % 10 == 0 {
+            GpuPolicy::Exclusive { count: 1 }
+        } else {
+            GpuPolicy::Shared {
+                milli: Some([100, 200, 250][i % 3]),
+                memory_mib: Some(8192),
+            }
+        },
+        models: vec![],
+    });
+    spec.command = vec!["true".into()];
+    spec.into()
+}
+
+struct Scheduler {
+    child: Child,
+    grpc: String,
+}
+
+fn spawn_scheduler(data_dir: &std::path::Path) -> Scheduler {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_suanli-scheduler"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the scheduler binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reads the listening line");
+    let grpc = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .expect("listening line names the gRPC address")
+        .to_string();
+    Scheduler { child, grpc }
+}
+
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// Registers `nodes` agents over `channels` connections and keeps them heartbeating.
+async fn start_agents(addr: &str, nodes: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let channels: Vec<Channel> = {
+        let mut v = Vec::new();
+        for _ in 0..nodes.div_ceil(50) {
+            v.push(connect(addr).await);
+        }
+        v
+    };
+    let mut tasks = Vec::new();
+    for i in 0..nodes {
+        let mut client = AgentServiceClient::new(channels[i / 50].clone());
+        let reg = client
+            .register(pb::RegisterRequest {
+                inventory: Some(inventory(i).into()),
+                agent_version: "load".into(),
+            })
+            .await
+            .expect("registers")
+            .into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+                node_cid: reg.node_cid.clone(),
+                session_id: reg.session_id.clone(),
+                running: vec![],
+            })),
+        })
+        .await
+        .expect("queued");
+        let mut down = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .expect("session")
+            .into_inner();
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0;
+            let mut beat = tokio::time::interval(Duration::from_millis(2000));
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => {
+                        seq += 1;
+                        let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { seq, sent_unix_ms: 0 })) };
+                        if tx.send(hb).await.is_err() { return; }
+                    }
+                    m = down.next() => if m.is_none() { return; },
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() {
+    let nodes = env_or("SUANLI_LOAD_NODES", 1000);
+    let jobs = env_or("SUANLI_LOAD_JOBS", 20_000);
+    let clients = env_or("SUANLI_LOAD_CLIENTS", 50);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scheduler = spawn_scheduler(dir.path());
+    let addr = scheduler.grpc.clone();
+
+    let t = Instant::now();
+    let agents = start_agents(&addr, nodes).await;
+    let register_s = t.elapsed().as_secs_f64();
+
+    // Placement times, keyed by job id, from the scheduler's own event stream.
+    let placed_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watch_channel = connect(&addr).await;
+    let mut events = JobServiceClient::new(watch_channel)
+        .watch(pb::WatchJobsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let placed_writer = placed_at.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(e)) = events.next().await {
+            if e.to_state == pb::JobState::Placed as i32 {
+                placed_writer
+                    .lock()
+                    .expect("lock")
+                    .insert(e.job_id, Instant::now());
+            }
+        }
+    });
+
+    let submitted_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut submitters = Vec::new();
+    let t_submit = Instant::now();
+    for c in 0..clients {
+        let channel = connect(&addr).await;
+        let submitted = submitted_at.clone();
+        let per_client = jobs / clients;
+        submitters.push(tokio::spawn(async move {
+            let mut client = JobServiceClient::new(channel);
+            for k in 0..per_client {
+                let i = c * per_client + k;
+                let sent = Instant::now();
+                let resp = client
+                    .submit(pb::SubmitJobRequest {
+                        spec: Some(job(i)),
+                        request_id: format!("load-{i}"),
+                    })
+                    .await
+                    .expect("submit acknowledged");
+                let id = resp.into_inner().job.expect("job").id;
+                submitted.lock().expect("lock").insert(id, sent);
+            }
+        }));
+    }
+    for s in submitters {
+        s.await.expect("client finished");
+    }
+    let submit_s = t_submit.elapsed().as_secs_f64();
+    let total = submitted_at.lock().expect("lock").len();
+
+    // Wait for placements to settle.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let placed = placed_at.lock().expect("lock").len();
+        if placed >= total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut latencies: Vec<f64> = {
+        let placed = placed_at.lock().expect("lock");
+        let submitted = submitted_at.lock().expect("lock");
+        submitted
+            .iter()
+            .filter_map(|(id, sent)| {
+                placed
+                    .get(id)
+                    .map(|p| p.duration_since(*sent).as_secs_f64())
+            })
+            .collect()
+    };
+    latencies.sort_by(f64::total_cmp);
+    watcher.abort();
+    for a in agents {
+        a.abort();
+    }
+
+    // Restart on the same data directory: time from spawn to the first placement.
+    let mut scheduler = scheduler;
+    stop(&mut scheduler.child);
+    let restart_t = Instant::now();
+    let restarted = spawn_scheduler(dir.path());
+    let ready_s = restart_t.elapsed().as_secs_f64();
+    let ch = connect(&restarted.grpc).await;
+    let mut client = JobServiceClient::new(ch);
+    let mut watch = client
+        .watch(pb::WatchJobsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    client
+        .submit(pb::SubmitJobRequest {
+            spec: Some(job(1)),
+            request_id: "after-restart".into(),
+        })
+        .await
+        .expect("submit after restart");
+    let first_placement_s = loop {
+        match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+            Ok(Some(Ok(e))) if e.to_state == pb::JobState::Placed as i32 => {
+                break restart_t.elapsed().as_secs_f64();
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break f64::NAN,
+        }
+    };
+    let mut restarted = restarted;
+    stop(&mut restarted.child);
+
+    let submits_per_s = total as f64 / submit_s;
+    let p50 = percentile(&latencies, 50.0);
+    let p99 = percentile(&latencies, 99.0);
+    println!("suanli-scheduler load benchmark ({nodes} nodes × 8 GPUs, {clients} clients)");
+    println!("  agents registered          {nodes} in {register_s:.2} s");
+    println!(
+        "  jobs submitted (durable)   {total} in {submit_s:.2} s = {submits_per_s:.0} submits/s"
+    );
+    println!("  jobs placed                {}", latencies.len());
+    println!(
+        "  submit→placed p50 / p99    {:.1} ms / {:.1} ms",
+        p50 * 1e3,
+        p99 * 1e3
+    );
+    println!("  restart: serving after     {ready_s:.2} s ({total} stored jobs)");
+    println!("  restart: first placement   {first_placement_s:.2} s after spawn");
+    println!(
+        "{}",
+        serde_json::json!({
+            "nodes": nodes, "clients": clients, "jobs": total,
+            "submits_per_s": submits_per_s, "placed": latencies.len(),
+            "p50_submit_to_placed_ms": p50 * 1e3, "p99_submit_to_placed_ms": p99 * 1e3,
+            "restart_ready_s": ready_s, "restart_first_placement_s": first_placement_s,
+        })
+    );
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
