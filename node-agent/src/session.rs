@@ -51,12 +51,24 @@ pub enum AgentError {
 /// Why one connection ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("{}: {}", .0.code(), .0.message())]
     Rpc(#[from] Status),
     #[error("the scheduler closed the session")]
     Closed,
+}
+
+/// An error and its causes, `a: b: c` (tonic's transport errors say little on their own).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 enum SessionEnd {

@@ -35,7 +35,7 @@ pub fn probe_for_this_machine() -> Box<dyn GpuProbe> {
             Box::new(NvmlProbe { nvml })
         }
         Err(e) => {
-            let reason = format!("NVML unavailable: {e}");
+            let reason = e.to_string();
             info!(reason = %reason, "No NVML; reporting no GPUs.");
             Box::new(NullProbe::new(reason))
         }

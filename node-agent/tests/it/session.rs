@@ -236,11 +236,26 @@ impl Server {
     }
 }
 
-/// An agent on the HGX fixture machine, stopped by dropping the returned sender.
+/// An agent on the HGX fixture machine, stopped through the returned sender.
 fn start_agent(url: &str, data_dir: &Path) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    start_agent_with(url, data_dir, &fixtures_dir().join("hgx-h100"), &[])
+}
+
+fn start_agent_with(
+    url: &str,
+    data_dir: &Path,
+    sysfs_root: &Path,
+    extra: &[(&str, &str)],
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    // Agent logs show up with `--nocapture` when a test fails.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let fixtures = fixtures_dir();
+    let mut config = MapConfig::default();
+    for (k, v) in extra {
+        config = config.with(k, *v);
+    }
     let cfg = AgentConfig::from_source(
-        &MapConfig::default()
+        &config
             .with("scheduler", url)
             .with("token", TOKEN)
             .with("provider", "acme")
@@ -248,10 +263,7 @@ fn start_agent(url: &str, data_dir: &Path) -> (oneshot::Sender<()>, JoinHandle<(
             .with("domain", "dc-a")
             .with("node", "hgx-01")
             .with("data_dir", data_dir.display().to_string())
-            .with(
-                "sysfs_root",
-                fixtures.join("hgx-h100").display().to_string(),
-            )
+            .with("sysfs_root", sysfs_root.display().to_string())
             .with("backoff_initial_ms", "50")
             .with("backoff_max_ms", "400"),
     )
@@ -544,6 +556,49 @@ async fn a_restarted_agent_reports_running_work_in_hello() {
         .await;
     let e = server.wait_for("long exited", exited("long")).await;
     assert_eq!(e.signal, 15);
+    let _ = stop.send(());
+    let _ = agent.await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventory_change_is_sent_with_a_bumped_generation() {
+    let server = Server::start(localhost(), 1).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let machine = tempfile::tempdir().expect("tempdir");
+    crate::support::build_hgx(machine.path());
+    let (stop, agent) = start_agent_with(
+        &server.url(),
+        data.path(),
+        machine.path(),
+        &[("rediscover_ms", "100")],
+    );
+    server.wait_registers(1).await;
+
+    // An HCA disappears (driver unloaded, card failed).
+    std::fs::remove_file(machine.path().join("sys/class/infiniband/mlx5_7")).expect("remove");
+    let update = server
+        .wait_for("an inventory update", |msgs| {
+            msgs.iter().find_map(|(_, m)| match m {
+                Up::Inventory(u) => u.inventory.clone(),
+                _ => None,
+            })
+        })
+        .await;
+    assert_eq!(update.generation, 2);
+    assert_eq!(update.nics.len(), 7);
+    assert!(update.gpu_nic_pairs.iter().all(|p| p.nic != "mlx5_7"));
+    let _ = stop.send(());
+    let _ = agent.await;
+
+    // A restarted agent keeps counting from the recorded generation.
+    let (stop, agent) = start_agent_with(&server.url(), data.path(), machine.path(), &[]);
+    server.wait_registers(2).await;
+    let generation = {
+        let rec = server.scheduler.recorded.lock().expect("lock");
+        rec.registers[1].1.inventory.as_ref().map(|i| i.generation)
+    };
+    assert_eq!(generation, Some(2), "same facts, same generation");
     let _ = stop.send(());
     let _ = agent.await;
     server.stop().await;
