@@ -72,7 +72,12 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 enum SessionEnd {
-    Reregister(String),
+    /// Register again; `wait` when the session was rejected rather than asked to re-register,
+    /// so a scheduler that keeps rejecting is not hammered.
+    Reregister {
+        reason: String,
+        wait: bool,
+    },
     Shutdown,
 }
 
@@ -197,9 +202,17 @@ impl Agent {
                     info!("Agent stopping.");
                     return;
                 }
-                Ok(SessionEnd::Reregister(reason)) => {
-                    info!(reason = %reason, "Scheduler asked to register again.");
-                    self.backoff.reset();
+                Ok(SessionEnd::Reregister { reason, wait }) => {
+                    info!(reason = %reason, "Registering again.");
+                    if wait {
+                        tokio::select! {
+                            () = &mut shutdown => {
+                                info!("Agent stopping.");
+                                return;
+                            }
+                            () = sleep(self.backoff.next_delay()) => {}
+                        }
+                    }
                 }
                 Err(e) => {
                     let delay = self.backoff.next_delay();
@@ -317,7 +330,10 @@ impl Agent {
                 Step::Inbound(Err(status))
                     if matches!(status.code(), Code::NotFound | Code::Unauthenticated) =>
                 {
-                    return Ok(SessionEnd::Reregister(status.message().to_string()));
+                    return Ok(SessionEnd::Reregister {
+                        reason: status.message().to_string(),
+                        wait: true,
+                    });
                 }
                 Step::Inbound(Err(status)) => return Err(status.into()),
             }
@@ -353,9 +369,10 @@ impl Agent {
                 debug!(seq = ack.seq, "Heartbeat acknowledged.");
                 None
             }
-            Some(pb::scheduler_message::Msg::Reregister(r)) => {
-                Some(SessionEnd::Reregister(r.reason))
-            }
+            Some(pb::scheduler_message::Msg::Reregister(r)) => Some(SessionEnd::Reregister {
+                reason: r.reason,
+                wait: false,
+            }),
             None => {
                 warn!("Empty scheduler message ignored.");
                 None
