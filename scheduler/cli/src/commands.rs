@@ -1,0 +1,735 @@
+//! One function per subcommand: build the request, call, turn the answer into views, print.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use suanli_engine::JobSpec;
+use suanli_proto::pb;
+use tokio::time::timeout;
+
+use crate::client::{Client, unary};
+use crate::error::CliError;
+use crate::jobfile::parse_jobs;
+use crate::output::{self, Format};
+use crate::view::{
+    DescribeView, EventView, ExplainView, JobList, JobView, NodeList, NodeView, ResolveView,
+    TelemetryView,
+};
+
+/// Writes to standard output; a closed pipe ends the command quietly.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::StdoutClosed),
+        Err(e) => Err(CliError::Failed(format!("cannot write output: {e}"))),
+    }
+}
+
+/// Prints `value` as data, or the table `table` builds.
+fn show<T: Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    if format.is_data() {
+        emit(&output::data(format, value)?)
+    } else {
+        emit(&table())
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+// ---- submit ----------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Job file (YAML, several jobs separated by `---`); `-` reads standard input. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Check the files and print the jobs without submitting them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Idempotency key: submitting again with the same key returns the first submission.
+    /// With several jobs, `-<n>` is appended for the n-th (from 1).
+    #[arg(long)]
+    pub request_id: Option<String>,
+}
+
+/// A job read from a file, with where it came from for messages.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    pub file: String,
+    pub spec: JobSpec,
+}
+
+pub fn read_job_files(files: &[String]) -> Result<Vec<FileJob>, CliError> {
+    let mut jobs = Vec::new();
+    let mut stdin_used = false;
+    for file in files {
+        let (name, text) = if file == "-" {
+            if stdin_used {
+                return Err(CliError::Usage("`-f -` may be given only once".into()));
+            }
+            stdin_used = true;
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| CliError::Usage(format!("cannot read standard input: {e}")))?;
+            ("<stdin>".to_string(), text)
+        } else {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| CliError::Usage(format!("cannot read {file}: {e}")))?;
+            (file.clone(), text)
+        };
+        let specs = parse_jobs(&name, &text).map_err(|e| CliError::Usage(e.to_string()))?;
+        jobs.extend(specs.into_iter().map(|spec| FileJob {
+            file: name.clone(),
+            spec,
+        }));
+    }
+    Ok(jobs)
+}
+
+pub fn print_dry_run(jobs: &[FileJob], format: Format) -> Result<(), CliError> {
+    let specs: Vec<&JobSpec> = jobs.iter().map(|j| &j.spec).collect();
+    show(format, &specs, || {
+        let mut table = output::Table::new(&["FILE", "NAME", "KIND", "REPLICAS", "GPU", "TENANT"]);
+        for j in jobs {
+            table.row(vec![
+                j.file.clone(),
+                j.spec.name.clone(),
+                format!("{:?}", j.spec.kind).to_ascii_lowercase(),
+                j.spec.replicas.to_string(),
+                output::gpu_summary(&j.spec),
+                j.spec.tenant.clone(),
+            ]);
+        }
+        format!(
+            "{}{} job(s) valid; nothing submitted (--dry-run)\n",
+            table.render(),
+            jobs.len()
+        )
+    })
+}
+
+pub async fn submit_one(
+    client: &mut Client,
+    spec: JobSpec,
+    request_id: String,
+) -> Result<JobView, CliError> {
+    let reply = client
+        .jobs
+        .submit(unary(pb::SubmitJobRequest {
+            spec: Some(spec.into()),
+            request_id,
+        }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let job = reply.job.ok_or_else(|| {
+        CliError::Failed("the scheduler accepted the job but sent it back empty".into())
+    })?;
+    JobView::from_wire(job)
+}
+
+pub async fn submit(
+    client: &mut Client,
+    jobs: Vec<FileJob>,
+    args: &SubmitArgs,
+    format: Format,
+) -> Result<(), CliError> {
+    let count = jobs.len();
+    let mut submitted = Vec::new();
+    for (i, job) in jobs.into_iter().enumerate() {
+        let request_id = match &args.request_id {
+            Some(id) if count == 1 => id.clone(),
+            Some(id) => format!("{id}-{}", i + 1),
+            None => String::new(),
+        };
+        let name = job.spec.name.clone();
+        match submit_one(client, job.spec, request_id).await {
+            Ok(view) => {
+                if !format.is_data() {
+                    emit(&format!("job/{} submitted ({name})\n", view.id))?;
+                }
+                submitted.push(view);
+            }
+            Err(e) => {
+                // Say which job failed; the ones before it stay submitted.
+                let context = format!("{} job {name:?}", job.file);
+                return Err(match e {
+                    CliError::Server { status, hint } => CliError::Server {
+                        status: tonic::Status::new(
+                            status.code(),
+                            format!("{context}: {}", status.message()),
+                        ),
+                        hint,
+                    },
+                    other => other,
+                });
+            }
+        }
+    }
+    if format.is_data() {
+        if submitted.len() == 1 {
+            emit(&output::data(format, &submitted[0])?)?;
+        } else {
+            let total = submitted.len() as u64;
+            emit(&output::data(
+                format,
+                &JobList {
+                    items: submitted,
+                    total,
+                    next_page_token: String::new(),
+                },
+            )?)?;
+        }
+    }
+    Ok(())
+}
+
+// ---- get -------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindArg {
+    Training,
+    Inference,
+}
+
+#[derive(Debug, Args)]
+pub struct ListJobsArgs {
+    /// Only jobs in these states (repeat or comma-separate): pending, placed, running,
+    /// succeeded, failed, cancelled, preempted.
+    #[arg(long, value_delimiter = ',')]
+    pub state: Vec<String>,
+    /// Only this tenant's jobs.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only jobs in this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// Jobs per page; 0 means the scheduler's default.
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Fetch every page, not only the first.
+    #[arg(long)]
+    pub all_pages: bool,
+}
+
+fn parse_states(states: &[String]) -> Result<Vec<i32>, CliError> {
+    states
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<suanli_engine::JobState>()
+                .map(|state| pb::JobState::from(state) as i32)
+                .map_err(|e| CliError::Usage(format!("--state: {e}")))
+        })
+        .collect()
+}
+
+pub async fn list_jobs(
+    client: &mut Client,
+    args: &ListJobsArgs,
+    format: Format,
+) -> Result<(), CliError> {
+    let states = parse_states(&args.state)?;
+    let kind = match args.kind {
+        None => pb::JobKind::Unspecified,
+        Some(KindArg::Training) => pb::JobKind::Training,
+        Some(KindArg::Inference) => pb::JobKind::Inference,
+    };
+    let mut items = Vec::new();
+    let mut token = String::new();
+    let (total, next) = loop {
+        let reply = client
+            .jobs
+            .list(unary(pb::ListJobsRequest {
+                tenant: args.tenant.clone().unwrap_or_default(),
+                queue: args.queue.clone().unwrap_or_default(),
+                states: states.clone(),
+                kind: kind as i32,
+                page: Some(pb::PageRequest {
+                    page_size: args.limit,
+                    page_token: token.clone(),
+                }),
+            }))
+            .await
+            .map_err(|s| client.fail(s))?
+            .into_inner();
+        for job in reply.jobs {
+            items.push(JobView::from_wire(job)?);
+        }
+        let page = reply.page.unwrap_or_default();
+        if !args.all_pages || page.next_page_token.is_empty() {
+            break (page.total_size, page.next_page_token);
+        }
+        token = page.next_page_token;
+    };
+    let list = JobList {
+        items,
+        total,
+        next_page_token: next,
+    };
+    show(format, &list, || {
+        if list.items.is_empty() {
+            return "No jobs found.\n".to_string();
+        }
+        let mut text = output::jobs_table(&list.items, format == Format::Wide, now_ms());
+        if !list.next_page_token.is_empty() {
+            text.push_str(&format!(
+                "({} of {} jobs shown; pass --all-pages for the rest)\n",
+                list.items.len(),
+                list.total
+            ));
+        }
+        text
+    })
+}
+
+pub async fn fetch_job(client: &mut Client, id: &str) -> Result<JobView, CliError> {
+    let job = client
+        .jobs
+        .get(unary(pb::GetJobRequest { id: id.to_string() }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    JobView::from_wire(job)
+}
+
+pub async fn get_job(client: &mut Client, id: &str, format: Format) -> Result<(), CliError> {
+    let job = fetch_job(client, id).await?;
+    show(format, &job, || {
+        output::jobs_table(std::slice::from_ref(&job), format == Format::Wide, now_ms())
+    })
+}
+
+pub async fn fetch_nodes(client: &mut Client, prefix: &str) -> Result<Vec<NodeView>, CliError> {
+    let mut nodes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let reply = client
+            .cluster
+            .list_nodes(unary(pb::ListNodesRequest {
+                prefix: prefix.to_string(),
+                page: Some(pb::PageRequest {
+                    page_size: 0,
+                    page_token: token.clone(),
+                }),
+            }))
+            .await
+            .map_err(|s| client.fail(s))?
+            .into_inner();
+        for node in reply.nodes {
+            nodes.push(NodeView::from_wire(node)?);
+        }
+        match reply.page {
+            Some(p) if !p.next_page_token.is_empty() => token = p.next_page_token,
+            _ => return Ok(nodes),
+        }
+    }
+}
+
+pub async fn list_nodes(client: &mut Client, prefix: &str, format: Format) -> Result<(), CliError> {
+    let list = NodeList {
+        items: fetch_nodes(client, prefix).await?,
+    };
+    show(format, &list, || {
+        if list.items.is_empty() {
+            "No nodes found.\n".to_string()
+        } else {
+            output::nodes_table(&list.items, format == Format::Wide)
+        }
+    })
+}
+
+pub async fn get_node(client: &mut Client, cid: &str, format: Format) -> Result<(), CliError> {
+    let status = client
+        .cluster
+        .get_node(unary(pb::GetNodeRequest {
+            cid: cid.to_string(),
+        }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let node = NodeView::from_wire(status)?;
+    show(format, &node, || output::node_detail(&node, now_ms()))
+}
+
+// ---- describe --------------------------------------------------------------------------------
+
+/// How long to wait for the replayed events of one job before giving up on more.
+const REPLAY_WAIT: Duration = Duration::from_secs(3);
+/// Once the event that matches the job's state has arrived, how long to wait for stragglers.
+const REPLAY_SETTLE: Duration = Duration::from_millis(200);
+
+/// A job's stored events. The API has no "list events" call, so this replays them with
+/// `Watch(from_seq = 1)`, a stream that never ends by itself: it stops once the event that
+/// produced the job's current state has arrived and the stream has gone quiet.
+pub async fn job_events(client: &mut Client, job: &JobView) -> Result<Vec<EventView>, CliError> {
+    let mut stream = client
+        .jobs
+        .watch(unary(pb::WatchJobsRequest {
+            job_id: job.id.clone(),
+            from_seq: Some(1),
+            tenant: String::new(),
+        }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let started = tokio::time::Instant::now();
+    let mut caught_up = false;
+    let mut events = Vec::new();
+    loop {
+        let wait = if caught_up {
+            REPLAY_SETTLE
+        } else {
+            REPLAY_WAIT.saturating_sub(started.elapsed())
+        };
+        match timeout(wait, stream.message()).await {
+            Ok(Ok(Some(event))) => {
+                let view = EventView::from(event);
+                if view.to_state == job.state {
+                    caught_up = true;
+                }
+                events.push(view);
+            }
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(status)) => return Err(client.fail(status)),
+        }
+    }
+    Ok(events)
+}
+
+pub async fn explain(client: &mut Client, id: &str) -> Result<ExplainView, CliError> {
+    let reply = client
+        .jobs
+        .explain(unary(pb::ExplainJobRequest { id: id.to_string() }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    Ok(ExplainView::from(reply))
+}
+
+pub async fn describe_job(client: &mut Client, id: &str, format: Format) -> Result<(), CliError> {
+    let job = fetch_job(client, id).await?;
+    let explanation = explain(client, id).await?;
+    let events = job_events(client, &job).await?;
+    let view = DescribeView {
+        job,
+        events,
+        explanation,
+    };
+    show(format, &view, || output::describe_text(&view, now_ms()))
+}
+
+// ---- cancel ----------------------------------------------------------------------------------
+
+pub async fn cancel(
+    client: &mut Client,
+    id: &str,
+    reason: &str,
+    format: Format,
+) -> Result<(), CliError> {
+    let job = client
+        .jobs
+        .cancel(unary(pb::CancelJobRequest {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let job = JobView::from_wire(job)?;
+    show(format, &job, || {
+        format!("job/{} cancelled ({})\n", job.id, job.name)
+    })
+}
+
+// ---- watch -----------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this job's events; all visible jobs when absent.
+    pub id: Option<String>,
+    /// Replay stored events from this sequence number first (1 = from the beginning).
+    #[arg(long)]
+    pub from_seq: Option<u64>,
+    /// Only this tenant's jobs (admins).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+pub async fn watch(client: &mut Client, args: &WatchArgs, format: Format) -> Result<(), CliError> {
+    let mut stream = client
+        .jobs
+        .watch(pb::WatchJobsRequest {
+            job_id: args.id.clone().unwrap_or_default(),
+            from_seq: args.from_seq,
+            tenant: args.tenant.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let mut names: HashMap<String, Option<String>> = HashMap::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let message = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            m = stream.message() => m,
+        };
+        let event = match message {
+            Ok(Some(e)) => EventView::from(e),
+            Ok(None) => {
+                return Err(CliError::Failed(
+                    "the scheduler ended the event stream".into(),
+                ));
+            }
+            Err(status) => return Err(client.fail(status)),
+        };
+        let text = match format {
+            Format::Json => output::json_line(&event)?,
+            Format::Yaml => format!("---\n{}", output::data(Format::Yaml, &event)?),
+            Format::Table | Format::Wide => {
+                if !names.contains_key(&event.job_id) {
+                    // Names make the stream readable; a job we may not read stays unnamed.
+                    let name = fetch_job(client, &event.job_id).await.ok().map(|j| j.name);
+                    names.insert(event.job_id.clone(), name);
+                }
+                let name = names.get(&event.job_id).cloned().flatten();
+                output::event_line(&event, name.as_deref())
+            }
+        };
+        emit(&text)?;
+    }
+}
+
+// ---- resolve ---------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// CID prefix (`cid:acme/cn-east-1`); `cid:` alone or an empty string means everything.
+    pub prefix: String,
+    /// Only GPUs of this model (`H100`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Only nodes with at least this many GPUs without any grant.
+    #[arg(long, default_value_t = 0)]
+    pub free_gpus: u32,
+    /// Only GPUs with at least this much unallocated memory.
+    #[arg(long, default_value_t = 0)]
+    pub min_free_memory_mib: u64,
+    /// Only GPUs that have (or could create) a free instance of this MIG profile.
+    #[arg(long)]
+    pub mig_profile: Option<String>,
+    /// Only nodes with an active RDMA port of at least this rate.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_rdma_gbps: f64,
+}
+
+pub async fn resolve(
+    client: &mut Client,
+    args: &ResolveArgs,
+    format: Format,
+) -> Result<(), CliError> {
+    if !(args.min_rdma_gbps.is_finite() && args.min_rdma_gbps >= 0.0) {
+        return Err(CliError::Usage(format!(
+            "--min-rdma-gbps: {} is not a rate",
+            args.min_rdma_gbps
+        )));
+    }
+    let prefix = match args.prefix.trim() {
+        "cid:" => String::new(),
+        p => p.to_string(),
+    };
+    let reply = client
+        .cluster
+        .resolve(unary(pb::ResolveRequest {
+            prefix,
+            model: args.model.clone().unwrap_or_default(),
+            min_free_gpus: args.free_gpus,
+            min_free_memory_mib: args.min_free_memory_mib,
+            mig_profile: args.mig_profile.clone().unwrap_or_default(),
+            min_rdma_rate_gbps: args.min_rdma_gbps,
+            page: Some(pb::PageRequest {
+                page_size: 0,
+                page_token: String::new(),
+            }),
+        }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let view = ResolveView::from(reply);
+    show(format, &view, || {
+        if view.nodes.is_empty() {
+            "No node matches.\n".to_string()
+        } else {
+            output::resolve_table(&view, format == Format::Wide)
+        }
+    })
+}
+
+// ---- top -------------------------------------------------------------------------------------
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Only nodes under this CID prefix.
+    pub prefix: Option<String>,
+    /// Refresh until Ctrl-C instead of printing once.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+}
+
+pub async fn fetch_telemetry(client: &mut Client, prefix: &str) -> Result<TelemetryView, CliError> {
+    let reply = client
+        .cluster
+        .telemetry(unary(pb::TelemetryRequest {
+            prefix: prefix.to_string(),
+        }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    Ok(TelemetryView::from(reply))
+}
+
+pub async fn top(client: &mut Client, args: &TopArgs, format: Format) -> Result<(), CliError> {
+    let prefix = args.prefix.clone().unwrap_or_default();
+    if !args.watch {
+        let view = fetch_telemetry(client, &prefix).await?;
+        return show(format, &view, || {
+            output::telemetry_table(&view, None, now_ms())
+        });
+    }
+    if args.interval == 0 {
+        return Err(CliError::Usage(
+            "--interval: must be at least 1 second".into(),
+        ));
+    }
+    let clear = std::io::stdout().is_terminal();
+    let mut previous: Option<TelemetryView> = None;
+    let mut ticker = tokio::time::interval(Duration::from_secs(args.interval));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let view = fetch_telemetry(client, &prefix).await?;
+        let text = match format {
+            Format::Json => output::json_line(&view)?,
+            Format::Yaml => format!("---\n{}", output::data(Format::Yaml, &view)?),
+            Format::Table | Format::Wide => {
+                let mut text = String::new();
+                if clear {
+                    text.push_str("\x1b[H\x1b[2J");
+                }
+                text.push_str(&format!(
+                    "Every {}s: suanli top   {}\n\n",
+                    args.interval,
+                    output::format_time(now_ms())
+                ));
+                text.push_str(&output::telemetry_table(&view, previous.as_ref(), now_ms()));
+                if !clear {
+                    text.push('\n');
+                }
+                text
+            }
+        };
+        emit(&text)?;
+        previous = Some(view);
+    }
+}
+
+// ---- cordon, uncordon, drain -----------------------------------------------------------------
+
+pub async fn cordon(
+    client: &mut Client,
+    cid: &str,
+    cordoned: bool,
+    reason: &str,
+    format: Format,
+) -> Result<(), CliError> {
+    let status = if cordoned {
+        client
+            .cluster
+            .cordon(unary(pb::CordonRequest {
+                cid: cid.to_string(),
+                reason: reason.to_string(),
+            }))
+            .await
+    } else {
+        client
+            .cluster
+            .uncordon(unary(pb::UncordonRequest {
+                cid: cid.to_string(),
+            }))
+            .await
+    }
+    .map_err(|s| client.fail(s))?
+    .into_inner();
+    let node = NodeView::from_wire(status)?;
+    let verb = if cordoned { "cordoned" } else { "uncordoned" };
+    show(format, &node, || format!("node/{} {verb}\n", node.cid))
+}
+
+#[derive(Debug, Serialize)]
+struct DrainView {
+    node: NodeView,
+    evicted_job_ids: Vec<String>,
+}
+
+pub async fn drain(
+    client: &mut Client,
+    cid: &str,
+    reason: &str,
+    grace_period_ms: u32,
+    format: Format,
+) -> Result<(), CliError> {
+    let reply = client
+        .cluster
+        .drain(unary(pb::DrainRequest {
+            cid: cid.to_string(),
+            reason: reason.to_string(),
+            grace_period_ms,
+        }))
+        .await
+        .map_err(|s| client.fail(s))?
+        .into_inner();
+    let node = reply
+        .node
+        .ok_or_else(|| CliError::Failed("the scheduler drained the node but sent no status".into()))
+        .and_then(NodeView::from_wire)?;
+    let view = DrainView {
+        node,
+        evicted_job_ids: reply.evicted_job_ids,
+    };
+    show(format, &view, || {
+        let evicted = if view.evicted_job_ids.is_empty() {
+            "no jobs to move".to_string()
+        } else {
+            format!(
+                "jobs moved back to pending: {}",
+                view.evicted_job_ids.join(", ")
+            )
+        };
+        format!("node/{} drained; {evicted}\n", view.node.cid)
+    })
+}
