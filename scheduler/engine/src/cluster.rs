@@ -367,6 +367,60 @@ pub struct Claim {
     pub affinity: Option<AffinityTag>,
 }
 
+/// Most GPUs a node may have and still take the compact fast path of the placement scan.
+pub(crate) const HOT_GPUS: usize = 8;
+
+/// A compact copy of what the placement scan reads for a simple node (at most 8 GPUs, one
+/// model, no MIG), kept next to the other nodes' so the scan stays in cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Hot {
+    /// The node takes the fast path: schedulable, at most 8 GPUs, one model, no MIG, no link data.
+    pub simple: bool,
+    pub gpus: u8,
+    /// Bit `i`: GPU `i` is free for a whole-GPU grant.
+    pub free_mask: u8,
+    /// Bit `i`: GPU `i` can take shares (healthy, not exclusive, no MIG).
+    pub share_mask: u8,
+    pub model: u16,
+    pub total_left: u32,
+    pub cpu_left: u64,
+    pub memory_left: u64,
+    /// Compute left per GPU in milli (0 when unusable).
+    pub lefts: [u16; HOT_GPUS],
+    /// Memory left per GPU for shares, in MiB (saturating at 4 PiB).
+    pub gpu_memory_left: [u32; HOT_GPUS],
+}
+
+impl Hot {
+    fn of(node: &Node) -> Hot {
+        let mut h = Hot {
+            simple: !node.cordoned
+                && node.links.is_none()
+                && node.gpus.len() <= HOT_GPUS
+                && (node.gpus.is_empty() || node.uniform_model.is_some())
+                && node.gpus.iter().all(|g| g.mig.is_none()),
+            gpus: node.gpus.len().min(HOT_GPUS) as u8,
+            model: node.uniform_model.map_or(u16::MAX, |m| m.0),
+            cpu_left: node.cpu_left(),
+            memory_left: node.memory_left(),
+            ..Hot::default()
+        };
+        for (i, g) in node.gpus.iter().take(HOT_GPUS).enumerate() {
+            // milli_left is at most 1000 and fits; the memory saturates rather than wraps.
+            h.lefts[i] = u16::try_from(g.milli_left()).unwrap_or(u16::MAX);
+            h.total_left += g.milli_left();
+            h.gpu_memory_left[i] = u32::try_from(g.memory_mib - g.memory_used).unwrap_or(u32::MAX);
+            if g.fully_free() {
+                h.free_mask |= 1 << i;
+            }
+            if g.usable() && g.mig.is_none() && !g.exclusive {
+                h.share_mask |= 1 << i;
+            }
+        }
+        h
+    }
+}
+
 /// The whole cluster.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -377,6 +431,8 @@ pub struct Cluster {
     next_allocation: u64,
     /// Each node's position in name order, for name-ordered tie-breaking.
     name_rank: Vec<u32>,
+    /// The scan's compact view of each node, refreshed on every change.
+    hot: Vec<Hot>,
 }
 
 /// Clusters compare by state: nodes, models and live allocations.
@@ -419,7 +475,16 @@ impl Cluster {
             allocations: BTreeMap::new(),
             next_allocation: 1,
             name_rank: Vec::new(),
+            hot: Vec::new(),
         }
+    }
+
+    fn refresh(&mut self, index: usize) {
+        self.hot[index] = Hot::of(&self.nodes[index]);
+    }
+
+    pub(crate) fn hot(&self) -> &[Hot] {
+        &self.hot
     }
 
     fn finish(mut self) -> Cluster {
@@ -429,6 +494,7 @@ impl Cluster {
         for (rank, i) in order.into_iter().enumerate() {
             self.name_rank[i] = rank as u32;
         }
+        self.hot = self.nodes.iter().map(Hot::of).collect();
         self
     }
 
@@ -671,6 +737,7 @@ impl Cluster {
             .ok_or(ClusterError::UnknownNode(node.0))?;
         n.cordoned = cordoned;
         n.version = next_version();
+        self.refresh(node.index());
         Ok(())
     }
 
@@ -705,6 +772,7 @@ impl Cluster {
             });
         }
         n.version = next_version();
+        self.refresh(node.index());
         Ok(())
     }
 
@@ -729,6 +797,7 @@ impl Cluster {
             })?;
         g.health = health;
         n.version = next_version();
+        self.refresh(node.index());
         Ok(())
     }
 
@@ -771,6 +840,7 @@ impl Cluster {
             }
         }
         node.version = next_version();
+        self.refresh(claim.node.index());
         let id = AllocationId(self.next_allocation);
         self.next_allocation += 1;
         self.allocations.insert(
@@ -824,6 +894,7 @@ impl Cluster {
             }
         }
         node.version = next_version();
+        self.refresh(alloc.node.index());
         Ok(alloc)
     }
 }

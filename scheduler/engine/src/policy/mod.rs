@@ -21,13 +21,14 @@ mod select;
 
 use std::cmp::Reverse;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::{Rng, RngCore};
 
-use crate::cluster::{Claim, Cluster, GpuGrant, Node, NodeId};
-use crate::explain::{ScoreBreakdown, Unplaceable};
+use crate::cluster::{Claim, Cluster, GpuGrant, Hot, ModelId, Node, NodeId};
+use crate::explain::{Reason, ScoreBreakdown, Unplaceable};
 use crate::fgd::{ResolvedMix, WorkloadMix, fgd_points};
 use crate::job::MILLI_PER_GPU;
 use crate::request::{GpuDemand, Request};
@@ -136,6 +137,9 @@ pub struct Policy {
     kind: PolicyKind,
     mix: Option<Arc<WorkloadMix>>,
     tie_break: TieBreak,
+    /// FGD points per node state and request shape. Node versions are unique in the
+    /// process, so entries never go stale: a changed node has a new version.
+    fgd_cache: Arc<Mutex<Vec<FgdEntry>>>,
 }
 
 impl Policy {
@@ -148,6 +152,7 @@ impl Policy {
             kind,
             mix: None,
             tie_break: TieBreak::default(),
+            fgd_cache: Arc::default(),
         })
     }
 
@@ -157,6 +162,7 @@ impl Policy {
             kind: PolicyKind::Fgd,
             mix: Some(mix.into()),
             tie_break: TieBreak::default(),
+            fgd_cache: Arc::default(),
         }
     }
 
@@ -169,6 +175,7 @@ impl Policy {
                 kind,
                 mix,
                 tie_break: TieBreak::default(),
+                fgd_cache: Arc::default(),
             }),
         }
     }
@@ -242,6 +249,13 @@ fn lefts(node: &Node, buf: &mut [u32; MAX_GPUS]) -> (usize, u32) {
     (node.gpus().len(), total)
 }
 
+/// A key for the request's shape: what FGD's points depend on.
+fn shape_key(request: &Request) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (request.cpu_milli(), request.gpu(), request.models()).hash(&mut h);
+    h.finish()
+}
+
 /// The CPU the paper's simulator scores with: Kubernetes counts a zero request as 100m.
 fn score_cpu(cpu: u64) -> f64 {
     if cpu == 0 { 100.0 } else { cpu as f64 }
@@ -252,16 +266,51 @@ struct Scorer<'a> {
     ctx: Ctx<'a>,
     mix: Option<ResolvedMix>,
     positions: Vec<u32>,
+    /// FGD points of earlier placements, per node version and request shape.
+    cache: Option<MutexGuard<'a, Vec<FgdEntry>>>,
+    shape_key: u64,
 }
 
+/// The inputs FGD needs about one node, from either the compact or the full node view.
+struct FgdView<'v> {
+    cpu_left: u64,
+    lefts: &'v [u32],
+    model: Option<ModelId>,
+    /// Bit `i`: a share of this request fits GPU `i`.
+    share_ok: u64,
+    /// GPUs a whole-GPU request would take.
+    whole: &'v [u32],
+    /// MIG instances a MIG request would take.
+    mig: &'v [GpuGrant],
+}
+
+/// Cached FGD points for one node state.
+#[derive(Debug, Clone, Default)]
+struct FgdEntry {
+    version: u64,
+    points: Vec<(u64, i64)>,
+}
+
+/// Request shapes remembered per node state before the entry starts over.
+const FGD_CACHE_SHAPES: usize = 32;
+
 impl Scorer<'_> {
-    /// The policy's points and the link rank of the GPUs it would use on `node`.
-    fn points(&mut self, node: &Node) -> (i64, u32) {
-        let ctx = &self.ctx;
+    /// The policy's points and the link rank of the GPUs it would use on node `index`.
+    fn points(&mut self, index: usize, node: &Node, hot: &Hot, fast: bool) -> (i64, u32) {
         let mut buf = [0u32; MAX_GPUS];
-        let (n, total) = lefts(node, &mut buf);
+        let (n, total, cpu_left) = if fast {
+            let n = usize::from(hot.gpus);
+            for (b, l) in buf.iter_mut().zip(&hot.lefts[..n]) {
+                *b = u32::from(*l);
+            }
+            (n, hot.total_left, hot.cpu_left)
+        } else {
+            let (n, total) = lefts(node, &mut buf);
+            (n, total, node.cpu_left())
+        };
+        let ctx = &self.ctx;
         let link = match ctx.req.gpu() {
-            GpuDemand::Exclusive { count } if *count >= 2 && node.has_links() => {
+            GpuDemand::Exclusive { count } if *count >= 2 && !fast && node.has_links() => {
                 choose_whole(ctx, node, *count as usize, &mut self.positions).unwrap_or(0)
             }
             _ => 0,
@@ -271,13 +320,13 @@ impl Scorer<'_> {
             PolicyKind::Random => 0,
             PolicyKind::BestFit => {
                 let mut s = 0.0;
-                s += (node.cpu_left() as f64 - score_cpu(ctx.cpu)) / MAX_SPEC_CPU * 0.5;
+                s += (cpu_left as f64 - score_cpu(ctx.cpu)) / MAX_SPEC_CPU * 0.5;
                 s += (f64::from(total) - gpu_req) / MAX_SPEC_GPU * 0.5;
                 ((1.0 - s) * MAX_POINTS as f64) as i64
             }
             PolicyKind::DotProduct => {
                 let free = [
-                    node.cpu_left() as f64 / MAX_SPEC_CPU,
+                    cpu_left as f64 / MAX_SPEC_CPU,
                     f64::from(total) / MAX_SPEC_GPU,
                 ];
                 let want = [score_cpu(ctx.cpu) / MAX_SPEC_CPU, gpu_req / MAX_SPEC_GPU];
@@ -290,11 +339,90 @@ impl Scorer<'_> {
             PolicyKind::GpuPacking => packing_points(ctx, &buf[..n]),
             PolicyKind::GpuClustering => clustering_points(ctx, node, total),
             PolicyKind::Fgd => {
-                let mix = self.mix.as_ref().expect("fgd scorers carry a mix");
-                fgd_eval(ctx, node, mix, &buf[..n], &mut self.positions).0
+                let version = node.version();
+                let key = self.shape_key;
+                if let Some(cache) = self.cache.as_mut() {
+                    if cache.len() <= index {
+                        cache.resize(index + 1, FgdEntry::default());
+                    }
+                    let entry = &mut cache[index];
+                    if entry.version == version
+                        && let Some((_, p)) = entry.points.iter().find(|(k, _)| *k == key)
+                    {
+                        return (*p, link);
+                    }
+                }
+                let points = self.fgd(node, hot, fast, &buf[..n]).0;
+                if let Some(cache) = self.cache.as_mut() {
+                    let entry = &mut cache[index];
+                    if entry.version != version || entry.points.len() >= FGD_CACHE_SHAPES {
+                        entry.version = version;
+                        entry.points.clear();
+                    }
+                    entry.points.push((key, points));
+                }
+                points
             }
         };
         (points, link)
+    }
+
+    /// FGD's evaluation of `node`: points, the share GPU, fragmentation before and after.
+    fn fgd(
+        &mut self,
+        node: &Node,
+        hot: &Hot,
+        fast: bool,
+        lefts: &[u32],
+    ) -> (i64, Option<usize>, f64, f64) {
+        let ctx = &self.ctx;
+        let mix = self.mix.as_ref().expect("fgd scorers carry a mix");
+        let mut share_ok = 0u64;
+        let mut mig = Vec::new();
+        self.positions.clear();
+        if fast {
+            if let GpuDemand::Shared { milli, memory_mib } = ctx.req.gpu() {
+                for (i, left) in lefts.iter().enumerate() {
+                    if hot.share_mask & (1 << i) != 0
+                        && *left >= *milli
+                        && u64::from(hot.gpu_memory_left[i]) >= *memory_mib
+                    {
+                        share_ok |= 1 << i;
+                    }
+                }
+            }
+            if let GpuDemand::Exclusive { count } = ctx.req.gpu() {
+                let mut mask = hot.free_mask;
+                while self.positions.len() < *count as usize && mask != 0 {
+                    self.positions.push(mask.trailing_zeros());
+                    mask &= mask - 1;
+                }
+            }
+        } else {
+            match ctx.req.gpu() {
+                GpuDemand::Shared { milli, memory_mib } => {
+                    for i in share_candidates(ctx, node, *milli, *memory_mib) {
+                        share_ok |= 1 << i;
+                    }
+                }
+                GpuDemand::Exclusive { count } => {
+                    choose_whole(ctx, node, *count as usize, &mut self.positions);
+                }
+                GpuDemand::Mig { profile, count } => {
+                    mig = plan_mig(ctx, node, profile, *count).unwrap_or_default();
+                }
+                GpuDemand::None => {}
+            }
+        }
+        let view = FgdView {
+            cpu_left: if fast { hot.cpu_left } else { node.cpu_left() },
+            lefts,
+            model: node.gpus().first().map(|g| g.model),
+            share_ok,
+            whole: &self.positions,
+            mig: &mig,
+        };
+        fgd_eval(ctx, mix, &view)
     }
 }
 
@@ -307,6 +435,26 @@ fn packing_points(ctx: &Ctx<'_>, lefts: &[u32]) -> i64 {
     let fully_free = lefts.iter().filter(|l| **l == MILLI_PER_GPU).count();
     if fully_free == gpus {
         return (MAX_POINTS / 3 - fully_free as i64).max(fully_free as i64);
+    }
+    if ctx.milli_each == MILLI_PER_GPU {
+        // Whole GPUs: only fully free GPUs qualify, so all of them are fresh.
+        let wanted = ctx.count as usize;
+        return if fully_free >= wanted {
+            (MAX_POINTS / 2 - wanted as i64).max(MAX_POINTS / 3)
+        } else {
+            0
+        };
+    }
+    if ctx.count == 1 {
+        // One share: the least-free GPU that fits is the one packing would use.
+        let Some(left) = lefts.iter().copied().filter(|l| *l >= ctx.milli_each).min() else {
+            return 0;
+        };
+        if left == MILLI_PER_GPU {
+            return (MAX_POINTS / 2 - 1).max(MAX_POINTS / 3);
+        }
+        let ratio = i64::from(left) * 100 / i64::from(MILLI_PER_GPU);
+        return (MAX_POINTS - ratio / 10).max(MAX_POINTS / 2);
     }
     let mut order = [0usize; MAX_GPUS];
     for (i, o) in order.iter_mut().enumerate().take(gpus) {
@@ -357,70 +505,93 @@ fn clustering_points(ctx: &Ctx<'_>, node: &Node, total_left: u32) -> i64 {
     fill + quarter * band
 }
 
-/// FGD: the points of the best move on `node`, with the share GPU it uses (if a share) and
-/// the fragmentation before and after.
-fn fgd_eval(
-    ctx: &Ctx<'_>,
-    node: &Node,
-    mix: &ResolvedMix,
-    lefts: &[u32],
-    positions: &mut Vec<u32>,
-) -> (i64, Option<usize>, f64, f64) {
-    let model = node.gpus().first().map(|g| g.model);
-    let cpu_left = node.cpu_left();
-    let before = mix.frag(cpu_left, lefts, model);
-    let cpu_after = cpu_left.saturating_sub(ctx.cpu);
+/// FGD: the points of the best move, with the share GPU it uses (if a share) and the
+/// fragmentation before and after.
+fn fgd_eval(ctx: &Ctx<'_>, mix: &ResolvedMix, v: &FgdView<'_>) -> (i64, Option<usize>, f64, f64) {
+    let before = mix.frag(v.cpu_left, v.lefts, v.model);
+    let cpu_after = v.cpu_left.saturating_sub(ctx.cpu);
     let mut after_lefts = [0u32; MAX_GPUS];
-    let after_lefts = &mut after_lefts[..lefts.len()];
-    after_lefts.copy_from_slice(lefts);
-    match ctx.req.gpu() {
-        GpuDemand::Shared { milli, memory_mib } => {
-            let mut best: Option<(i64, usize, f64)> = None;
-            let mut tried = [u32::MAX; MAX_GPUS];
-            let mut n_tried = 0;
-            for i in share_candidates(ctx, node, *milli, *memory_mib) {
-                // Equal free compute gives an equal result; the lower index already won.
-                if tried[..n_tried].contains(&lefts[i]) {
-                    continue;
-                }
-                tried[n_tried] = lefts[i];
-                n_tried += 1;
-                after_lefts[i] = lefts[i] - milli;
-                let after = mix.frag(cpu_after, after_lefts, model);
-                after_lefts[i] = lefts[i];
-                let points = fgd_points(before, after);
-                if best.is_none_or(|(p, _, _)| points > p) {
-                    best = Some((points, i, after));
-                }
+    let after_lefts = &mut after_lefts[..v.lefts.len()];
+    after_lefts.copy_from_slice(v.lefts);
+    if let GpuDemand::Shared { milli, .. } = ctx.req.gpu() {
+        let mut best: Option<(i64, usize, f64)> = None;
+        let mut tried = [u32::MAX; MAX_GPUS];
+        let mut n_tried = 0;
+        let mut mask = v.share_ok;
+        while mask != 0 {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            // Equal free compute gives an equal result; the lower index already won.
+            if tried[..n_tried].contains(&v.lefts[i]) {
+                continue;
             }
-            match best {
-                Some((points, i, after)) => (points, Some(i), before, after),
-                None => (0, None, before, before),
+            tried[n_tried] = v.lefts[i];
+            n_tried += 1;
+            after_lefts[i] = v.lefts[i] - milli;
+            let after = mix.frag(cpu_after, after_lefts, v.model);
+            after_lefts[i] = v.lefts[i];
+            let points = fgd_points(before, after);
+            if best.is_none_or(|(p, _, _)| points > p) {
+                best = Some((points, i, after));
             }
         }
+        return match best {
+            Some((points, i, after)) => (points, Some(i), before, after),
+            None => (0, None, before, before),
+        };
+    }
+    for &p in v.whole {
+        after_lefts[p as usize] = 0;
+    }
+    for g in v.mig {
+        let l = &mut after_lefts[g.gpu as usize];
+        *l = l.saturating_sub(g.milli);
+    }
+    let after = mix.frag(cpu_after, after_lefts, v.model);
+    (fgd_points(before, after), None, before, after)
+}
+
+/// The first reason a simple node (see [`Hot`]) cannot take the request.
+fn fast_filter(ctx: &Ctx<'_>, h: &Hot) -> Result<(), Reason> {
+    let demand = ctx.req.gpu();
+    if !matches!(demand, GpuDemand::None) {
+        if h.gpus == 0 {
+            return Err(Reason::NoGpus);
+        }
+        if let Some(models) = &ctx.models
+            && !models.contains(&ModelId(h.model))
+        {
+            return Err(Reason::ModelNotAllowed);
+        }
+    }
+    if h.cpu_left < ctx.cpu {
+        return Err(Reason::NotEnoughCpu);
+    }
+    if h.memory_left < ctx.mem {
+        return Err(Reason::NotEnoughMemory);
+    }
+    match demand {
+        GpuDemand::None => Ok(()),
         GpuDemand::Exclusive { count } => {
-            if choose_whole(ctx, node, *count as usize, positions).is_some() {
-                for &p in positions.iter() {
-                    after_lefts[p as usize] = 0;
-                }
+            if h.free_mask.count_ones() < *count {
+                Err(Reason::FewerFreeGpus)
+            } else {
+                Ok(())
             }
-            let after = mix.frag(cpu_after, after_lefts, model);
-            (fgd_points(before, after), None, before, after)
         }
-        GpuDemand::Mig { profile, count } => {
-            if let Some(grants) = plan_mig(ctx, node, profile, *count) {
-                for g in grants {
-                    let l = &mut after_lefts[g.gpu as usize];
-                    *l = l.saturating_sub(g.milli);
-                }
+        GpuDemand::Shared { milli, memory_mib } => {
+            let fits = (0..usize::from(h.gpus)).any(|i| {
+                h.share_mask & (1 << i) != 0
+                    && u32::from(h.lefts[i]) >= *milli
+                    && u64::from(h.gpu_memory_left[i]) >= *memory_mib
+            });
+            if fits {
+                Ok(())
+            } else {
+                Err(Reason::NoShareRoom)
             }
-            let after = mix.frag(cpu_after, after_lefts, model);
-            (fgd_points(before, after), None, before, after)
         }
-        GpuDemand::None => {
-            let after = mix.frag(cpu_after, after_lefts, model);
-            (fgd_points(before, after), None, before, after)
-        }
+        GpuDemand::Mig { .. } => Err(Reason::NoMigProfile),
     }
 }
 
@@ -434,24 +605,41 @@ pub fn place<R: RngCore + ?Sized>(
     policy: &Policy,
     rng: &mut R,
 ) -> Result<Placement, Unplaceable> {
+    let cache = (policy.kind == PolicyKind::Fgd).then(|| {
+        policy
+            .fgd_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    });
     let mut scorer = Scorer {
         kind: policy.kind,
         ctx: Ctx::new(cluster, request),
         mix: policy.mix.as_ref().map(|m| m.resolve(cluster)),
         positions: Vec::with_capacity(MAX_GPUS),
+        cache,
+        shape_key: shape_key(request),
     };
+    let hot = cluster.hot();
+    let open = request.allowed().is_empty();
     let nonce = rng.next_u64();
     let mut reasons = [0u32; 10];
     let mut best: Option<Score> = None;
     let mut feasible = 0u32;
     let mut tied = 0u32;
     for (i, node) in cluster.nodes().iter().enumerate() {
-        if let Err(reason) = filter(&scorer.ctx, node) {
+        let h = &hot[i];
+        let fast = open && h.simple;
+        let verdict = if fast {
+            fast_filter(&scorer.ctx, h)
+        } else {
+            filter(&scorer.ctx, node)
+        };
+        if let Err(reason) = verdict {
             reasons[reason as usize] += 1;
             continue;
         }
         feasible += 1;
-        let (points, link) = scorer.points(node);
+        let (points, link) = scorer.points(i, node, h, fast);
         let score = Score {
             points,
             link: Reverse(link),
@@ -482,7 +670,7 @@ pub fn place<R: RngCore + ?Sized>(
         return Err(Unplaceable::new(cluster.len() as u32, &reasons, request));
     };
     let node = &cluster.nodes()[score.node.0.index()];
-    let (gpus, terms) = choose_gpus(&mut scorer, node, rng);
+    let (gpus, terms) = choose_gpus(&mut scorer, node, &hot[score.node.0.index()], rng);
     Ok(Placement {
         claim: Claim {
             node: score.node.0,
@@ -508,9 +696,9 @@ pub fn place<R: RngCore + ?Sized>(
 fn choose_gpus<R: RngCore + ?Sized>(
     scorer: &mut Scorer<'_>,
     node: &Node,
+    hot: &Hot,
     rng: &mut R,
 ) -> (Vec<GpuGrant>, Vec<(&'static str, f64)>) {
-    let ctx = &scorer.ctx;
     let mut buf = [0u32; MAX_GPUS];
     let (n, total) = lefts(node, &mut buf);
     let mut terms = vec![
@@ -518,12 +706,13 @@ fn choose_gpus<R: RngCore + ?Sized>(
         ("gpu_milli_left", f64::from(total)),
     ];
     let mut fgd_share = None;
-    if let Some(mix) = &scorer.mix {
-        let (_, share, before, after) = fgd_eval(ctx, node, mix, &buf[..n], &mut scorer.positions);
+    if scorer.mix.is_some() {
+        let (_, share, before, after) = scorer.fgd(node, hot, false, &buf[..n]);
         fgd_share = share;
         terms.push(("frag_before", before));
         terms.push(("frag_after", after));
     }
+    let ctx = &scorer.ctx;
     let grants = match ctx.req.gpu() {
         GpuDemand::None => Vec::new(),
         GpuDemand::Exclusive { count } => {
