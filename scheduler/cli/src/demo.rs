@@ -257,8 +257,8 @@ fn exclusive(count: u32) -> Option<GpuRequest> {
     })
 }
 
-/// The jobs the demo submits: a training gang, inference replicas and four notebooks that
-/// share one GPU.
+/// The jobs the demo submits: two training gangs (the second must wait for the first),
+/// inference replicas, and four notebooks that share one GPU.
 fn demo_jobs(seconds: u32) -> Vec<JobSpec> {
     let command = |what: &str| {
         vec![
@@ -267,23 +267,29 @@ fn demo_jobs(seconds: u32) -> Vec<JobSpec> {
             format!("echo \"{what}: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES\"; sleep {seconds}"),
         ]
     };
-    let mut train = JobSpec::new("train-llama", JobKind::Training);
-    train.replicas = 2;
-    train.gpu = exclusive(8);
-    train.resources.cpu_milli = 32_000;
-    train.resources.memory_mib = 256 * 1024;
-    train.topology.network = NetworkConstraint {
-        scope: NetworkScope::SameLeaf,
-        mode: suanli_engine::job::Requirement::Preferred,
+    let gang = |name: &str, gpus: u32| {
+        let mut job = JobSpec::new(name, JobKind::Training);
+        job.replicas = 2;
+        job.gpu = exclusive(gpus);
+        job.resources.cpu_milli = 32_000;
+        job.resources.memory_mib = 256 * 1024;
+        job.topology.network = NetworkConstraint {
+            scope: NetworkScope::SameLeaf,
+            mode: suanli_engine::job::Requirement::Preferred,
+        };
+        job.command = command(name);
+        job
     };
-    train.command = command("train-llama");
+    let train = gang("train-llama", 4);
+    // Needs two nodes with 6 free GPUs each: it waits until the first gang is done.
+    let eval = gang("eval-llama", 6);
     let mut serve = JobSpec::new("serve-qwen", JobKind::Inference);
     serve.replicas = 3;
     serve.gpu = exclusive(1);
     serve.resources.cpu_milli = 4_000;
     serve.resources.memory_mib = 32 * 1024;
     serve.command = command("serve-qwen");
-    let mut jobs = vec![train, serve];
+    let mut jobs = vec![train, eval, serve];
     for who in ["ada", "grace", "linus", "barbara"] {
         let mut notebook = JobSpec::new(format!("notebook-{who}"), JobKind::Inference);
         notebook.gpu = Some(GpuRequest {

@@ -338,6 +338,7 @@ pub fn describe_text(d: &DescribeView, now_ms: i64) -> String {
         Some(min) if min != spec.replicas => {
             format!("{} replicas (starts with {min})", spec.replicas)
         }
+        _ if spec.replicas == 1 => "1 replica".to_string(),
         _ => format!("{} replicas", spec.replicas),
     };
     field("Kind", format!("{kind}, {replicas}"));
@@ -895,3 +896,6 @@ mod tests {
         assert_eq!(t.render(), "A           LONGER\nwide-cell   x\ny\n");
     }
 }
+
+#[cfg(test)]
+mod snapshot_tests;
