@@ -174,7 +174,10 @@ mod tests {
             }],
             ..PlacementConstraints::default()
         };
-        assert_eq!(catalog.data_pull_seconds(&cid("cid:acme/r1/a"), &placement), 0.0);
+        assert_eq!(
+            catalog.data_pull_seconds(&cid("cid:acme/r1/a"), &placement),
+            0.0
+        );
         assert_eq!(
             catalog.data_pull_seconds(&cid("cid:acme/r1/b"), &placement),
             80.0
@@ -190,6 +193,9 @@ mod tests {
             }],
             vec![],
         );
-        assert!(matches!(bad, Err(CatalogError::NotADomain { index: 0, .. })));
+        assert!(matches!(
+            bad,
+            Err(CatalogError::NotADomain { index: 0, .. })
+        ));
     }
 }

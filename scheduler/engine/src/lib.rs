@@ -31,12 +31,18 @@
 
 pub mod cid;
 pub mod cluster;
+pub mod domain;
 pub mod explain;
 pub mod fgd;
+pub mod gang;
 pub mod gpu;
 pub mod inventory;
 pub mod job;
+pub mod links;
 pub mod policy;
+pub mod preempt;
+pub mod queue;
+pub mod quota;
 pub mod request;
 pub mod validation;
 

@@ -97,9 +97,7 @@ impl NodeNetwork {
 
     /// Whether any NIC can carry RDMA traffic at all.
     pub fn any_nic_usable(&self) -> bool {
-        self.nics
-            .iter()
-            .any(|n| n.condition != NicCondition::Down)
+        self.nics.iter().any(|n| n.condition != NicCondition::Down)
     }
 
     /// Bit `i`: GPU position `i` reaches a fully-up NIC over PIX/PXB (positions ≥ 64 ignored).

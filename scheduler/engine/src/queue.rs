@@ -1,0 +1,728 @@
+//! The queue: pending jobs in priority order, tenant quotas with borrowing and reclaim,
+//! preemption with a bounded victim search, and backfill behind a blocked gang.
+//!
+//! [`Scheduler`] is a pure struct that owns the cluster model. The daemon submits and
+//! finishes jobs, calls [`Scheduler::queue_pass`] with the current time, and carries out the
+//! [`Decision`]s it returns (start, preempt, or report why a job waits). Time is seconds on
+//! the caller's clock; the engine never reads a clock.
+//!
+//! One pass:
+//! 1. pending jobs in order: higher priority, then earlier submission, then id;
+//! 2. each job is placed with [`place_gang`]; a placement that would pass the tenant's
+//!    maximum quota waits; one above the guarantee is *borrowed* (and reclaimable);
+//! 3. a job that does not fit may preempt: candidates from [`crate::preempt::candidates`]
+//!    are released one at a time, at most `max_victims`, until the job fits; if it still does
+//!    not, they are restored untouched;
+//! 4. the first job that still cannot run gets a *reservation*: the earliest time (from
+//!    running jobs' expected ends) at which it fits, and the nodes it would use then. Later
+//!    jobs may backfill onto those nodes only if they end before that time (by their time
+//!    limit or expected duration); elsewhere they run freely.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use crate::cluster::{AllocationId, Cluster, NodeId};
+use crate::domain::DomainCatalog;
+use crate::gang::{
+    FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, allocate_gang, place_gang,
+};
+use crate::gpu::GpuModel;
+use crate::job::{JobId, JobSpec};
+use crate::links::LinkState;
+use crate::preempt::{Preemptor, VictimKind, VictimView, candidates};
+use crate::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
+use crate::request::{GpuDemand, RequestError};
+
+/// How long a job runs, as far as the scheduler knows: backfill needs an upper bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// The user's estimate.
+    pub expected_s: Option<u64>,
+    /// The hard limit after which the job is stopped.
+    pub limit_s: Option<u64>,
+}
+
+impl Runtime {
+    /// The latest the job runs: its limit, else its estimate; `None` when unknown.
+    pub fn bound_s(&self) -> Option<u64> {
+        self.limit_s.or(self.expected_s)
+    }
+}
+
+/// A job waiting in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedJob {
+    pub id: JobId,
+    pub gang: GangRequest,
+    pub tenant: String,
+    pub queue: String,
+    pub priority: i32,
+    pub preemptible: bool,
+    /// Submission time; preempted jobs keep theirs, so they return to their old place.
+    pub submitted_s: u64,
+    pub runtime: Runtime,
+}
+
+impl QueuedJob {
+    /// A queued job from a submitted spec.
+    pub fn from_spec(
+        id: JobId,
+        spec: &JobSpec,
+        submitted_s: u64,
+        runtime: Runtime,
+    ) -> Result<QueuedJob, RequestError> {
+        Ok(QueuedJob {
+            id,
+            gang: GangRequest::from_job(spec)?,
+            tenant: spec.tenant.clone(),
+            queue: spec.queue.clone(),
+            priority: spec.priority,
+            preemptible: spec.preemptible,
+            submitted_s,
+            runtime,
+        })
+    }
+}
+
+/// A job the scheduler has started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningJob {
+    pub job: QueuedJob,
+    pub started_s: u64,
+    pub placement: GangPlacement,
+    pub allocations: Vec<AllocationId>,
+    /// GPU-milli per model, as charged to the tenant's quota.
+    pub charges: Vec<(GpuModel, u64)>,
+    /// Started above its tenant's guarantee.
+    pub borrowed: bool,
+}
+
+/// Tuning of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Preempt to make room for higher-priority work and to reclaim quota.
+    pub preemption: bool,
+    /// Most victims one job may preempt (bounds the search).
+    pub max_victims: usize,
+    /// A job runs at least this long before it may be preempted.
+    pub min_runtime_s: u64,
+    /// Reserve for the first blocked job and backfill around it.
+    pub backfill: bool,
+    /// Most trial placements when computing a reservation.
+    pub reservation_trials: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            preemption: true,
+            max_victims: 16,
+            min_runtime_s: 300,
+            backfill: true,
+            reservation_trials: 32,
+        }
+    }
+}
+
+/// Why a job waits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitReason {
+    /// Placing it would pass the tenant's maximum.
+    Quota(QuotaExceeded),
+    /// A non-preemptible job may not borrow: reclaim could not undo it.
+    NoBorrowing { tenant: String },
+    /// No room now (and no preemption makes room).
+    Placement(GangWait),
+    /// It fits only on nodes reserved for a blocked job and would still run at that start.
+    Reserved { holder: JobId, start_s: u64 },
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::Quota(q) => write!(f, "{q}"),
+            WaitReason::NoBorrowing { tenant } => write!(
+                f,
+                "tenant {tenant} is at its guarantee and non-preemptible jobs may not borrow"
+            ),
+            WaitReason::Placement(w) => write!(f, "{w}"),
+            WaitReason::Reserved { holder, start_s } => write!(
+                f,
+                "would delay {holder}, which holds a reservation from t={start_s}s"
+            ),
+        }
+    }
+}
+
+/// What one queue pass decided, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Start the job here (already allocated in the scheduler's cluster).
+    Place {
+        job: JobId,
+        placement: GangPlacement,
+        borrowed: bool,
+        /// Ran ahead of a blocked job's reservation.
+        backfilled: bool,
+    },
+    /// Stop this running job; it is pending again.
+    Preempt {
+        victim: JobId,
+        for_job: JobId,
+        kind: VictimKind,
+    },
+    Wait {
+        job: JobId,
+        reason: WaitReason,
+    },
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Place {
+                job,
+                placement,
+                borrowed,
+                backfilled,
+            } => {
+                write!(f, "place {job}: {placement}")?;
+                if *borrowed {
+                    f.write_str(", borrowing quota")?;
+                }
+                if *backfilled {
+                    f.write_str(", backfilled")?;
+                }
+                Ok(())
+            }
+            Decision::Preempt {
+                victim,
+                for_job,
+                kind,
+            } => {
+                let why = match kind {
+                    VictimKind::Reclaim => "reclaiming borrowed quota",
+                    VictimKind::Priority => "lower priority",
+                };
+                write!(f, "preempt {victim} for {for_job} ({why})")
+            }
+            Decision::Wait { job, reason } => write!(f, "{job} waiting: {reason}"),
+        }
+    }
+}
+
+/// Why a queue operation is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {0} is already queued or running")]
+    Duplicate(JobId),
+    #[error("no running job {0}")]
+    NotRunning(JobId),
+    #[error("no pending job {0}")]
+    NotPending(JobId),
+}
+
+/// A blocked job's claim on the future: from `start_s` it will use `nodes`.
+#[derive(Debug, Clone)]
+struct Reservation {
+    holder: JobId,
+    start_s: u64,
+    nodes: Vec<bool>,
+}
+
+/// The queue and the cluster it places into.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    cluster: Cluster,
+    links: LinkState,
+    catalog: DomainCatalog,
+    index: FabricIndex,
+    quotas: Quotas,
+    config: QueueConfig,
+    pending: BTreeMap<JobId, QueuedJob>,
+    running: BTreeMap<JobId, RunningJob>,
+    usage: Usage,
+}
+
+impl Scheduler {
+    pub fn new(
+        cluster: Cluster,
+        links: LinkState,
+        catalog: DomainCatalog,
+        quotas: Quotas,
+        config: QueueConfig,
+    ) -> Scheduler {
+        let index = FabricIndex::new(&cluster, &links, &catalog);
+        Scheduler {
+            cluster,
+            links,
+            catalog,
+            index,
+            quotas,
+            config,
+            pending: BTreeMap::new(),
+            running: BTreeMap::new(),
+            usage: Usage::default(),
+        }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &QueuedJob> {
+        self.pending.values()
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &RunningJob> {
+        self.running.values()
+    }
+
+    pub fn running_job(&self, id: &JobId) -> Option<&RunningJob> {
+        self.running.get(id)
+    }
+
+    /// Changes the cluster (cordon, health, MIG mode) and re-indexes what changed.
+    pub fn update_cluster(&mut self, change: impl FnOnce(&mut Cluster)) {
+        change(&mut self.cluster);
+        self.index.sync(&self.cluster, &self.links);
+    }
+
+    /// Replaces the live link state (from telemetry).
+    pub fn set_links(&mut self, links: LinkState) {
+        self.links = links;
+        self.index = FabricIndex::new(&self.cluster, &self.links, &self.catalog);
+    }
+
+    /// Queues a job.
+    pub fn submit(&mut self, job: QueuedJob) -> Result<(), QueueError> {
+        if self.pending.contains_key(&job.id) || self.running.contains_key(&job.id) {
+            return Err(QueueError::Duplicate(job.id));
+        }
+        self.pending.insert(job.id.clone(), job);
+        Ok(())
+    }
+
+    /// Drops a pending job.
+    pub fn cancel_pending(&mut self, id: &JobId) -> Result<QueuedJob, QueueError> {
+        self.pending
+            .remove(id)
+            .ok_or_else(|| QueueError::NotPending(id.clone()))
+    }
+
+    /// A running job ended (any way): its resources and quota return.
+    pub fn finish(&mut self, id: &JobId) -> Result<RunningJob, QueueError> {
+        let job = self
+            .running
+            .remove(id)
+            .ok_or_else(|| QueueError::NotRunning(id.clone()))?;
+        self.release(&job);
+        Ok(job)
+    }
+
+    fn release(&mut self, job: &RunningJob) {
+        for id in &job.allocations {
+            if let Ok(alloc) = self.cluster.release(*id) {
+                self.index.refresh(&self.cluster, &self.links, alloc.node);
+            }
+        }
+        self.usage.remove(&job.job.tenant, &job.charges);
+    }
+
+    /// GPU-milli per model a placement charges.
+    fn charges(&self, placement: &GangPlacement) -> Vec<(GpuModel, u64)> {
+        let mut by_model: BTreeMap<GpuModel, u64> = BTreeMap::new();
+        for r in &placement.replicas {
+            let Some(node) = self.cluster.node(r.claim.node) else {
+                continue;
+            };
+            for g in &r.claim.gpus {
+                if let Some(gpu) = node.gpus().get(g.gpu as usize) {
+                    *by_model
+                        .entry(self.cluster.model(gpu.model).clone())
+                        .or_default() += u64::from(g.milli);
+                }
+            }
+        }
+        by_model.into_iter().collect()
+    }
+
+    /// Allocates a placement for a job and records it as running.
+    fn start(
+        &mut self,
+        job: QueuedJob,
+        placement: GangPlacement,
+        charges: Vec<(GpuModel, u64)>,
+        borrowed: bool,
+        now_s: u64,
+    ) -> bool {
+        let Ok(allocations) = allocate_gang(&mut self.cluster, &placement) else {
+            return false;
+        };
+        for node in placement.nodes() {
+            self.index.refresh(&self.cluster, &self.links, node);
+        }
+        self.usage.add(&job.tenant, &charges);
+        self.running.insert(
+            job.id.clone(),
+            RunningJob {
+                job,
+                started_s: now_s,
+                placement,
+                allocations,
+                charges,
+                borrowed,
+            },
+        );
+        true
+    }
+
+    /// Checks a placement against the tenant's quota: `Ok(borrowed)` or why it waits.
+    fn admit(&self, job: &QueuedJob, charges: &[(GpuModel, u64)]) -> Result<bool, WaitReason> {
+        match self.quotas.check(&self.usage, &job.tenant, charges) {
+            QuotaVerdict::Within => Ok(false),
+            QuotaVerdict::Borrowing if job.preemptible => Ok(true),
+            QuotaVerdict::Borrowing => Err(WaitReason::NoBorrowing {
+                tenant: job.tenant.clone(),
+            }),
+            QuotaVerdict::Over(q) => Err(WaitReason::Quota(q)),
+        }
+    }
+
+    /// A quota check before any placement work: a job whose every allowed model is already
+    /// at its tenant's maximum cannot start, wherever it would go.
+    fn quota_precheck(&self, job: &QueuedJob) -> Option<WaitReason> {
+        let models = job.gang.request.models();
+        if models.is_empty() {
+            return None;
+        }
+        let need = job.gang.gpu_milli(job.gang.min_replicas);
+        let mut first = None;
+        for model in models {
+            match self
+                .quotas
+                .check(&self.usage, &job.tenant, &[(model.clone(), need)])
+            {
+                QuotaVerdict::Over(q) => {
+                    first.get_or_insert(q);
+                }
+                _ => return None,
+            }
+        }
+        first.map(WaitReason::Quota)
+    }
+
+    /// One pass over the queue at time `now_s`. Decisions are already applied to the
+    /// scheduler's state: placed jobs are running, preempted ones pending again.
+    pub fn queue_pass(&mut self, now_s: u64) -> Vec<Decision> {
+        let mut order: Vec<(i32, u64, JobId)> = self
+            .pending
+            .values()
+            .map(|j| (-j.priority, j.submitted_s, j.id.clone()))
+            .collect();
+        order.sort();
+        let mut decisions = Vec::new();
+        let mut reservation: Option<Reservation> = None;
+        // Shapes that did not fit since the last release: they cannot fit now either.
+        let mut failed: HashMap<(String, bool), GangWait> = HashMap::new();
+        let mut free_gpus: u64 = (0..self.index.len())
+            .map(|i| u64::from(self.index.free_gpus(NodeId(i as u32))))
+            .sum();
+        for (_, _, id) in order {
+            let Some(job) = self.pending.get(&id) else {
+                continue;
+            };
+            if let Some(reason) = self.quota_precheck(job) {
+                decisions.push(Decision::Wait { job: id, reason });
+                continue;
+            }
+            let ends_before_reservation = reservation.as_ref().is_some_and(|r| {
+                job.runtime
+                    .bound_s()
+                    .is_some_and(|d| now_s.saturating_add(d) <= r.start_s)
+            });
+            let avoid = reservation
+                .as_ref()
+                .filter(|_| !ends_before_reservation)
+                .map(|r| r.nodes.as_slice());
+            // Same shape, tenant and priority: same outcome until something is released.
+            let key = (
+                format!("{:?}/{}/{}", job.gang, job.tenant, job.priority),
+                avoid.is_some(),
+            );
+            let whole_needed = match job.gang.request.gpu() {
+                GpuDemand::Exclusive { count } => {
+                    u64::from(*count) * u64::from(job.gang.min_replicas)
+                }
+                _ => 0,
+            };
+            let attempt = if let Some(w) = failed.get(&key) {
+                Err(w.clone())
+            } else if whole_needed > free_gpus {
+                // Not enough free whole GPUs in the whole cluster: no scan can succeed.
+                let per = u64::from(job.gang.request.gpu_count().max(1));
+                Err(GangWait::TooFew {
+                    needed: job.gang.min_replicas,
+                    fit: u32::try_from(free_gpus / per).unwrap_or(u32::MAX),
+                    counts: Vec::new(),
+                })
+            } else {
+                place_gang(
+                    &self.cluster,
+                    &self.index,
+                    &self.catalog,
+                    &job.gang,
+                    &GangOptions { avoid },
+                )
+            };
+            let from_memo = failed.contains_key(&key);
+            let job = job.clone();
+            match attempt {
+                Ok(placement) => {
+                    let charges = self.charges(&placement);
+                    match self.admit(&job, &charges) {
+                        Ok(borrowed) => {
+                            let used = placed_whole_gpus(&placement);
+                            let backfilled = reservation.is_some();
+                            self.pending.remove(&id);
+                            if self.start(job, placement.clone(), charges, borrowed, now_s) {
+                                free_gpus = free_gpus.saturating_sub(used);
+                                decisions.push(Decision::Place {
+                                    job: id,
+                                    placement,
+                                    borrowed,
+                                    backfilled,
+                                });
+                            }
+                        }
+                        Err(reason) => decisions.push(Decision::Wait { job: id, reason }),
+                    }
+                }
+                Err(wait) => {
+                    if self.config.preemption
+                        && !from_memo
+                        && let Some(mut made) = self.preempt_for(&job, now_s)
+                    {
+                        failed.clear();
+                        free_gpus = (0..self.index.len())
+                            .map(|i| u64::from(self.index.free_gpus(NodeId(i as u32))))
+                            .sum();
+                        decisions.append(&mut made);
+                        continue;
+                    }
+                    failed.insert(key, wait.clone());
+                    let reason = match (&reservation, avoid) {
+                        (Some(r), Some(_)) if !matches!(wait, GangWait::Network { .. }) => {
+                            // Fits without the reservation? Then the reservation is the reason.
+                            let free = place_gang(
+                                &self.cluster,
+                                &self.index,
+                                &self.catalog,
+                                &job.gang,
+                                &GangOptions::default(),
+                            );
+                            if free.is_ok() {
+                                WaitReason::Reserved {
+                                    holder: r.holder.clone(),
+                                    start_s: r.start_s,
+                                }
+                            } else {
+                                WaitReason::Placement(wait)
+                            }
+                        }
+                        _ => WaitReason::Placement(wait),
+                    };
+                    if self.config.backfill && reservation.is_none() {
+                        reservation = self.reserve(&job, now_s);
+                    }
+                    decisions.push(Decision::Wait { job: id, reason });
+                }
+            }
+        }
+        decisions
+    }
+
+    /// The earliest time `job` fits if running jobs end when their runtime bound says, and the
+    /// nodes it would use then. Jobs without a bound never end in this projection.
+    fn reserve(&self, job: &QueuedJob, now_s: u64) -> Option<Reservation> {
+        let mut ends: Vec<(u64, &RunningJob)> = self
+            .running
+            .values()
+            .filter_map(|r| {
+                r.job
+                    .runtime
+                    .bound_s()
+                    .map(|d| (r.started_s.saturating_add(d).max(now_s), r))
+            })
+            .collect();
+        ends.sort_by(|a, b| (a.0, &a.1.job.id).cmp(&(b.0, &b.1.job.id)));
+        let mut future = self.cluster.clone();
+        let mut index = self.index.clone();
+        let mut trials = 0;
+        let mut k = 0;
+        while k < ends.len() && trials < self.config.reservation_trials {
+            // Release everything that ends at the same moment together.
+            let t = ends[k].0;
+            while k < ends.len() && ends[k].0 == t {
+                for id in &ends[k].1.allocations {
+                    if let Ok(alloc) = future.release(*id) {
+                        index.refresh(&future, &self.links, alloc.node);
+                    }
+                }
+                k += 1;
+            }
+            trials += 1;
+            if let Ok(p) = place_gang(
+                &future,
+                &index,
+                &self.catalog,
+                &job.gang,
+                &GangOptions::default(),
+            ) {
+                let mut nodes = vec![false; self.cluster.len()];
+                for n in p.nodes() {
+                    nodes[n.index()] = true;
+                }
+                return Some(Reservation {
+                    holder: job.id.clone(),
+                    start_s: t,
+                    nodes,
+                });
+            }
+        }
+        None
+    }
+
+    /// Tries to make room for `job` by preempting candidates one at a time. On success the
+    /// victims are pending again, the job runs, and the decisions say so; otherwise nothing
+    /// changed.
+    fn preempt_for(&mut self, job: &QueuedJob, now_s: u64) -> Option<Vec<Decision>> {
+        let need = job.gang.gpu_milli(job.gang.min_replicas);
+        let list = {
+            let views = self.running.values().map(|r| VictimView {
+                id: &r.job.id,
+                tenant: &r.job.tenant,
+                priority: r.job.priority,
+                preemptible: r.job.preemptible,
+                started_s: r.started_s,
+                charges: &r.charges,
+            });
+            candidates(
+                views,
+                &Preemptor {
+                    tenant: &job.tenant,
+                    priority: job.priority,
+                    gpu_milli: need,
+                    models: job.gang.request.models(),
+                },
+                &self.quotas,
+                &self.usage,
+                now_s,
+                self.config.min_runtime_s,
+                self.config.max_victims,
+            )
+        };
+        if list.is_empty() {
+            return None;
+        }
+        let mut taken: Vec<(VictimKind, RunningJob)> = Vec::new();
+        let mut found = None;
+        for (kind, id) in list {
+            let Some(victim) = self.running.get(&id) else {
+                continue;
+            };
+            // Reclaim only while the victim's tenant still borrows.
+            if kind == VictimKind::Reclaim
+                && victim
+                    .charges
+                    .iter()
+                    .all(|(m, _)| self.quotas.borrowed(&self.usage, &victim.job.tenant, m) == 0)
+            {
+                continue;
+            }
+            let victim = self.running.remove(&id).expect("present just above");
+            self.release(&victim);
+            taken.push((kind, victim));
+            if let Ok(p) = place_gang(
+                &self.cluster,
+                &self.index,
+                &self.catalog,
+                &job.gang,
+                &GangOptions::default(),
+            ) {
+                let charges = self.charges(&p);
+                if let Ok(borrowed) = self.admit(job, &charges) {
+                    found = Some((p, charges, borrowed));
+                    break;
+                }
+            }
+        }
+        let Some((placement, charges, borrowed)) = found else {
+            self.restore(taken);
+            return None;
+        };
+        let mut decisions = Vec::new();
+        for (kind, victim) in taken {
+            decisions.push(Decision::Preempt {
+                victim: victim.job.id.clone(),
+                for_job: job.id.clone(),
+                kind,
+            });
+            self.pending.insert(victim.job.id.clone(), victim.job);
+        }
+        self.pending.remove(&job.id);
+        if !self.start(job.clone(), placement.clone(), charges, borrowed, now_s) {
+            // The placement was computed on this very state, so this is unreachable in
+            // practice; keep the job pending rather than lose it.
+            self.pending.insert(job.id.clone(), job.clone());
+            return Some(decisions);
+        }
+        decisions.push(Decision::Place {
+            job: job.id.clone(),
+            placement,
+            borrowed,
+            backfilled: false,
+        });
+        Some(decisions)
+    }
+
+    /// Puts released victims back exactly where they were.
+    fn restore(&mut self, taken: Vec<(VictimKind, RunningJob)>) {
+        for (_, mut victim) in taken.into_iter().rev() {
+            match allocate_gang(&mut self.cluster, &victim.placement) {
+                Ok(ids) => {
+                    for node in victim.placement.nodes() {
+                        self.index.refresh(&self.cluster, &self.links, node);
+                    }
+                    victim.allocations = ids;
+                    self.usage.add(&victim.job.tenant, &victim.charges);
+                    self.running.insert(victim.job.id.clone(), victim);
+                }
+                Err(_) => {
+                    // Nothing else was allocated in between, so the same claims fit again;
+                    // should that ever fail, the job is safer pending than lost.
+                    self.pending.insert(victim.job.id.clone(), victim.job);
+                }
+            }
+        }
+    }
+}
+
+fn placed_whole_gpus(p: &GangPlacement) -> u64 {
+    p.replicas
+        .iter()
+        .map(|r| r.claim.gpus.iter().filter(|g| g.exclusive).count() as u64)
+        .sum()
+}

@@ -1,0 +1,271 @@
+//! GPU quotas per tenant and GPU model: a guaranteed share that is always the tenant's, and a
+//! maximum it may reach by borrowing idle capacity. Work above the guarantee is borrowed and
+//! may be reclaimed (preempted) when another tenant needs its own guarantee back.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::gpu::GpuModel;
+use crate::job::MILLI_PER_GPU;
+
+/// A tenant's limits for one GPU model, in GPU-milli (1000 = one whole GPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaLimit {
+    pub guaranteed_milli: u64,
+    /// `None`: no ceiling besides the cluster.
+    pub max_milli: Option<u64>,
+}
+
+impl QuotaLimit {
+    /// Limits in whole GPUs.
+    pub fn gpus(guaranteed: u64, max: Option<u64>) -> QuotaLimit {
+        let milli = u64::from(MILLI_PER_GPU);
+        QuotaLimit {
+            guaranteed_milli: guaranteed * milli,
+            max_milli: max.map(|m| m * milli),
+        }
+    }
+
+    /// What an unconfigured tenant or model gets: nothing guaranteed, everything borrowable.
+    pub const OPEN: QuotaLimit = QuotaLimit {
+        guaranteed_milli: 0,
+        max_milli: None,
+    };
+}
+
+/// Why a quota configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("tenants.{tenant}.{model}: guaranteed {guaranteed} GPU-milli exceeds max {max}")]
+    GuaranteeAboveMax {
+        tenant: String,
+        model: String,
+        guaranteed: u64,
+        max: u64,
+    },
+}
+
+/// Every tenant's limits: per model, plus an optional limit for models not listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quotas {
+    tenants: BTreeMap<String, TenantQuota>,
+}
+
+/// One tenant's limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantQuota {
+    pub per_model: BTreeMap<GpuModel, QuotaLimit>,
+    /// For models not in `per_model`; `None` means [`QuotaLimit::OPEN`].
+    pub other_models: Option<QuotaLimit>,
+}
+
+impl Quotas {
+    pub fn new() -> Quotas {
+        Quotas::default()
+    }
+
+    /// Sets a tenant's limit for one model; refuses a guarantee above the maximum.
+    pub fn set(
+        &mut self,
+        tenant: &str,
+        model: GpuModel,
+        limit: QuotaLimit,
+    ) -> Result<(), QuotaError> {
+        if let Some(max) = limit.max_milli
+            && limit.guaranteed_milli > max
+        {
+            return Err(QuotaError::GuaranteeAboveMax {
+                tenant: tenant.to_string(),
+                model: model.as_str().to_string(),
+                guaranteed: limit.guaranteed_milli,
+                max,
+            });
+        }
+        self.tenants
+            .entry(tenant.to_string())
+            .or_default()
+            .per_model
+            .insert(model, limit);
+        Ok(())
+    }
+
+    /// Sets a tenant's limit for the models it has no specific limit for.
+    pub fn set_other_models(&mut self, tenant: &str, limit: QuotaLimit) {
+        self.tenants
+            .entry(tenant.to_string())
+            .or_default()
+            .other_models = Some(limit);
+    }
+
+    pub fn limit(&self, tenant: &str, model: &GpuModel) -> QuotaLimit {
+        self.tenants.get(tenant).map_or(QuotaLimit::OPEN, |t| {
+            t.per_model
+                .get(model)
+                .copied()
+                .or(t.other_models)
+                .unwrap_or(QuotaLimit::OPEN)
+        })
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = (&String, &TenantQuota)> {
+        self.tenants.iter()
+    }
+}
+
+/// GPU-milli in use per tenant and model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    used: BTreeMap<(String, GpuModel), u64>,
+}
+
+impl Usage {
+    pub fn get(&self, tenant: &str, model: &GpuModel) -> u64 {
+        self.used
+            .get(&(tenant.to_string(), model.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn add(&mut self, tenant: &str, charges: &[(GpuModel, u64)]) {
+        for (model, milli) in charges {
+            *self
+                .used
+                .entry((tenant.to_string(), model.clone()))
+                .or_default() += milli;
+        }
+    }
+
+    pub fn remove(&mut self, tenant: &str, charges: &[(GpuModel, u64)]) {
+        for (model, milli) in charges {
+            let key = (tenant.to_string(), model.clone());
+            if let Some(u) = self.used.get_mut(&key) {
+                *u = u.saturating_sub(*milli);
+                if *u == 0 {
+                    self.used.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Every (tenant, model) with its use.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &GpuModel, u64)> {
+        self.used.iter().map(|((t, m), u)| (t.as_str(), m, *u))
+    }
+}
+
+/// What admitting `charges` for a tenant would mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaVerdict {
+    /// Inside the guarantee for every model.
+    Within,
+    /// Above the guarantee for some model but under every maximum: borrowed, reclaimable.
+    Borrowing,
+    /// Above a maximum.
+    Over(QuotaExceeded),
+}
+
+/// A maximum that a job would pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub tenant: String,
+    pub model: GpuModel,
+    pub used_milli: u64,
+    pub max_milli: u64,
+    pub needed_milli: u64,
+}
+
+fn gpus(milli: u64) -> String {
+    let whole = milli / u64::from(MILLI_PER_GPU);
+    let rest = milli % u64::from(MILLI_PER_GPU);
+    if rest == 0 {
+        whole.to_string()
+    } else {
+        format!("{}", milli as f64 / f64::from(MILLI_PER_GPU))
+    }
+}
+
+impl fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tenant {} at quota {}/{} {} (needs {} more)",
+            self.tenant,
+            gpus(self.used_milli),
+            gpus(self.max_milli),
+            self.model,
+            gpus(self.needed_milli)
+        )
+    }
+}
+
+impl Quotas {
+    /// Judges `charges` (GPU-milli per model) for `tenant` against its limits and `usage`.
+    pub fn check(&self, usage: &Usage, tenant: &str, charges: &[(GpuModel, u64)]) -> QuotaVerdict {
+        let mut borrowing = false;
+        for (model, milli) in charges {
+            let limit = self.limit(tenant, model);
+            let used = usage.get(tenant, model);
+            if let Some(max) = limit.max_milli
+                && used + milli > max
+            {
+                return QuotaVerdict::Over(QuotaExceeded {
+                    tenant: tenant.to_string(),
+                    model: model.clone(),
+                    used_milli: used,
+                    max_milli: max,
+                    needed_milli: *milli,
+                });
+            }
+            if used + milli > limit.guaranteed_milli {
+                borrowing = true;
+            }
+        }
+        if borrowing {
+            QuotaVerdict::Borrowing
+        } else {
+            QuotaVerdict::Within
+        }
+    }
+
+    /// GPU-milli of `model` the tenant uses above its guarantee.
+    pub fn borrowed(&self, usage: &Usage, tenant: &str, model: &GpuModel) -> u64 {
+        usage
+            .get(tenant, model)
+            .saturating_sub(self.limit(tenant, model).guaranteed_milli)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_guarantee_and_max() {
+        let h100: GpuModel = "H100".parse().expect("valid model");
+        let mut q = Quotas::new();
+        q.set("research", h100.clone(), QuotaLimit::gpus(32, Some(64)))
+            .expect("valid limit");
+        let mut usage = Usage::default();
+        assert_eq!(
+            q.check(&usage, "research", &[(h100.clone(), 32_000)]),
+            QuotaVerdict::Within
+        );
+        usage.add("research", &[(h100.clone(), 48_000)]);
+        assert_eq!(
+            q.check(&usage, "research", &[(h100.clone(), 16_000)]),
+            QuotaVerdict::Borrowing
+        );
+        usage.add("research", &[(h100.clone(), 16_000)]);
+        let QuotaVerdict::Over(over) = q.check(&usage, "research", &[(h100.clone(), 8_000)]) else {
+            panic!("64/64 is the maximum");
+        };
+        assert_eq!(
+            over.to_string(),
+            "tenant research at quota 64/64 H100 (needs 8 more)"
+        );
+        assert!(
+            q.set("x", h100, QuotaLimit::gpus(8, Some(4))).is_err(),
+            "a guarantee above the maximum is refused"
+        );
+    }
+}
