@@ -29,6 +29,8 @@ use crate::auth::Identity;
 use crate::placement::{GrantRecord, ReplicaSlot, ScoreItem, StoredPlacement};
 use crate::store::{EventRecord, JobRecord, NewJob, Store, StoreError, now_ms};
 
+/// Longest stretch the core spends placing before it looks at new commands again.
+const SCHEDULING_SLICE: Duration = Duration::from_millis(20);
 /// How many recent requests make up FGD's expected workload.
 const RECENT_WINDOW: usize = 2000;
 /// Most commands applied in one batch; bounds the latency of the first one in it.
@@ -292,8 +294,18 @@ struct LiveJob {
     last_unplaceable: Option<Unplaceable>,
 }
 
+/// A scheduling pass in progress: the jobs still to try, and request shapes that did not fit
+/// during this pass (the cluster only fills up within a pass, so they would not fit again).
+struct Pass {
+    order: VecDeque<JobId>,
+    failed_shapes: HashSet<String>,
+}
+
 struct Core {
     config: CoreConfig,
+    pass: Option<Pass>,
+    /// Nodes changed since the engine's cluster was built; rebuilt once per batch.
+    cluster_dirty: bool,
     store: Store,
     events: broadcast::Sender<EventRecord>,
     nodes: BTreeMap<Cid, NodeEntry>,
@@ -333,6 +345,8 @@ pub fn start(
     let mut core = Core {
         rng: ChaCha8Rng::seed_from_u64(config.seed),
         config,
+        pass: None,
+        cluster_dirty: false,
         store,
         events: events.clone(),
         nodes: BTreeMap::new(),
@@ -429,11 +443,21 @@ impl Core {
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
         let tick = Duration::from_millis(500);
         let mut last_tick = Instant::now();
+        let mut backlog = false;
         loop {
-            let first = match rx.recv_timeout(tick) {
-                Ok(c) => Some(c),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            // With scheduling work left over, only look for commands; otherwise wait for one.
+            let first = if backlog {
+                match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(std_mpsc::TryRecvError::Empty) => None,
+                    Err(std_mpsc::TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv_timeout(tick) {
+                    Ok(c) => Some(c),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
             };
             let mut batch: Vec<Command> = first.into_iter().collect();
             while batch.len() < MAX_BATCH {
@@ -451,7 +475,8 @@ impl Core {
                 last_tick = Instant::now();
                 self.check_heartbeats();
             }
-            self.schedule();
+            self.ensure_cluster();
+            backlog = self.schedule(SCHEDULING_SLICE);
         }
     }
 
@@ -475,10 +500,12 @@ impl Core {
             return;
         }
         let jobs: Vec<NewJob> = submits.iter().map(|(j, _)| j.clone()).collect();
-        match self.store.insert_jobs(&jobs) {
+        match self.store.insert_jobs_with_events(&jobs) {
             Ok(records) => {
-                for ((_, reply), record) in submits.drain(..).zip(records) {
-                    if !self.jobs.contains_key(&record.id) {
+                for ((_, reply), (record, submitted)) in submits.drain(..).zip(records) {
+                    if let Some(event) = submitted
+                        && !self.jobs.contains_key(&record.id)
+                    {
                         self.remember(&record.spec);
                         self.pending
                             .insert((Reverse(record.spec.priority), record.id.clone()));
@@ -495,7 +522,7 @@ impl Core {
                                 last_unplaceable: None,
                             },
                         );
-                        self.publish_submitted(&record);
+                        let _ = self.events.send(event);
                     }
                     let _ = reply.send(Ok(record));
                 }
@@ -508,14 +535,6 @@ impl Core {
                         "job not stored: {message}"
                     ))));
                 }
-            }
-        }
-    }
-
-    fn publish_submitted(&self, record: &JobRecord) {
-        if let Ok(events) = self.store.events(Some(&record.id), 0, 1) {
-            for event in events {
-                let _ = self.events.send(event);
             }
         }
     }
@@ -608,9 +627,11 @@ impl Core {
                 let _ = reply.send(self.drain(&node, &reason));
             }
             Command::Explain { id, by, reply } => {
+                self.ensure_cluster();
                 let _ = reply.send(self.explain(&id, &by));
             }
             Command::Nodes { reply } => {
+                self.ensure_cluster();
                 let _ = reply.send(Ok(self.node_views()));
             }
             Command::Metrics { reply } => {
@@ -811,40 +832,63 @@ impl Core {
 
     /// Tries pending jobs in priority order. Within one pass a request shape that did not fit
     /// is not tried again: the cluster only fills up during a pass.
-    fn schedule(&mut self) {
-        if self.pending.is_empty() || (!self.capacity_changed && self.untried.is_empty()) {
-            return;
+    ///
+    /// A pass runs for at most `budget` at a time and resumes on the next call, so commands
+    /// (submits above all) are never held up behind a long pass. Returns whether work is left.
+    fn schedule(&mut self, budget: Duration) -> bool {
+        let started = Instant::now();
+        if self.pass.is_none() {
+            if self.pending.is_empty() || (!self.capacity_changed && self.untried.is_empty()) {
+                return false;
+            }
+            self.refresh_policy();
+            let retry_all = self.capacity_changed;
+            self.capacity_changed = false;
+            let order: VecDeque<JobId> = self
+                .pending
+                .iter()
+                .map(|(_, id)| id.clone())
+                .filter(|id| retry_all || self.untried.contains(id))
+                .collect();
+            self.untried.clear();
+            self.pass = Some(Pass {
+                order,
+                failed_shapes: HashSet::new(),
+            });
         }
-        self.refresh_policy();
-        let retry_all = self.capacity_changed;
-        self.capacity_changed = false;
-        let order: Vec<JobId> = self
-            .pending
-            .iter()
-            .map(|(_, id)| id.clone())
-            .filter(|id| retry_all || self.untried.contains(id))
-            .collect();
-        self.untried.clear();
-        let mut failed_shapes: HashSet<String> = HashSet::new();
-        for id in order {
+        while let Some(id) = self.pass.as_mut().and_then(|p| p.order.pop_front()) {
             let Some(job) = self.jobs.get(&id) else {
                 continue;
             };
+            if job.state != JobState::Pending && job.state != JobState::Preempted {
+                continue;
+            }
             let shape = format!(
                 "{:?}|{:?}|{:?}|{}",
                 job.spec.gpu, job.spec.resources, job.spec.placement.allowed, job.spec.replicas
             );
-            if failed_shapes.contains(&shape) {
+            if self
+                .pass
+                .as_ref()
+                .is_some_and(|p| p.failed_shapes.contains(&shape))
+            {
                 continue;
             }
             match self.try_place(&id) {
                 Ok(true) => {}
                 Ok(false) => {
-                    failed_shapes.insert(shape);
+                    if let Some(pass) = self.pass.as_mut() {
+                        pass.failed_shapes.insert(shape);
+                    }
                 }
                 Err(e) => warn!(job = %id, error = %e, "Placement could not be recorded."),
             }
+            if started.elapsed() >= budget {
+                return true;
+            }
         }
+        self.pass = None;
+        !self.pending.is_empty() && (self.capacity_changed || !self.untried.is_empty())
     }
 
     /// Remembers a submitted request as part of the expected workload.
@@ -1059,6 +1103,14 @@ impl Core {
 
     // ---- nodes and agents ----------------------------------------------------------------
 
+    /// Rebuilds the cluster if nodes changed since it was last built.
+    fn ensure_cluster(&mut self) {
+        if self.cluster_dirty {
+            self.cluster_dirty = false;
+            self.rebuild_cluster();
+        }
+    }
+
     /// Rebuilds the engine's cluster from the usable nodes and claims again what live jobs
     /// hold. Jobs whose resources are gone (node lost or shrunk) go back to pending.
     fn rebuild_cluster(&mut self) {
@@ -1210,7 +1262,7 @@ impl Core {
         let session_id = format!("s-{:x}-{}", now_ms(), self.session_counter);
         entry.issued = Some(session_id.clone());
         if changed {
-            self.rebuild_cluster();
+            self.cluster_dirty = true;
         }
         info!(node = %cid, session = %session_id, "Agent registered.");
         Ok(session_id)
@@ -1315,7 +1367,7 @@ impl Core {
         }
         self.store.upsert_node(&inventory)?;
         entry.inventory = inventory;
-        self.rebuild_cluster();
+        self.cluster_dirty = true;
         Ok(())
     }
 
@@ -1340,7 +1392,7 @@ impl Core {
                 warn!(node = %cid, error = %e, "Could not record the lost node.");
             }
         }
-        self.rebuild_cluster();
+        self.cluster_dirty = true;
     }
 
     fn work_started(&mut self, node: &Cid, id: &JobId, replica: u32, attempt: u32) {
@@ -1445,6 +1497,7 @@ impl Core {
     }
 
     fn cordon(&mut self, node: &Cid, cordoned: bool) -> Result<NodeView, CoreError> {
+        self.ensure_cluster();
         let Some(entry) = self.nodes.get_mut(node) else {
             return Err(CoreError::NotFound(format!("node {node} not found")));
         };
@@ -1464,6 +1517,7 @@ impl Core {
     }
 
     fn drain(&mut self, node: &Cid, reason: &str) -> Result<Vec<JobId>, CoreError> {
+        self.ensure_cluster();
         self.cordon(node, true)?;
         let mut on_node: Vec<JobId> = self
             .jobs
@@ -1604,6 +1658,7 @@ impl Core {
     }
 
     fn metrics(&mut self) -> Result<MetricsView, CoreError> {
+        self.ensure_cluster();
         let mut view = MetricsView {
             pending: self.pending.len() as u64,
             connected_agents: self.nodes.values().filter(|n| n.session.is_some()).count() as u64,

@@ -241,9 +241,22 @@ impl Store {
     }
 
     /// Stores several new jobs in one transaction (one fsync): the server batches concurrent
-    /// submits through this. A job whose `request_id` was seen before is not stored again;
-    /// the earlier job is returned in its place.
+    /// submits through this. A job whose `request_id` its tenant used before is not stored
+    /// again; the earlier job is returned in its place.
     pub fn insert_jobs(&mut self, jobs: &[NewJob]) -> Result<Vec<JobRecord>, StoreError> {
+        Ok(self
+            .insert_jobs_with_events(jobs)?
+            .into_iter()
+            .map(|(record, _)| record)
+            .collect())
+    }
+
+    /// [`Store::insert_jobs`], also returning the submission event of each job stored now
+    /// (`None` for a repeated request id).
+    pub fn insert_jobs_with_events(
+        &mut self,
+        jobs: &[NewJob],
+    ) -> Result<Vec<(JobRecord, Option<EventRecord>)>, StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
         let mut records = Vec::with_capacity(jobs.len());
@@ -262,11 +275,16 @@ impl Store {
                  VALUES (?1, ?2, NULL, ?3, 'submitted', ?4)",
             )?;
             for job in jobs {
-                if let Some(key) = &job.request_id
+                // Keys are per tenant: one tenant's key never finds another tenant's job.
+                let key = job
+                    .request_id
+                    .as_ref()
+                    .map(|k| format!("{}/{k}", job.spec.tenant));
+                if let Some(key) = &key
                     && let Some(record) =
                         existing.query_row(params![key], read_job_row).optional()?
                 {
-                    records.push(record?);
+                    records.push((record?, None));
                     continue;
                 }
                 let spec = &job.spec;
@@ -277,19 +295,24 @@ impl Store {
                     JobState::Pending.as_str(),
                     spec.priority,
                     to_json(spec)?,
-                    job.request_id,
+                    key,
                     now,
                 ])?;
                 let seq = tx.last_insert_rowid();
                 let id = JobId(format!("j-{seq:08}"));
                 set_id.execute(params![id.0, seq])?;
-                event.execute(params![
-                    id.0,
-                    now,
-                    JobState::Pending.as_str(),
-                    format!("submitted by tenant {}", spec.tenant),
-                ])?;
-                records.push(JobRecord {
+                let message = format!("submitted by tenant {}", spec.tenant);
+                event.execute(params![id.0, now, JobState::Pending.as_str(), message])?;
+                let submitted = EventRecord {
+                    seq: tx.last_insert_rowid(),
+                    job_id: id.clone(),
+                    at_ms: now,
+                    from: None,
+                    to: JobState::Pending,
+                    reason: "submitted".to_string(),
+                    message,
+                };
+                let record = JobRecord {
                     id,
                     spec: spec.clone(),
                     state: JobState::Pending,
@@ -300,7 +323,8 @@ impl Store {
                     updated_ms: now,
                     started_ms: 0,
                     finished_ms: 0,
-                });
+                };
+                records.push((record, Some(submitted)));
             }
         }
         tx.commit()?;
@@ -827,7 +851,14 @@ mod tests {
         let again = store.insert_jobs(&[job.clone(), job]).expect("stored");
         assert_eq!(again[0].id, first[0].id);
         assert_eq!(again[1].id, first[0].id);
-        assert_eq!(store.count_jobs(&JobFilter::default()).expect("count"), 1);
+                assert_eq!(store.count_jobs(&JobFilter::default()).expect("count"), 1);
+        // The same key from another tenant is another job.
+        let other = NewJob {
+            spec: spec("a", "someone-else"),
+            request_id: Some("req-1".into()),
+        };
+        let theirs = store.insert_jobs(&[other]).expect("stored");
+        assert_ne!(theirs[0].id, first[0].id);
     }
 
     #[test]
