@@ -84,6 +84,26 @@ pub fn arrival_order(
     order
 }
 
+/// The nodes renamed as the paper's simulator names them before a run
+/// (`syncClusterResourceList`): sorted by name, then each prefixed with its place in a seeded
+/// random permutation (`0042-openb-node-0007`). Its scheduler breaks equal scores by the
+/// smallest node name, so this prefix decides every tie: the tie order is a fresh random
+/// order per seed, fixed for the whole run, not the trace's name order.
+pub fn tie_break_names(nodes: &[NodeShape], seed: u64) -> Vec<NodeShape> {
+    let mut sorted: Vec<NodeShape> = nodes.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    // A stream of its own, so the arrival order does not shift with the cluster size.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(1);
+    let mut rank: Vec<usize> = (0..sorted.len()).collect();
+    rank.shuffle(&mut rng);
+    let width = sorted.len().saturating_sub(1).to_string().len().max(4);
+    for (node, r) in sorted.iter_mut().zip(rank) {
+        node.name = format!("{r:0width$}-{}", node.name);
+    }
+    sorted
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FillRun {
     pub policy: Policy,
@@ -134,7 +154,8 @@ pub fn run_one<F: PlacerFactory>(
     let started = Instant::now();
     let capacity = input.capacity_gpu_milli();
     let order = arrival_order(&input.pods, capacity, tune, seed);
-    let mut cluster = factory.build(&input.nodes, policy, seed, &input.mix)?;
+    let nodes = tie_break_names(&input.nodes, seed);
+    let mut cluster = factory.build(&nodes, policy, seed, &input.mix)?;
     let mut points = Vec::with_capacity(order.len());
     let (mut arrived, mut placed) = (0u64, 0usize);
     let mut fragmented_at_100 = None;
