@@ -82,7 +82,7 @@ fn job(i: usize) -> pb::JobSpec {
     spec.resources.cpu_milli = 1000;
     spec.resources.memory_mib = 4096;
     spec.gpu = Some(GpuRequest {
-        policy: if i % 10 == 0 {
+        policy: if i.is_multiple_of(10) {
             GpuPolicy::Exclusive { count: 1 }
         } else {
             GpuPolicy::Shared {
