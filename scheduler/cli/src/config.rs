@@ -183,12 +183,12 @@ pub fn resolve(flags: &Flags, env: &dyn ConfigSource) -> Result<Settings, CliErr
         })
         .or_else(|| from_file(|c| c.token.clone()))
         .filter(|(t, _)| !t.trim().is_empty());
-    if let Some((token, origin)) = &token {
-        if !token.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(CliError::Usage(format!(
-                "the token ({origin}) must be printable ASCII without spaces"
-            )));
-        }
+    if let Some((token, origin)) = &token
+        && !token.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(CliError::Usage(format!(
+            "the token ({origin}) must be printable ASCII without spaces"
+        )));
     }
     let (token, token_origin) = match token {
         Some((t, o)) => (Some(t), Some(o)),

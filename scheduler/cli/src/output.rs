@@ -140,7 +140,7 @@ pub fn age(now_ms: i64, then_ms: i64) -> String {
 
 /// `10Gi` when whole GiB, else `1536Mi`.
 pub fn mib(n: u64) -> String {
-    if n >= 1024 && n % 1024 == 0 {
+    if n >= 1024 && n.is_multiple_of(1024) {
         format!("{}Gi", n / 1024)
     } else {
         format!("{n}Mi")
@@ -646,7 +646,7 @@ pub fn utilization_bars(nodes: &[NodeView]) -> String {
     for n in nodes {
         let total = u64::from(n.gpu_count) * 1000;
         let used = n.allocated_milli();
-        let filled = if total == 0 { 0 } else { used * WIDTH / total };
+        let filled = (used * WIDTH).checked_div(total).unwrap_or(0);
         let bar: String = (0..WIDTH)
             .map(|i| if i < filled { '#' } else { '.' })
             .collect();
