@@ -1070,6 +1070,35 @@ pub fn place_gang(
             cluster, index, catalog, gang, &want, &scan, &fits, &ranks, replicas,
         );
     }
+    if hop == Hop::SameNode {
+        // One node holds the whole gang: the preferred domain, then the best NodeScore.
+        let (_, node) = scan
+            .fits
+            .iter()
+            .filter(|(_, k)| *k >= replicas)
+            .map(|(i, _)| {
+                let f = &index.facts[*i as usize];
+                (
+                    (
+                        Reverse(ranks[f.domain as usize]),
+                        node_score(cluster, index, &want, *i as usize, replicas),
+                    ),
+                    *i,
+                )
+            })
+            .max_by_key(|(score, _)| *score)
+            .expect("some node holds the gang at this level");
+        return finish(
+            cluster,
+            index,
+            &want,
+            vec![(node, replicas)],
+            hop,
+            format!("node {}", cluster.nodes()[node as usize].name()),
+            0.0,
+            scan.fits.len() as u32,
+        );
+    }
     let node_fit: HashMap<u32, u32> = if hop == Hop::SameNode {
         scan.fits.iter().copied().collect()
     } else {
