@@ -3,8 +3,9 @@
 //! A running job is a candidate victim for a pending job only when it is preemptible, has run
 //! for at least the minimum runtime, and either has a lower priority, or belongs to another
 //! tenant that borrows above its guarantee while the pending job stays within its own
-//! (reclaim). Candidates come cheapest first: reclaimable work, then lower priority, then the
-//! most recently started (it loses the least), then the job id.
+//! (reclaim). Candidates come cheapest first: reclaimable work, then work started above its
+//! guarantee, then lower priority, then the most recently started (it loses the least) and
+//! submitted, then the job id.
 
 use std::cmp::Reverse;
 
@@ -20,6 +21,9 @@ pub struct VictimView<'a> {
     pub priority: i32,
     pub preemptible: bool,
     pub started_s: u64,
+    pub submitted_s: u64,
+    /// Started above its tenant's guarantee.
+    pub borrowed: bool,
     /// GPU-milli per model the job holds.
     pub charges: &'a [(GpuModel, u64)],
 }
@@ -57,10 +61,11 @@ pub fn candidates<'a>(
     // The preemptor may reclaim a model when its tenant stays within its guarantee there.
     let reclaims = |model: &GpuModel| {
         (preemptor.models.is_empty() || preemptor.models.contains(model))
-            && usage.get(preemptor.tenant, model) + preemptor.gpu_milli
-                <= quotas.limit(preemptor.tenant, model).guaranteed_milli
+            && quotas.limit(preemptor.tenant, model).is_some_and(|limit| {
+                usage.get(preemptor.tenant, model) + preemptor.gpu_milli <= limit.guaranteed_milli
+            })
     };
-    let mut found: Vec<(VictimKind, Reverse<u64>, i32, JobId)> = Vec::new();
+    let mut found: Vec<(VictimKind, Reverse<bool>, i32, Reverse<(u64, u64)>, JobId)> = Vec::new();
     for v in running {
         if !v.preemptible || now_s.saturating_sub(v.started_s) < min_runtime_s {
             continue;
@@ -76,9 +81,15 @@ pub fn candidates<'a>(
         } else {
             continue;
         };
-        found.push((kind, Reverse(v.started_s), v.priority, v.id.clone()));
+        found.push((
+            kind,
+            Reverse(v.borrowed),
+            v.priority,
+            Reverse((v.started_s, v.submitted_s)),
+            v.id.clone(),
+        ));
     }
-    found.sort_by(|a, b| (a.0, a.2, a.1, &a.3).cmp(&(b.0, b.2, b.1, &b.3)));
+    found.sort();
     found.truncate(limit);
-    found.into_iter().map(|(k, _, _, id)| (k, id)).collect()
+    found.into_iter().map(|(k, _, _, _, id)| (k, id)).collect()
 }

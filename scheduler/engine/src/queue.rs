@@ -12,7 +12,7 @@
 //!    maximum quota waits; one above the guarantee is *borrowed* (and reclaimable);
 //! 3. a job that does not fit may preempt: candidates from [`crate::preempt::candidates`]
 //!    are released one at a time, at most `max_victims`, until the job fits; if it still does
-//!    not, they are restored untouched;
+//!    not, they are put back on the same GPUs (under new allocation ids);
 //! 4. the first job that still cannot run gets a *reservation*: the earliest time (from
 //!    running jobs' expected ends) at which it fits, and the nodes it would use then. Later
 //!    jobs may backfill onto those nodes only if they end before that time (by their time
@@ -617,6 +617,8 @@ impl Scheduler {
                 priority: r.job.priority,
                 preemptible: r.job.preemptible,
                 started_s: r.started_s,
+                submitted_s: r.job.submitted_s,
+                borrowed: r.borrowed,
                 charges: &r.charges,
             });
             candidates(

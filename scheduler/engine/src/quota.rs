@@ -1,6 +1,7 @@
 //! GPU quotas per tenant and GPU model: a guaranteed share that is always the tenant's, and a
 //! maximum it may reach by borrowing idle capacity. Work above the guarantee is borrowed and
-//! may be reclaimed (preempted) when another tenant needs its own guarantee back.
+//! may be reclaimed (preempted) when another tenant needs its own guarantee back. Tenants
+//! and models without a configured limit are not managed: uncapped, never reclaimed.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,12 +26,6 @@ impl QuotaLimit {
             max_milli: max.map(|m| m * milli),
         }
     }
-
-    /// What an unconfigured tenant or model gets: nothing guaranteed, everything borrowable.
-    pub const OPEN: QuotaLimit = QuotaLimit {
-        guaranteed_milli: 0,
-        max_milli: None,
-    };
 }
 
 /// Why a quota configuration is refused.
@@ -55,7 +50,7 @@ pub struct Quotas {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TenantQuota {
     pub per_model: BTreeMap<GpuModel, QuotaLimit>,
-    /// For models not in `per_model`; `None` means [`QuotaLimit::OPEN`].
+    /// For models not in `per_model`; `None`: those models are not managed for the tenant.
     pub other_models: Option<QuotaLimit>,
 }
 
@@ -97,14 +92,12 @@ impl Quotas {
             .other_models = Some(limit);
     }
 
-    pub fn limit(&self, tenant: &str, model: &GpuModel) -> QuotaLimit {
-        self.tenants.get(tenant).map_or(QuotaLimit::OPEN, |t| {
-            t.per_model
-                .get(model)
-                .copied()
-                .or(t.other_models)
-                .unwrap_or(QuotaLimit::OPEN)
-        })
+    /// The tenant's limit for `model`; `None` when quota does not manage that pair: such
+    /// work is neither capped nor borrowed (so never reclaimed), only subject to priority.
+    pub fn limit(&self, tenant: &str, model: &GpuModel) -> Option<QuotaLimit> {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.per_model.get(model).copied().or(t.other_models))
     }
 
     pub fn tenants(&self) -> impl Iterator<Item = (&String, &TenantQuota)> {
@@ -203,7 +196,9 @@ impl Quotas {
     pub fn check(&self, usage: &Usage, tenant: &str, charges: &[(GpuModel, u64)]) -> QuotaVerdict {
         let mut borrowing = false;
         for (model, milli) in charges {
-            let limit = self.limit(tenant, model);
+            let Some(limit) = self.limit(tenant, model) else {
+                continue;
+            };
             let used = usage.get(tenant, model);
             if let Some(max) = limit.max_milli
                 && used + milli > max
@@ -229,9 +224,11 @@ impl Quotas {
 
     /// GPU-milli of `model` the tenant uses above its guarantee.
     pub fn borrowed(&self, usage: &Usage, tenant: &str, model: &GpuModel) -> u64 {
-        usage
-            .get(tenant, model)
-            .saturating_sub(self.limit(tenant, model).guaranteed_milli)
+        self.limit(tenant, model).map_or(0, |limit| {
+            usage
+                .get(tenant, model)
+                .saturating_sub(limit.guaranteed_milli)
+        })
     }
 }
 

@@ -1,1 +1,285 @@
-//! Queue tests.
+//! The queue: quotas with borrowing and reclaim, preemption, backfill behind a blocked gang.
+
+use suanli_engine::domain::DomainCatalog;
+use suanli_engine::gang::GangRequest;
+use suanli_engine::job::JobId;
+use suanli_engine::links::LinkState;
+use suanli_engine::preempt::VictimKind;
+use suanli_engine::queue::{Decision, QueueConfig, QueuedJob, Runtime, Scheduler, WaitReason};
+use suanli_engine::quota::{QuotaLimit, Quotas};
+use suanli_engine::{Cluster, GpuModel};
+
+use crate::fabric::{Spec, gang, inventories, leaf};
+
+pub fn h100() -> GpuModel {
+    "H100".parse().expect("valid model")
+}
+
+pub fn scheduler(specs: &[Spec], quotas: Quotas, config: QueueConfig) -> Scheduler {
+    let cluster = Cluster::from_inventories(&inventories(specs)).expect("valid inventories");
+    Scheduler::new(
+        cluster,
+        LinkState::new(),
+        DomainCatalog::default(),
+        quotas,
+        config,
+    )
+}
+
+pub fn job(id: &str, tenant: &str, gang: GangRequest, priority: i32, submitted: u64) -> QueuedJob {
+    QueuedJob {
+        id: JobId(id.into()),
+        gang,
+        tenant: tenant.into(),
+        queue: "default".into(),
+        priority,
+        preemptible: true,
+        submitted_s: submitted,
+        runtime: Runtime::default(),
+    }
+}
+
+fn placed(d: &[Decision]) -> Vec<String> {
+    d.iter()
+        .filter_map(|d| match d {
+            Decision::Place { job, .. } => Some(job.0.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn preempted(d: &[Decision]) -> Vec<(String, VictimKind)> {
+    d.iter()
+        .filter_map(|d| match d {
+            Decision::Preempt { victim, kind, .. } => Some((victim.0.clone(), *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn waits(d: &[Decision]) -> Vec<String> {
+    d.iter()
+        .filter_map(|d| match d {
+            Decision::Wait { .. } => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_tenant_at_its_maximum_waits_with_the_numbers() {
+    let mut quotas = Quotas::new();
+    quotas
+        .set("research", h100(), QuotaLimit::gpus(8, Some(16)))
+        .expect("valid");
+    let mut s = scheduler(
+        &leaf("a", "s1", "l1", "n", 4),
+        quotas,
+        QueueConfig::default(),
+    );
+    for (i, t) in [0, 1, 2].iter().enumerate() {
+        s.submit(job(&format!("r{i}"), "research", gang(1, 8), 0, *t))
+            .expect("new");
+    }
+    let d = s.queue_pass(10);
+    assert_eq!(placed(&d), ["r0", "r1"]);
+    assert_eq!(
+        waits(&d),
+        ["r2 waiting: tenant research at quota 16/16 H100 (needs 8 more)"]
+    );
+    let borrowed: Vec<bool> = s.running().map(|r| r.borrowed).collect();
+    assert_eq!(
+        borrowed,
+        [false, true],
+        "the second job is above the guarantee"
+    );
+    s.finish(&JobId("r0".into())).expect("running");
+    assert_eq!(placed(&s.queue_pass(20)), ["r2"]);
+}
+
+#[test]
+fn borrowed_quota_is_reclaimed_for_the_owner() {
+    let mut quotas = Quotas::new();
+    quotas
+        .set("alpha", h100(), QuotaLimit::gpus(16, Some(32)))
+        .expect("valid");
+    quotas
+        .set("beta", h100(), QuotaLimit::gpus(16, Some(32)))
+        .expect("valid");
+    let config = QueueConfig {
+        min_runtime_s: 60,
+        ..QueueConfig::default()
+    };
+    let mut s = scheduler(&leaf("a", "s1", "l1", "n", 4), quotas, config);
+    for i in 0..4 {
+        s.submit(job(&format!("a{i}"), "alpha", gang(1, 8), 0, i))
+            .expect("new");
+    }
+    assert_eq!(
+        placed(&s.queue_pass(0)).len(),
+        4,
+        "alpha borrows beta's idle half"
+    );
+    assert_eq!(s.usage().get("alpha", &h100()), 32_000);
+
+    s.submit(job("b0", "beta", gang(1, 8), 0, 100))
+        .expect("new");
+    let early = s.queue_pass(30);
+    assert!(
+        preempted(&early).is_empty(),
+        "nothing ran the minimum runtime yet"
+    );
+    assert_eq!(waits(&early).len(), 1);
+
+    let d = s.queue_pass(100);
+    assert_eq!(
+        preempted(&d),
+        [("a3".to_string(), VictimKind::Reclaim)],
+        "the newest borrowed job goes first"
+    );
+    assert_eq!(placed(&d), ["b0"]);
+    assert!(
+        s.pending().any(|j| j.id.0 == "a3"),
+        "the victim is pending again"
+    );
+    assert_eq!(s.usage().get("alpha", &h100()), 24_000);
+
+    // Beta at its guarantee again would need to borrow: no more reclaim beyond the 16 GPUs.
+    s.submit(job("b1", "beta", gang(1, 8), 0, 101))
+        .expect("new");
+    s.submit(job("b2", "beta", gang(1, 8), 0, 102))
+        .expect("new");
+    let d = s.queue_pass(200);
+    assert_eq!(preempted(&d), [("a2".to_string(), VictimKind::Reclaim)]);
+    assert_eq!(placed(&d), ["b1"]);
+    assert_eq!(s.usage().get("alpha", &h100()), 16_000);
+    assert_eq!(s.usage().get("beta", &h100()), 16_000);
+}
+
+#[test]
+fn higher_priority_preempts_but_never_a_non_preemptible_job() {
+    let config = QueueConfig {
+        min_runtime_s: 0,
+        ..QueueConfig::default()
+    };
+    let mut s = scheduler(&leaf("a", "s1", "l1", "n", 2), Quotas::new(), config);
+    let mut keep = job("keep", "t", gang(1, 8), 0, 0);
+    keep.preemptible = false;
+    s.submit(keep).expect("new");
+    s.submit(job("low", "t", gang(1, 8), 0, 1)).expect("new");
+    assert_eq!(placed(&s.queue_pass(0)).len(), 2);
+
+    s.submit(job("urgent", "t", gang(1, 8), 10, 5))
+        .expect("new");
+    let d = s.queue_pass(10);
+    assert_eq!(preempted(&d), [("low".to_string(), VictimKind::Priority)]);
+    assert_eq!(placed(&d), ["urgent"]);
+
+    s.submit(job("urgent2", "t", gang(1, 8), 10, 6))
+        .expect("new");
+    let d = s.queue_pass(20);
+    assert!(
+        preempted(&d).is_empty(),
+        "equal priority and non-preemptible are safe"
+    );
+    assert!(s.running_job(&JobId("keep".into())).is_some());
+}
+
+#[test]
+fn a_victim_search_that_cannot_succeed_changes_nothing() {
+    let config = QueueConfig {
+        min_runtime_s: 0,
+        max_victims: 1,
+        ..QueueConfig::default()
+    };
+    let mut s = scheduler(&leaf("a", "s1", "l1", "n", 2), Quotas::new(), config);
+    s.submit(job("l0", "t", gang(1, 8), 0, 0)).expect("new");
+    s.submit(job("l1", "t", gang(1, 8), 0, 1)).expect("new");
+    s.queue_pass(0);
+    let before = s.cluster().nodes().to_vec();
+    // Needs both nodes, but may preempt only one job.
+    s.submit(job("big", "t", gang(2, 8), 5, 2)).expect("new");
+    let d = s.queue_pass(10);
+    assert!(preempted(&d).is_empty());
+    assert_eq!(s.running().count(), 2);
+    assert_eq!(s.cluster().nodes(), before, "victims back on the same GPUs");
+}
+
+#[test]
+fn backfill_runs_small_jobs_only_if_the_gang_start_holds() {
+    let mut s = scheduler(
+        &leaf("a", "s1", "l1", "n", 4),
+        Quotas::new(),
+        QueueConfig::default(),
+    );
+    let with = |mut j: QueuedJob, seconds: Option<u64>| {
+        j.runtime = Runtime {
+            expected_s: seconds,
+            limit_s: None,
+        };
+        j
+    };
+    s.submit(with(job("r0", "t", gang(2, 8), 0, 0), Some(100)))
+        .expect("new");
+    assert_eq!(placed(&s.queue_pass(0)), ["r0"]);
+
+    // The gang needs all four nodes: blocked until r0 ends at t=100.
+    s.submit(with(job("gang", "t", gang(4, 8), 0, 1), Some(1000)))
+        .expect("new");
+    s.submit(with(job("short", "t", gang(1, 8), 0, 2), Some(50)))
+        .expect("new");
+    s.submit(with(job("long", "t", gang(1, 8), 0, 3), Some(500)))
+        .expect("new");
+    s.submit(with(job("unknown", "t", gang(1, 8), 0, 4), None))
+        .expect("new");
+    let d = s.queue_pass(10);
+    assert_eq!(placed(&d), ["short"], "ends at 60, before the gang's start");
+    assert!(matches!(
+        d.iter().find(|d| matches!(d, Decision::Place { .. })),
+        Some(Decision::Place {
+            backfilled: true,
+            ..
+        })
+    ));
+    let w = waits(&d);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(
+        w[0].starts_with("gang waiting: room for 2 of 4 replicas"),
+        "{w:?}"
+    );
+    assert_eq!(
+        w[1],
+        "long waiting: would delay gang, which holds a reservation from t=100s"
+    );
+    assert_eq!(
+        w[2],
+        "unknown waiting: would delay gang, which holds a reservation from t=100s"
+    );
+
+    s.finish(&JobId("r0".into())).expect("running");
+    s.finish(&JobId("short".into())).expect("running");
+    let d = s.queue_pass(100);
+    assert_eq!(placed(&d), ["gang"]);
+}
+
+#[test]
+fn without_backfill_small_jobs_jump_the_gang() {
+    let config = QueueConfig {
+        backfill: false,
+        ..QueueConfig::default()
+    };
+    let mut s = scheduler(&leaf("a", "s1", "l1", "n", 4), Quotas::new(), config);
+    s.submit(job("r0", "t", gang(2, 8), 0, 0)).expect("new");
+    s.queue_pass(0);
+    s.submit(job("gang", "t", gang(4, 8), 0, 1)).expect("new");
+    s.submit(job("small", "t", gang(1, 8), 0, 2)).expect("new");
+    let d = s.queue_pass(1);
+    assert_eq!(placed(&d), ["small"]);
+    assert!(matches!(
+        &d[0],
+        Decision::Wait {
+            reason: WaitReason::Placement(_),
+            ..
+        }
+    ));
+}
