@@ -707,6 +707,23 @@ mod tests {
     }
 
     #[test]
+    fn the_minimal_host_tree_yields_a_valid_inventory() {
+        // What agents see when the binary runs away from its source tree.
+        let dir = tempfile::tempdir().expect("tempdir");
+        minimal_sysfs(dir.path()).expect("written");
+        let recorded: RawGpus = serde_json::from_str(HOST_GPUS).expect("parses");
+        let report = suanli_agent::discovery::discover(
+            &FixtureProbe::new(recorded, 1),
+            &suanli_agent::discovery::SysfsRoot(dir.path().to_path_buf()),
+            Cid::node("demo", "local", "dc-a", "h100-1").expect("valid"),
+            FabricPosition::default(),
+        );
+        report.inventory.validate().expect("valid inventory");
+        assert_eq!(report.inventory.cpu_milli, 128_000);
+        assert_eq!(report.inventory.gpus.len(), 1);
+    }
+
+    #[test]
     fn demo_jobs_are_valid() {
         for spec in demo_jobs(2) {
             spec.validate().expect("demo job is valid");

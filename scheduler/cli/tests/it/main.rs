@@ -337,6 +337,61 @@ async fn submit_get_describe_resolve_cancel_with_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_sends_work_back_to_pending_and_describe_says_why() {
+    let c = Cluster::start().await;
+    let file = c.write("job.yaml", LONG_JOB);
+    let id = c.admin(&["submit", "-f", &file, "-o", "json"]).await.json()["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    c.wait_until(|c| {
+        let id = id.clone();
+        async move { c.job_state(&id).await == "running" }
+    })
+    .await;
+
+    let drained = c
+        .admin(&[
+            "drain",
+            NODE,
+            "--reason",
+            "maintenance",
+            "--grace-period-ms",
+            "500",
+        ])
+        .await;
+    assert_eq!(drained.code, 0, "{drained:?}");
+    assert_eq!(
+        drained.stdout,
+        format!("node/{NODE} drained; jobs moved back to pending: {id}\n")
+    );
+    c.wait_until(|c| {
+        let id = id.clone();
+        async move { c.job_state(&id).await == "pending" }
+    })
+    .await;
+    let why = c
+        .admin(&["describe", "job", &id, "-o", "json"])
+        .await
+        .json();
+    let pending = &why["explanation"]["pending"];
+    assert_eq!(pending["nodes_considered"], 1);
+    assert_eq!(pending["reasons"][0]["node_count"], 1);
+    let text = c.admin(&["describe", "job", &id]).await.stdout;
+    assert!(text.contains("Why pending:"), "{text}");
+
+    // Back in service, the job is placed again.
+    c.admin(&["uncordon", NODE]).await;
+    c.wait_until(|c| {
+        let id = id.clone();
+        async move { c.job_state(&id).await == "running" }
+    })
+    .await;
+    assert_eq!(c.admin(&["cancel", &id]).await.code, 0);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_jobs_from_stdin_and_paging() {
     let c = Cluster::start().await;
     let mut cmd = command(&c.home());
