@@ -182,7 +182,20 @@ impl Cluster {
         job["state"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Waits (at most 10 s) for the agent to have no replica running, so no process outlives
+    /// the test: a cancel reaches the agent asynchronously.
     async fn stop(self) {
+        let state = self.dir.path().join("agent").join("running.json");
+        for _ in 0..100 {
+            let idle = std::fs::read_to_string(&state)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())
+                .is_some_and(|running| running.is_empty());
+            if idle {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let _ = self.agent_stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.agent).await;
         self.server.shutdown().await;
