@@ -1291,7 +1291,9 @@ impl Core {
             .iter()
             .map(|r| (r.job_id.clone(), r.replica))
             .collect();
-        // What the agent reports running wins: keep those, stop what should not run.
+        // What the agent reports running wins: keep those (a start report lost with a crashed
+        // scheduler is taken as given now), stop what should not run.
+        let mut confirmed = Vec::new();
         for r in &running {
             let expected = self.jobs.get(&r.job_id).and_then(|j| {
                 j.placement.as_ref().and_then(|p| {
@@ -1301,7 +1303,9 @@ impl Core {
                         .map(|_| p.attempt)
                 })
             });
-            if expected.is_none() {
+            if let Some(attempt) = expected {
+                confirmed.push((r.job_id.clone(), r.replica, attempt));
+            } else {
                 info!(node = %node, job = %r.job_id, replica = r.replica, "Stopping work the scheduler did not place here.");
                 self.send_to(
                     node,
@@ -1333,6 +1337,9 @@ impl Core {
         }
         for (id, spec, slot, attempt) in resend {
             self.assign(&id, &spec, &slot, attempt);
+        }
+        for (id, replica, attempt) in confirmed {
+            self.work_started(node, &id, replica, attempt);
         }
         vanished.sort();
         vanished.dedup();
@@ -1705,7 +1712,7 @@ fn score_items(b: &ScoreBreakdown) -> Vec<ScoreItem> {
         ScoreItem {
             name: "tied_nodes".into(),
             value: f64::from(b.tied_nodes),
-            detail: "nodes with the same best score; one was drawn with the seeded RNG".into(),
+            detail: "nodes with the same best score; the tie-break chose one".into(),
         },
     ];
     items.extend(b.terms.iter().map(|(name, value)| ScoreItem {

@@ -851,7 +851,7 @@ mod tests {
         let again = store.insert_jobs(&[job.clone(), job]).expect("stored");
         assert_eq!(again[0].id, first[0].id);
         assert_eq!(again[1].id, first[0].id);
-                assert_eq!(store.count_jobs(&JobFilter::default()).expect("count"), 1);
+        assert_eq!(store.count_jobs(&JobFilter::default()).expect("count"), 1);
         // The same key from another tenant is another job.
         let other = NewJob {
             spec: spec("a", "someone-else"),

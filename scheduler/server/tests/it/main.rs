@@ -715,3 +715,52 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
     assert_eq!(cancel.job_id, ids[1]);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
+    agent.heartbeat(1).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let id = jobs
+        .submit(authed(
+            RESEARCH,
+            pb::SubmitJobRequest {
+                spec: Some(job("quiet", "research", 1)),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .expect("submits")
+        .into_inner()
+        .job
+        .expect("job")
+        .id;
+    // The agent starts the work, but the scheduler goes down before hearing about it.
+    let a = agent.next_assignment().await;
+    server.shutdown().await;
+    drop(agent);
+
+    let server = start(config(dir.path(), 60_000)).await.expect("restarts");
+    let ch = channel(&server).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let agent = Agent::connect(
+        ch,
+        inventory("n1", 1),
+        vec![pb::RunningWork {
+            job_id: a.job_id.clone(),
+            replica: 0,
+            pid: 9,
+            gpu_uuids: a.gpu_uuids.clone(),
+            started_unix_ms: 0,
+            attempt: a.attempt,
+        }],
+    )
+    .await;
+    agent.heartbeat(1).await;
+    let running = wait_state(&mut jobs, &id, pb::JobState::Running).await;
+    assert_eq!(running.attempts, 1);
+    server.shutdown().await;
+}
