@@ -421,6 +421,81 @@ impl Hot {
     }
 }
 
+/// The narrowest view of the nodes, one array per field, that the best-fit, dot-product,
+/// gpu-packing and random scans read. Each scan touches only the arrays it needs (a few bytes
+/// a node), and the per-node arithmetic has no branches, so the compiler vectorizes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Lean {
+    /// The node takes the lean path: it is simple (see [`Hot`]).
+    pub simple: Vec<bool>,
+    /// How many nodes are not simple.
+    pub not_simple: usize,
+    /// CPU left (a simple node has at most 100,000 cores, which fits).
+    pub cpu_left: Vec<u32>,
+    /// Memory left in MiB, saturating: requests ask for at most 2^30 MiB, so a node with
+    /// more than `u32::MAX` left fits any of them either way.
+    pub memory_left: Vec<u32>,
+    /// The GPU model; `u16::MAX` without GPUs.
+    pub model: Vec<u16>,
+    pub gpus: Vec<u8>,
+    /// Compute left on all GPUs, in milli.
+    pub total_left: Vec<u16>,
+    /// The most compute left on one GPU: a share of up to this much (and no GPU memory) fits.
+    pub max_left: Vec<u16>,
+    /// GPUs free for a whole-GPU grant.
+    pub free: Vec<u8>,
+    /// GPUs with all their compute left (fresh GPUs, as gpu-packing counts them).
+    pub full: Vec<u8>,
+    /// `lefts[g][i]`: compute left on GPU `g` of node `i` (0 when unusable, exclusive or
+    /// missing).
+    pub lefts: [Vec<u16>; HOT_GPUS],
+}
+
+impl Lean {
+    fn of(hot: &[Hot]) -> Lean {
+        let n = hot.len();
+        let mut lean = Lean {
+            simple: vec![false; n],
+            not_simple: n,
+            cpu_left: vec![0; n],
+            memory_left: vec![0; n],
+            model: vec![0; n],
+            gpus: vec![0; n],
+            total_left: vec![0; n],
+            max_left: vec![0; n],
+            free: vec![0; n],
+            full: vec![0; n],
+            lefts: std::array::from_fn(|_| vec![0; n]),
+        };
+        for (i, h) in hot.iter().enumerate() {
+            lean.set(i, h);
+        }
+        lean
+    }
+
+    fn set(&mut self, i: usize, h: &Hot) {
+        let n = usize::from(h.gpus);
+        let lefts = &h.lefts[..n];
+        self.not_simple -= usize::from(!self.simple[i]);
+        self.not_simple += usize::from(!h.simple);
+        self.simple[i] = h.simple;
+        self.cpu_left[i] = u32::try_from(h.cpu_left).unwrap_or(u32::MAX);
+        self.memory_left[i] = u32::try_from(h.memory_left).unwrap_or(u32::MAX);
+        self.model[i] = h.model;
+        self.gpus[i] = h.gpus;
+        self.total_left[i] = u16::try_from(h.total_left).unwrap_or(u16::MAX);
+        self.max_left[i] = lefts.iter().copied().max().unwrap_or(0);
+        self.free[i] = h.free_mask.count_ones() as u8;
+        self.full[i] = lefts
+            .iter()
+            .filter(|l| u32::from(**l) == MILLI_PER_GPU)
+            .count() as u8;
+        for (g, column) in self.lefts.iter_mut().enumerate() {
+            column[i] = h.lefts[g];
+        }
+    }
+}
+
 /// The whole cluster.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -433,6 +508,8 @@ pub struct Cluster {
     name_rank: Vec<u32>,
     /// The scan's compact view of each node, refreshed on every change.
     hot: Vec<Hot>,
+    /// The narrower view the simple policies scan, refreshed with `hot`.
+    lean: Lean,
 }
 
 /// Clusters compare by state: nodes, models and live allocations.
@@ -476,15 +553,26 @@ impl Cluster {
             next_allocation: 1,
             name_rank: Vec::new(),
             hot: Vec::new(),
+            lean: Lean::default(),
         }
     }
 
     fn refresh(&mut self, index: usize) {
         self.hot[index] = Hot::of(&self.nodes[index]);
+        self.lean.set(index, &self.hot[index]);
     }
 
     pub(crate) fn hot(&self) -> &[Hot] {
         &self.hot
+    }
+
+    pub(crate) fn lean(&self) -> &Lean {
+        &self.lean
+    }
+
+    /// Every node's position in name order (see [`Cluster::name_rank`]).
+    pub(crate) fn name_ranks(&self) -> &[u32] {
+        &self.name_rank
     }
 
     fn finish(mut self) -> Cluster {
@@ -495,6 +583,7 @@ impl Cluster {
             self.name_rank[i] = rank as u32;
         }
         self.hot = self.nodes.iter().map(Hot::of).collect();
+        self.lean = Lean::of(&self.hot);
         self
     }
 

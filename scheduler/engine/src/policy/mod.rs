@@ -315,27 +315,10 @@ impl Scorer<'_> {
             }
             _ => 0,
         };
-        let gpu_req = (u64::from(ctx.milli_each) * u64::from(ctx.count)) as f64;
         let points = match self.kind {
             PolicyKind::Random => 0,
-            PolicyKind::BestFit => {
-                let mut s = 0.0;
-                s += (cpu_left as f64 - score_cpu(ctx.cpu)) / MAX_SPEC_CPU * 0.5;
-                s += (f64::from(total) - gpu_req) / MAX_SPEC_GPU * 0.5;
-                ((1.0 - s) * MAX_POINTS as f64) as i64
-            }
-            PolicyKind::DotProduct => {
-                let free = [
-                    cpu_left as f64 / MAX_SPEC_CPU,
-                    f64::from(total) / MAX_SPEC_GPU,
-                ];
-                let want = [score_cpu(ctx.cpu) / MAX_SPEC_CPU, gpu_req / MAX_SPEC_GPU];
-                let mut dot = 0.0;
-                dot += free[0] * want[0];
-                dot += free[1] * want[1];
-                let s = 1.0 - dot / 2.0;
-                (MAX_POINTS as f64 * s) as i64
-            }
+            PolicyKind::BestFit => best_fit_points(ctx, cpu_left, total),
+            PolicyKind::DotProduct => dot_product_points(ctx, cpu_left, total),
             PolicyKind::GpuPacking => packing_points(ctx, &buf[..n]),
             PolicyKind::GpuClustering => clustering_points(ctx, node, total),
             PolicyKind::Fgd => {
@@ -424,6 +407,42 @@ impl Scorer<'_> {
         };
         fgd_eval(ctx, mix, &view)
     }
+}
+
+/// Best fit: the fuller the node after placing, the more points.
+fn best_fit_points(ctx: &Ctx<'_>, cpu_left: u64, total: u32) -> i64 {
+    best_fit_value(ctx, cpu_left, total) as i64
+}
+
+/// [`best_fit_points`] before truncation.
+#[inline(always)]
+fn best_fit_value(ctx: &Ctx<'_>, cpu_left: u64, total: u32) -> f64 {
+    let gpu_req = (u64::from(ctx.milli_each) * u64::from(ctx.count)) as f64;
+    let mut s = 0.0;
+    s += (cpu_left as f64 - score_cpu(ctx.cpu)) / MAX_SPEC_CPU * 0.5;
+    s += (f64::from(total) - gpu_req) / MAX_SPEC_GPU * 0.5;
+    (1.0 - s) * MAX_POINTS as f64
+}
+
+/// Dot product: the smaller the free vector's projection on the request, the more points.
+fn dot_product_points(ctx: &Ctx<'_>, cpu_left: u64, total: u32) -> i64 {
+    dot_product_value(ctx, cpu_left, total) as i64
+}
+
+/// [`dot_product_points`] before truncation.
+#[inline(always)]
+fn dot_product_value(ctx: &Ctx<'_>, cpu_left: u64, total: u32) -> f64 {
+    let gpu_req = (u64::from(ctx.milli_each) * u64::from(ctx.count)) as f64;
+    let free = [
+        cpu_left as f64 / MAX_SPEC_CPU,
+        f64::from(total) / MAX_SPEC_GPU,
+    ];
+    let want = [score_cpu(ctx.cpu) / MAX_SPEC_CPU, gpu_req / MAX_SPEC_GPU];
+    let mut dot = 0.0;
+    dot += free[0] * want[0];
+    dot += free[1] * want[1];
+    let s = 1.0 - dot / 2.0;
+    MAX_POINTS as f64 * s
 }
 
 /// GPU packing: use partly used GPUs first, then free GPUs of used nodes, then idle nodes.
@@ -551,6 +570,456 @@ fn fgd_eval(ctx: &Ctx<'_>, mix: &ResolvedMix, v: &FgdView<'_>) -> (i64, Option<u
     (fgd_points(before, after), None, before, after)
 }
 
+/// The running winner of a scan, with the feasible nodes seen and how many share its points.
+#[derive(Debug, Default)]
+struct Best {
+    best: Option<Score>,
+    feasible: u32,
+    tied: u32,
+}
+
+impl Best {
+    /// Considers one feasible node's score.
+    fn offer(&mut self, score: Score) {
+        match &self.best {
+            Some(b) if (b.points, b.link) == (score.points, score.link) => {
+                self.tied += 1;
+                if score > *b {
+                    self.best = Some(score);
+                }
+            }
+            Some(b) if (b.points, b.link) > (score.points, score.link) => {}
+            _ => {
+                self.tied = 1;
+                self.best = Some(score);
+            }
+        }
+    }
+}
+
+/// Node `i`'s tie-break value (see [`Score`]).
+fn tie_of(policy: &Policy, ranks: &[u32], nonce: u64, i: usize) -> u64 {
+    match policy.tie_break {
+        // The random policy is a uniform draw over feasible nodes whatever the tie-break.
+        TieBreak::NodeName if policy.kind != PolicyKind::Random => {
+            u64::from(u32::MAX - ranks.get(i).copied().unwrap_or(u32::MAX))
+        }
+        _ => mix64(nonce ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    }
+}
+
+/// Every node through the full filter and scorer: the reference scan, and the one that
+/// counts why nodes were rejected.
+fn scan_full(
+    scorer: &mut Scorer<'_>,
+    cluster: &Cluster,
+    policy: &Policy,
+    nonce: u64,
+    reasons: &mut [u32; 10],
+) -> Best {
+    let hot = cluster.hot();
+    let ranks = cluster.name_ranks();
+    let open = scorer.ctx.req.allowed().is_empty();
+    let mut best = Best::default();
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        let h = &hot[i];
+        let fast = open && h.simple;
+        let verdict = if fast {
+            fast_filter(&scorer.ctx, h)
+        } else {
+            filter(&scorer.ctx, node)
+        };
+        if let Err(reason) = verdict {
+            reasons[reason as usize] += 1;
+            continue;
+        }
+        best.feasible += 1;
+        let (points, link) = scorer.points(i, node, h, fast);
+        best.offer(Score {
+            points,
+            link: Reverse(link),
+            tie: tie_of(policy, ranks, nonce, i),
+            node: Reverse(NodeId(i as u32)),
+        });
+    }
+    best
+}
+
+/// What a request needs from a node, as the lean scan checks it.
+#[derive(Debug, Clone, Copy)]
+enum LeanNeed {
+    Cpu,
+    Whole(u8),
+    Share(u16),
+}
+
+/// The lean scan applies to policies whose points depend only on CPU and GPU compute left,
+/// and to requests open to every place that need no GPU memory and no MIG.
+fn lean_need(kind: PolicyKind, request: &Request) -> Option<LeanNeed> {
+    if !matches!(
+        kind,
+        PolicyKind::Random | PolicyKind::BestFit | PolicyKind::DotProduct | PolicyKind::GpuPacking
+    ) || !request.allowed().is_empty()
+    {
+        return None;
+    }
+    match request.gpu() {
+        GpuDemand::None => Some(LeanNeed::Cpu),
+        GpuDemand::Exclusive { count } => u8::try_from(*count).ok().map(LeanNeed::Whole),
+        GpuDemand::Shared {
+            milli,
+            memory_mib: 0,
+        } => u16::try_from(*milli).ok().map(LeanNeed::Share),
+        _ => None,
+    }
+}
+
+/// Nodes the lean scan scores at once: the block's points fit on the stack (2 KiB).
+const LEAN_BLOCK: usize = 512;
+
+/// The same choice as [`scan_full`], without reasons: simple nodes through the lean
+/// arrays (`cluster::Lean`), the others through the full filter and scorer.
+fn scan_lean(
+    scorer: &mut Scorer<'_>,
+    cluster: &Cluster,
+    policy: &Policy,
+    nonce: u64,
+    need: LeanNeed,
+) -> Best {
+    let lean = cluster.lean();
+    let ctx = &scorer.ctx;
+    let wanted = i32::try_from(ctx.count).unwrap_or(i32::MAX);
+    let milli = u16::try_from(ctx.milli_each).unwrap_or(u16::MAX);
+    let full_points = MILLI_PER_GPU as u16;
+    let simple = match policy.kind {
+        PolicyKind::BestFit => lean_blocks(cluster, policy, ctx, nonce, need, &BestFitLean(ctx)),
+        PolicyKind::DotProduct => {
+            lean_blocks(cluster, policy, ctx, nonce, need, &DotProductLean(ctx))
+        }
+        PolicyKind::GpuPacking if milli == 0 => {
+            lean_blocks(cluster, policy, ctx, nonce, need, &ZeroLean)
+        }
+        PolicyKind::GpuPacking if milli == full_points => {
+            lean_blocks(cluster, policy, ctx, nonce, need, &PackWholeLean(wanted))
+        }
+        PolicyKind::GpuPacking => {
+            lean_blocks(cluster, policy, ctx, nonce, need, &PackShareLean(milli))
+        }
+        _ => lean_blocks(cluster, policy, ctx, nonce, need, &ZeroLean),
+    };
+    // Nodes off the lean path, as the full scan treats them.
+    let mut best = Best::default();
+    if lean.not_simple > 0 {
+        let (hot, nodes, ranks) = (cluster.hot(), cluster.nodes(), cluster.name_ranks());
+        for (i, node) in nodes.iter().enumerate() {
+            if lean.simple[i] || filter(&scorer.ctx, node).is_err() {
+                continue;
+            }
+            best.feasible += 1;
+            let (points, link) = scorer.points(i, node, &hot[i], false);
+            best.offer(Score {
+                points,
+                link: Reverse(link),
+                tie: tie_of(policy, ranks, nonce, i),
+                node: Reverse(NodeId(i as u32)),
+            });
+        }
+    }
+    best.feasible += simple.feasible;
+    if let Some(score) = simple.best {
+        match best.best {
+            Some(b) if (b.points, b.link) == (score.points, score.link) => {
+                best.tied += simple.tied;
+                if score > b {
+                    best.best = Some(score);
+                }
+            }
+            Some(b) if (b.points, b.link) > (score.points, score.link) => {}
+            _ => {
+                best.best = Some(score);
+                best.tied = simple.tied;
+            }
+        }
+    }
+    best
+}
+
+/// A policy's points for one node of a lean block (garbage where the request does not fit:
+/// the caller masks those).
+trait LeanPoints {
+    fn points(&self, b: &LeanBlock<'_>, j: usize) -> i32;
+}
+
+/// Points in `i32` equal the full scan's `i64` points: every policy's points stay within
+/// ±40 million for the node and request sizes the engine accepts.
+struct BestFitLean<'c, 'r>(&'c Ctx<'r>);
+
+impl LeanPoints for BestFitLean<'_, '_> {
+    #[inline(always)]
+    fn points(&self, b: &LeanBlock<'_>, j: usize) -> i32 {
+        best_fit_value(self.0, u64::from(b.cpu_left[j]), u32::from(b.total_left[j])) as i32
+    }
+}
+
+struct DotProductLean<'c, 'r>(&'c Ctx<'r>);
+
+impl LeanPoints for DotProductLean<'_, '_> {
+    #[inline(always)]
+    fn points(&self, b: &LeanBlock<'_>, j: usize) -> i32 {
+        dot_product_value(self.0, u64::from(b.cpu_left[j]), u32::from(b.total_left[j])) as i32
+    }
+}
+
+/// Equal points everywhere: random, and gpu-packing for CPU-only work.
+struct ZeroLean;
+
+impl LeanPoints for ZeroLean {
+    #[inline(always)]
+    fn points(&self, _: &LeanBlock<'_>, _: usize) -> i32 {
+        0
+    }
+}
+
+/// [`packing_points`] for whole GPUs (this many).
+struct PackWholeLean(i32);
+
+impl LeanPoints for PackWholeLean {
+    #[inline(always)]
+    fn points(&self, b: &LeanBlock<'_>, j: usize) -> i32 {
+        let max = MAX_POINTS as i32;
+        let full = i32::from(b.full[j]);
+        let all_fresh = (max / 3 - full).max(full);
+        let used = if full >= self.0 {
+            (max / 2 - self.0).max(max / 3)
+        } else {
+            0
+        };
+        if b.full[j] == b.gpus[j] {
+            all_fresh
+        } else {
+            used
+        }
+    }
+}
+
+/// [`packing_points`] for one share of this much compute.
+struct PackShareLean(u16);
+
+impl LeanPoints for PackShareLean {
+    #[inline(always)]
+    fn points(&self, b: &LeanBlock<'_>, j: usize) -> i32 {
+        let max = MAX_POINTS as i32;
+        let full = i32::from(b.full[j]);
+        let all_fresh = (max / 3 - full).max(full);
+        // The tightest GPU the share fits.
+        let mut tightest = u16::MAX;
+        for column in &b.lefts {
+            let left = column[j];
+            tightest = tightest.min(if left >= self.0 { left } else { u16::MAX });
+        }
+        let ratio = i32::from(tightest) * 100 / MILLI_PER_GPU as i32;
+        let partial = (max - ratio / 10).max(max / 2);
+        let fresh = (max / 2 - 1).max(max / 3);
+        let used = if tightest == u16::MAX {
+            0
+        } else if u32::from(tightest) == MILLI_PER_GPU {
+            fresh
+        } else {
+            partial
+        };
+        if b.full[j] == b.gpus[j] {
+            all_fresh
+        } else {
+            used
+        }
+    }
+}
+
+/// What a simple node must have for the request.
+#[derive(Debug, Clone, Copy)]
+struct LeanFilter {
+    wants_gpu: bool,
+    cpu: u32,
+    mem: u32,
+    whole: u8,
+    share: u16,
+}
+
+fn need_of(wants_gpu: bool, cpu: u32, mem: u32, whole: u8, share: u16) -> LeanFilter {
+    LeanFilter {
+        wants_gpu,
+        cpu,
+        mem,
+        whole,
+        share,
+    }
+}
+
+/// Points of each node of a block (`i32::MIN` where the request does not fit), with how many
+/// fit and the block's best.
+#[inline(always)]
+fn lean_block_points(
+    b: &LeanBlock<'_>,
+    points: &mut [i32],
+    points_of: &impl LeanPoints,
+    model_ok: impl Fn(u16) -> bool,
+    f: &LeanFilter,
+) -> (u32, i32) {
+    let mut feasible = 0u32;
+    let mut max = i32::MIN;
+    for (j, slot) in points.iter_mut().enumerate() {
+        let gpu_ok = !f.wants_gpu | ((b.gpus[j] > 0) & model_ok(b.model[j]));
+        let fits = b.simple[j]
+            & (b.cpu_left[j] >= f.cpu)
+            & (b.memory_left[j] >= f.mem)
+            & gpu_ok
+            & (b.free[j] >= f.whole)
+            & (b.max_left[j] >= f.share);
+        let p = points_of.points(b, j);
+        *slot = if fits { p } else { i32::MIN };
+        feasible += u32::from(fits);
+        max = max.max(*slot);
+    }
+    (feasible, max)
+}
+
+/// One block of the lean arrays, each cut to the block's length so that indexing within the
+/// block needs no bounds checks.
+struct LeanBlock<'a> {
+    simple: &'a [bool],
+    cpu_left: &'a [u32],
+    memory_left: &'a [u32],
+    model: &'a [u16],
+    gpus: &'a [u8],
+    total_left: &'a [u16],
+    max_left: &'a [u16],
+    free: &'a [u8],
+    full: &'a [u8],
+    lefts: [&'a [u16]; crate::cluster::HOT_GPUS],
+}
+
+impl<'a> LeanBlock<'a> {
+    fn new(lean: &'a crate::cluster::Lean, start: usize, len: usize) -> LeanBlock<'a> {
+        let r = start..start + len;
+        LeanBlock {
+            simple: &lean.simple[r.clone()],
+            cpu_left: &lean.cpu_left[r.clone()],
+            memory_left: &lean.memory_left[r.clone()],
+            model: &lean.model[r.clone()],
+            gpus: &lean.gpus[r.clone()],
+            total_left: &lean.total_left[r.clone()],
+            max_left: &lean.max_left[r.clone()],
+            free: &lean.free[r.clone()],
+            full: &lean.full[r.clone()],
+            lefts: std::array::from_fn(|g| &lean.lefts[g][r.clone()]),
+        }
+    }
+}
+
+/// The best simple node by `points_of(block, position)`: feasibility and points for a block of nodes
+/// at a time without branches, then the block's best and its ties.
+#[inline(always)]
+fn lean_blocks(
+    cluster: &Cluster,
+    policy: &Policy,
+    ctx: &Ctx<'_>,
+    nonce: u64,
+    need: LeanNeed,
+    points_of: &impl LeanPoints,
+) -> Best {
+    let lean = cluster.lean();
+    let ranks = cluster.name_ranks();
+    let n = lean.simple.len();
+    // Requests are at most 10,000 cores and 2^30 MiB, so both fit; nodes saturate.
+    let cpu = u32::try_from(ctx.cpu).unwrap_or(u32::MAX);
+    let mem = u32::try_from(ctx.mem).unwrap_or(u32::MAX);
+    let (wants_gpu, whole, share) = match need {
+        LeanNeed::Cpu => (false, 0u8, 0u16),
+        LeanNeed::Whole(count) => (true, count, 0),
+        LeanNeed::Share(milli) => (true, 0, milli),
+    };
+    let models: Option<Vec<u16>> = ctx
+        .models
+        .as_ref()
+        .map(|m| m.iter().map(|id| id.0).collect());
+    let name_ties = policy.tie_break == TieBreak::NodeName && policy.kind != PolicyKind::Random;
+    let mut best_points = i32::MIN;
+    let mut best: Option<(u64, usize)> = None;
+    let mut tied = 0u32;
+    let mut feasible = 0u32;
+    let mut points = [i32::MIN; LEAN_BLOCK];
+    for start in (0..n).step_by(LEAN_BLOCK) {
+        let len = LEAN_BLOCK.min(n - start);
+        let b = LeanBlock::new(lean, start, len);
+        let (block_feasible, block_max) = match &models {
+            None => lean_block_points(
+                &b,
+                &mut points[..len],
+                points_of,
+                |_| true,
+                &need_of(wants_gpu, cpu, mem, whole, share),
+            ),
+            Some(m) => lean_block_points(
+                &b,
+                &mut points[..len],
+                points_of,
+                |model| m.contains(&model),
+                &need_of(wants_gpu, cpu, mem, whole, share),
+            ),
+        };
+        feasible += block_feasible;
+        if block_feasible == 0 || block_max < best_points {
+            continue;
+        }
+        if block_max > best_points {
+            best_points = block_max;
+            best = None;
+            tied = 0;
+        }
+        if name_ties {
+            // The smallest name rank among the block's best, without branches.
+            let block_ranks = &ranks[start..start + len];
+            let mut count = 0u32;
+            let mut rank = u32::MAX;
+            for (p, r) in points[..len].iter().zip(block_ranks) {
+                let at_best = *p == best_points;
+                count += u32::from(at_best);
+                rank = rank.min(if at_best { *r } else { u32::MAX });
+            }
+            tied += count;
+            let tie = u64::from(u32::MAX - rank);
+            if let Some(j) = block_ranks.iter().position(|r| *r == rank)
+                && best.is_none_or(|(t, _)| tie > t)
+            {
+                best = Some((tie, start + j));
+            }
+            continue;
+        }
+        for (j, p) in points[..len].iter().enumerate() {
+            if *p != best_points {
+                continue;
+            }
+            tied += 1;
+            let i = start + j;
+            let tie = tie_of(policy, ranks, nonce, i);
+            // Equal ties go to the lower node id, which comes first.
+            if best.is_none_or(|(t, _)| tie > t) {
+                best = Some((tie, i));
+            }
+        }
+    }
+    Best {
+        best: best.map(|(tie, i)| Score {
+            points: i64::from(best_points),
+            link: Reverse(0),
+            tie,
+            node: Reverse(NodeId(i as u32)),
+        }),
+        feasible,
+        tied,
+    }
+}
+
 /// The first reason a simple node (see [`Hot`]) cannot take the request.
 fn fast_filter(ctx: &Ctx<'_>, h: &Hot) -> Result<(), Reason> {
     let demand = ctx.req.gpu();
@@ -605,6 +1074,17 @@ pub fn place<R: RngCore + ?Sized>(
     policy: &Policy,
     rng: &mut R,
 ) -> Result<Placement, Unplaceable> {
+    place_by(cluster, request, policy, rng, true)
+}
+
+/// [`place`], with the lean scan allowed or not: both scans must pick the same placement.
+fn place_by<R: RngCore + ?Sized>(
+    cluster: &Cluster,
+    request: &Request,
+    policy: &Policy,
+    rng: &mut R,
+    lean_allowed: bool,
+) -> Result<Placement, Unplaceable> {
     let cache = (policy.kind == PolicyKind::Fgd).then(|| {
         policy
             .fgd_cache
@@ -620,52 +1100,21 @@ pub fn place<R: RngCore + ?Sized>(
         shape_key: shape_key(request),
     };
     let hot = cluster.hot();
-    let open = request.allowed().is_empty();
     let nonce = rng.next_u64();
+    let mut best = match lean_need(policy.kind, request) {
+        Some(need) if lean_allowed => scan_lean(&mut scorer, cluster, policy, nonce, need),
+        _ => Best::default(),
+    };
     let mut reasons = [0u32; 10];
-    let mut best: Option<Score> = None;
-    let mut feasible = 0u32;
-    let mut tied = 0u32;
-    for (i, node) in cluster.nodes().iter().enumerate() {
-        let h = &hot[i];
-        let fast = open && h.simple;
-        let verdict = if fast {
-            fast_filter(&scorer.ctx, h)
-        } else {
-            filter(&scorer.ctx, node)
-        };
-        if let Err(reason) = verdict {
-            reasons[reason as usize] += 1;
-            continue;
-        }
-        feasible += 1;
-        let (points, link) = scorer.points(i, node, h, fast);
-        let score = Score {
-            points,
-            link: Reverse(link),
-            // The random policy is a uniform draw over feasible nodes whatever the tie-break.
-            tie: match policy.tie_break {
-                TieBreak::NodeName if policy.kind != PolicyKind::Random => {
-                    u64::from(u32::MAX - cluster.name_rank(NodeId(i as u32)))
-                }
-                _ => mix64(nonce ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            },
-            node: Reverse(NodeId(i as u32)),
-        };
-        match &best {
-            Some(b) if (b.points, b.link) == (points, score.link) => {
-                tied += 1;
-                if score > *b {
-                    best = Some(score);
-                }
-            }
-            Some(b) if (b.points, b.link) > (points, score.link) => {}
-            _ => {
-                tied = 1;
-                best = Some(score);
-            }
-        }
+    if best.best.is_none() {
+        // Nothing fits (the lean scan keeps no reasons), or the lean scan does not apply.
+        best = scan_full(&mut scorer, cluster, policy, nonce, &mut reasons);
     }
+    let Best {
+        best,
+        feasible,
+        tied,
+    } = best;
     let Some(score) = best else {
         return Err(Unplaceable::new(cluster.len() as u32, &reasons, request));
     };
@@ -783,5 +1232,125 @@ mod tests {
     #[test]
     fn mixer_spreads_bits() {
         assert_ne!(mix64(1), mix64(2));
+    }
+}
+
+/// The lean scan must choose exactly what the full scan chooses.
+#[cfg(test)]
+mod lean_matches_full {
+    use super::*;
+    use crate::cluster::NodeShape;
+    use crate::inventory::Health;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// GPUs (9 or more leave the lean path), model, cores, cordoned, a sick GPU, MIG on GPU 0.
+    type NodeSpec = (u32, usize, u64, bool, bool, bool);
+    /// Kind (CPU / share / share with GPU memory / whole), CPU, GPUs, milli, one model only,
+    /// allocate it.
+    type RequestSpec = (u8, u64, u32, u32, bool, bool);
+
+    fn request(spec: &RequestSpec, models: &[GpuModel]) -> Request {
+        let (kind, cpu, count, milli, pinned, _) = *spec;
+        let gpu = match kind {
+            0 => GpuDemand::None,
+            1 => GpuDemand::Shared {
+                milli,
+                memory_mib: 0,
+            },
+            2 => GpuDemand::Shared {
+                milli,
+                memory_mib: 4096,
+            },
+            _ => GpuDemand::Exclusive { count },
+        };
+        let r = Request::new(cpu, 1024, gpu).expect("valid sizes");
+        if pinned {
+            r.with_models(vec![models[count as usize % models.len()].clone()])
+        } else {
+            r
+        }
+    }
+
+    use crate::gpu::GpuModel;
+
+    fn run(nodes: &[NodeSpec], requests: &[RequestSpec], kind: usize, random_ties: bool) {
+        let models: Vec<GpuModel> = ["V100M32", "T4"]
+            .iter()
+            .map(|m| m.parse().expect("valid model"))
+            .collect();
+        let shapes: Vec<NodeShape> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (gpus, model, cores, ..))| NodeShape {
+                name: format!("n{i}"),
+                cpu_milli: cores * 1000,
+                memory_mib: 65_536,
+                gpus: *gpus,
+                model: (*gpus > 0).then(|| models[*model].clone()),
+                gpu_memory_mib: 16_384,
+            })
+            .collect();
+        let mut cluster = Cluster::from_shapes(&shapes).expect("valid shapes");
+        for (i, (gpus, _, _, cordoned, sick, mig)) in nodes.iter().enumerate() {
+            let id = NodeId(i as u32);
+            cluster.set_cordoned(id, *cordoned).expect("known node");
+            if *sick && *gpus > 1 {
+                cluster
+                    .set_gpu_health(id, 1, Health::Unhealthy)
+                    .expect("known GPU");
+            }
+            if *mig && *gpus > 0 {
+                cluster.enable_mig(id, 0).expect("idle GPU");
+            }
+        }
+        let reqs: Vec<Request> = requests.iter().map(|r| request(r, &models)).collect();
+        let kind = PolicyKind::ALL[kind];
+        let mix = Arc::new(WorkloadMix::typical(&reqs, 100.0).expect("non-empty"));
+        let tie = if random_ties {
+            TieBreak::Random
+        } else {
+            TieBreak::NodeName
+        };
+        let policy = Policy::from_name(kind.name(), Some(mix))
+            .expect("known policy")
+            .with_tie_break(tie);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for (spec, r) in requests.iter().zip(&reqs) {
+            let mut reference_rng = rng.clone();
+            let lean = place_by(&cluster, r, &policy, &mut rng, true);
+            let full = place_by(&cluster, r, &policy, &mut reference_rng, false);
+            assert_eq!(lean, full, "{kind} placing {r}");
+            if let (Ok(p), true) = (lean, spec.5) {
+                cluster.allocate(&p.claim).expect("a fresh placement fits");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn same_node_and_gpus(
+            nodes in prop::collection::vec(
+                (
+                    prop_oneof![Just(0u32), 1u32..=8, Just(10u32)],
+                    0usize..2,
+                    1u64..=32,
+                    prop::bool::weighted(0.1),
+                    prop::bool::weighted(0.1),
+                    prop::bool::weighted(0.05),
+                ),
+                1..24,
+            ),
+            requests in prop::collection::vec(
+                (0u8..4, 0u64..=12_000, 1u32..=4, 1u32..=1000, prop::bool::weighted(0.2), prop::bool::weighted(0.8)),
+                1..60,
+            ),
+            kind in 0usize..6,
+            random_ties in any::<bool>(),
+        ) {
+            run(&nodes, &requests, kind, random_ties);
+        }
     }
 }
