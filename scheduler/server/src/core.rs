@@ -18,7 +18,7 @@ use suanli_engine::cluster::{AllocationId, Claim, Cluster, GpuGrant, NodeId};
 use suanli_engine::explain::{Reason, ScoreBreakdown, Unplaceable};
 use suanli_engine::job::JobId;
 
-use suanli_engine::fgd::{DEFAULT_POPULARITY_PCT, WorkloadMix};
+use suanli_engine::fgd::{DEFAULT_POPULARITY_PCT, MixShape, WorkloadMix};
 use suanli_engine::policy::{Policy, PolicyKind, place};
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, JobSpec, JobState, MigProfile, NodeInventory};
@@ -322,6 +322,9 @@ struct Core {
     recent: VecDeque<Request>,
     /// Requests added to `recent` since the FGD mix was last built.
     recent_since_mix: usize,
+    /// Request shapes the current FGD mix was built from; a new one makes the mix stale.
+    mix_shapes: HashSet<(u64, u32, u32, Vec<suanli_engine::GpuModel>)>,
+    mix_stale: bool,
     rng: ChaCha8Rng,
     /// Set when capacity was freed or added: every pending job is worth another try.
     capacity_changed: bool,
@@ -358,6 +361,8 @@ pub fn start(
         policy: None,
         recent: VecDeque::new(),
         recent_since_mix: 0,
+        mix_shapes: HashSet::new(),
+        mix_stale: true,
         capacity_changed: true,
         untried: HashSet::new(),
         latencies: Vec::new(),
@@ -894,6 +899,15 @@ impl Core {
     /// Remembers a submitted request as part of the expected workload.
     fn remember(&mut self, spec: &JobSpec) {
         if let Ok(request) = Request::from_job(spec) {
+            let shape = MixShape::of(&request);
+            if !self.mix_shapes.contains(&(
+                shape.cpu_milli,
+                shape.gpu_milli,
+                shape.gpu_count,
+                shape.models,
+            )) {
+                self.mix_stale = true;
+            }
             self.recent.push_back(request);
             self.recent_since_mix += 1;
             if self.recent.len() > RECENT_WINDOW {
@@ -902,8 +916,9 @@ impl Core {
         }
     }
 
-    /// Builds the policy, and rebuilds FGD's mix once the recent workload has moved on by a
-    /// tenth of the window (rebuilding drops FGD's per-node cache, so not on every submit).
+    /// Builds the policy, and rebuilds FGD's mix when a request shape it has not seen arrives
+    /// or the window has turned over (rebuilding drops FGD's per-node cache, so not on every
+    /// submit).
     fn refresh_policy(&mut self) {
         if self.policy_kind != PolicyKind::Fgd {
             if self.policy.is_none() {
@@ -911,14 +926,23 @@ impl Core {
             }
             return;
         }
-        let stale = self.recent_since_mix * 10 >= self.recent.len().max(10);
+        let stale = self.mix_stale || self.recent_since_mix >= RECENT_WINDOW;
         if self.policy.is_some() && !stale {
             return;
         }
         match WorkloadMix::typical(self.recent.iter(), DEFAULT_POPULARITY_PCT) {
             Ok(mix) => {
+                self.mix_shapes = self
+                    .recent
+                    .iter()
+                    .map(|r| {
+                        let s = MixShape::of(r);
+                        (s.cpu_milli, s.gpu_milli, s.gpu_count, s.models)
+                    })
+                    .collect();
                 self.policy = Some(Policy::fgd(Arc::new(mix)));
                 self.recent_since_mix = 0;
+                self.mix_stale = false;
             }
             Err(e) => debug!(error = %e, "No FGD workload mix yet."),
         }
