@@ -151,7 +151,13 @@ impl WorkloadMix {
             take += 1;
         }
         shapes.truncate(take);
-        WorkloadMix::new(shapes)
+        // Normalized the way the paper's `GetTypicalPods` does it: share of all requests,
+        // then divided by the share covered. Fragmentation sums these weights, and FGD's
+        // truncated points can flip on the last bit of that sum.
+        for s in &mut shapes {
+            s.weight = s.weight / total / (covered / total);
+        }
+        Ok(WorkloadMix { shapes })
     }
 
     pub fn shapes(&self) -> &[MixShape] {

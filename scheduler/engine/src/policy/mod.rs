@@ -528,7 +528,10 @@ fn clustering_points(ctx: &Ctx<'_>, node: &Node, total_left: u32) -> i64 {
 /// fragmentation before and after.
 fn fgd_eval(ctx: &Ctx<'_>, mix: &ResolvedMix, v: &FgdView<'_>) -> (i64, Option<usize>, f64, f64) {
     let before = mix.frag(v.cpu_left, v.lefts, v.model);
-    let cpu_after = v.cpu_left.saturating_sub(ctx.cpu);
+    // The reference subtracts the pod's CPU as Kubernetes scores it (a zero request counts
+    // 100m), for the share case and in `NodeResource.Sub` alike.
+    let pod_cpu = score_cpu(ctx.cpu) as u64;
+    let cpu_after = v.cpu_left.saturating_sub(pod_cpu);
     let mut after_lefts = [0u32; MAX_GPUS];
     let after_lefts = &mut after_lefts[..v.lefts.len()];
     after_lefts.copy_from_slice(v.lefts);
@@ -558,6 +561,11 @@ fn fgd_eval(ctx: &Ctx<'_>, mix: &ResolvedMix, v: &FgdView<'_>) -> (i64, Option<u
             Some((points, i, after)) => (points, Some(i), before, after),
             None => (0, None, before, before),
         };
+    }
+    if v.cpu_left < pod_cpu {
+        // `NodeResource.Sub` refuses such a pod and FGD scores the node unchanged (this only
+        // happens to a zero-CPU pod on a node with less than 100m left).
+        return (fgd_points(before, before), None, before, before);
     }
     for &p in v.whole {
         after_lefts[p as usize] = 0;

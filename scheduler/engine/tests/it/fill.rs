@@ -1,6 +1,6 @@
-//! The FGD paper's fill protocol on the real `openb` trace, one seed: pods arrive one by one
-//! (the trace shuffled, then sampled with replacement), never leave, and are dropped when no
-//! node fits. At the point where the arrived GPU request equals the cluster's GPU capacity,
+//! The FGD paper's fill protocol on the real `openb` trace, one seed: nodes get the seeded
+//! name prefixes the paper's simulator gives them, pods arrive one by one (the trace
+//! shuffled, then sampled with replacement), never leave, and are dropped when no node fits. At the point where the arrived GPU request equals the cluster's GPU capacity,
 //! FGD must leave less GPU unallocated than best-fit, and best-fit less than random.
 
 use std::path::PathBuf;
@@ -64,9 +64,26 @@ pub fn load() -> Option<(Vec<NodeShape>, Vec<Request>)> {
     Some((nodes, pods))
 }
 
+/// The nodes named as the paper's simulator names them before a run
+/// (`syncClusterResourceList`): sorted by name, each prefixed with its place in a seeded
+/// random permutation. Name-ordered tie-breaking then follows a random order per seed.
+fn tie_break_names(shapes: &[NodeShape], seed: u64) -> Vec<NodeShape> {
+    let mut sorted = shapes.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut order = rng(seed);
+    order.set_stream(1);
+    let mut rank: Vec<usize> = (0..sorted.len()).collect();
+    rank.shuffle(&mut order);
+    for (node, r) in sorted.iter_mut().zip(rank) {
+        node.name = format!("{r:04}-{}", node.name);
+    }
+    sorted
+}
+
 /// Unallocated GPU % when the arrived GPU request first reaches the cluster's capacity.
 pub fn fill(shapes: &[NodeShape], pods: &[Request], policy: &Policy, seed: u64) -> f64 {
-    let mut cluster = Cluster::from_shapes(shapes).expect("trace nodes are valid");
+    let named = tie_break_names(shapes, seed);
+    let mut cluster = Cluster::from_shapes(&named).expect("trace nodes are valid");
     let capacity = cluster.total_gpu_milli();
     let mut rng = rng(seed);
     let mut order: Vec<usize> = (0..pods.len()).collect();
