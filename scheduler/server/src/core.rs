@@ -480,7 +480,7 @@ impl Core {
                 last_tick = Instant::now();
                 self.check_heartbeats();
             }
-                        // With no jobs nothing depends on the cluster yet: a burst of registrations then
+            // With no jobs nothing depends on the cluster yet: a burst of registrations then
             // costs one rebuild when the first job arrives, not one per agent.
             if !self.jobs.is_empty() {
                 self.ensure_cluster();
