@@ -17,6 +17,7 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::cid::Cid;
 use crate::cluster::{AllocationId, Claim, Cluster, ClusterError, GpuGrant, ModelId, Node, NodeId};
@@ -392,6 +393,9 @@ impl fmt::Display for GangPlacement {
     }
 }
 
+/// Cached (worst link rank, GPUDirect GPUs) for single replicas of 1, 2, 4 and 8 GPUs.
+type QualitySlots = [Option<(u32, u32)>; 4];
+
 /// What the scan reads about one node: a compact copy kept in node order.
 #[derive(Debug, Clone, Default)]
 struct NodeFacts {
@@ -420,9 +424,13 @@ struct NodeFacts {
 ///
 /// Keep it in step with the cluster: call [`FabricIndex::refresh`] after every change to a
 /// node (allocate, release, cordon, health), or [`FabricIndex::sync`] to check them all.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FabricIndex {
     facts: Vec<NodeFacts>,
+    /// Per node, for single replicas of 1, 2, 4 and 8 whole GPUs of any model: the worst
+    /// link rank and GPUDirect GPU count of the best set. It depends only on the node's free
+    /// GPUs, so it holds until the node is refreshed; one queue pass reuses it across jobs.
+    quality: Mutex<Vec<QualitySlots>>,
     versions: Vec<u64>,
     /// Per leaf: (spine, name).
     leaves: Vec<(u32, String)>,
@@ -430,6 +438,19 @@ pub struct FabricIndex {
     spines: Vec<(u32, String)>,
     /// Per domain: CID (None for nodes without one) and price.
     domains: Vec<(Option<Cid>, Option<f64>)>,
+}
+
+impl Clone for FabricIndex {
+    fn clone(&self) -> FabricIndex {
+        FabricIndex {
+            facts: self.facts.clone(),
+            quality: Mutex::new(self.quality_cache().clone()),
+            versions: self.versions.clone(),
+            leaves: self.leaves.clone(),
+            spines: self.spines.clone(),
+            domains: self.domains.clone(),
+        }
+    }
 }
 
 fn facts_of(node: &Node, network: Option<&crate::links::NodeNetwork>) -> NodeFacts {
@@ -469,6 +490,7 @@ impl FabricIndex {
     pub fn new(cluster: &Cluster, links: &LinkState, catalog: &DomainCatalog) -> FabricIndex {
         let mut index = FabricIndex {
             facts: Vec::with_capacity(cluster.len()),
+            quality: Mutex::new(vec![[None; 4]; cluster.len()]),
             versions: Vec::with_capacity(cluster.len()),
             leaves: Vec::new(),
             spines: Vec::new(),
@@ -530,6 +552,15 @@ impl FabricIndex {
         facts.name_rank = old.name_rank;
         self.facts[node.index()] = facts;
         self.versions[node.index()] = n.version();
+        if let Some(q) = self.quality_cache().get_mut(node.index()) {
+            *q = [None; 4];
+        }
+    }
+
+    fn quality_cache(&self) -> MutexGuard<'_, Vec<QualitySlots>> {
+        self.quality
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Refreshes every node whose state changed since it was indexed; returns how many.
@@ -966,6 +997,22 @@ fn node_quality(
     if !(want.rdma_required || multi && f.has_links) {
         return (0, 0);
     }
+    let slot = match want.request.gpu() {
+        GpuDemand::Exclusive { count }
+            if take == 1
+                && want.models.is_none()
+                && !want.nvlink_required
+                && matches!(count, 1 | 2 | 4 | 8) =>
+        {
+            Some(count.trailing_zeros() as usize)
+        }
+        _ => None,
+    };
+    if let Some(slot) = slot
+        && let Some((rank, gdr)) = index.quality_cache().get(i).and_then(|q| q[slot])
+    {
+        return (rank, if want.rdma_required { gdr } else { 0 });
+    }
     let node = &cluster.nodes()[i];
     let plans = plan_node(node, want, take);
     let mut worst = 0;
@@ -977,6 +1024,11 @@ fn node_quality(
             .iter()
             .filter(|g| **g < 64 && f.gdr_mask & (1 << **g) != 0)
             .count() as u32;
+    }
+    if let Some(slot) = slot
+        && let Some(q) = index.quality_cache().get_mut(i)
+    {
+        q[slot] = Some((worst, gdr));
     }
     (worst, if want.rdma_required { gdr } else { 0 })
 }

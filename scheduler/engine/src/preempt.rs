@@ -65,7 +65,9 @@ pub fn candidates<'a>(
                 usage.get(preemptor.tenant, model) + preemptor.gpu_milli <= limit.guaranteed_milli
             })
     };
-    let mut found: Vec<(VictimKind, Reverse<bool>, i32, Reverse<(u64, u64)>, JobId)> = Vec::new();
+    // Sorted by (kind, borrowed first, priority, newest first, id).
+    type Key = (VictimKind, Reverse<bool>, i32, Reverse<(u64, u64)>, JobId);
+    let mut found: Vec<Key> = Vec::new();
     for v in running {
         if !v.preemptible || now_s.saturating_sub(v.started_s) < min_runtime_s {
             continue;

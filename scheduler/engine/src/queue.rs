@@ -242,6 +242,8 @@ pub struct Scheduler {
     pending: BTreeMap<JobId, QueuedJob>,
     running: BTreeMap<JobId, RunningJob>,
     usage: Usage,
+    /// Every GPU model in the cluster, for quota checks of jobs that accept any model.
+    models: Vec<GpuModel>,
 }
 
 impl Scheduler {
@@ -253,7 +255,15 @@ impl Scheduler {
         config: QueueConfig,
     ) -> Scheduler {
         let index = FabricIndex::new(&cluster, &links, &catalog);
+        let mut models: Vec<GpuModel> = cluster
+            .nodes()
+            .iter()
+            .flat_map(|n| n.gpus().iter().map(|g| cluster.model(g.model).clone()))
+            .collect();
+        models.sort();
+        models.dedup();
         Scheduler {
+            models,
             cluster,
             links,
             catalog,
@@ -404,8 +414,11 @@ impl Scheduler {
     /// A quota check before any placement work: a job whose every allowed model is already
     /// at its tenant's maximum cannot start, wherever it would go.
     fn quota_precheck(&self, job: &QueuedJob) -> Option<WaitReason> {
-        let models = job.gang.request.models();
-        if models.is_empty() {
+        let models = match job.gang.request.models() {
+            [] => self.models.as_slice(),
+            listed => listed,
+        };
+        if models.is_empty() || job.gang.request.gpu_count() == 0 {
             return None;
         }
         let need = job.gang.gpu_milli(job.gang.min_replicas);
