@@ -164,6 +164,24 @@ impl WorkloadMix {
         &self.shapes
     }
 
+    /// The cluster's fragmentation against this mix, in GPU milli: the sum over nodes of
+    /// the free GPU compute the expected workload cannot use there (what FGD minimizes one
+    /// placement at a time; the paper's "fragmented GPU" measure).
+    pub fn fragmentation(&self, cluster: &Cluster) -> f64 {
+        let mix = self.resolve(cluster);
+        let mut lefts = Vec::new();
+        cluster
+            .nodes()
+            .iter()
+            .map(|node| {
+                lefts.clear();
+                lefts.extend(node.gpus().iter().map(|g| g.milli_left()));
+                let model = node.gpus().first().map(|g| g.model);
+                mix.frag(node.cpu_left(), &lefts, model)
+            })
+            .sum()
+    }
+
     /// The mix with models resolved against one cluster, ready for the hot loop.
     pub(crate) fn resolve(&self, cluster: &Cluster) -> ResolvedMix {
         ResolvedMix {
@@ -321,6 +339,45 @@ mod tests {
     fn cpu_only_shapes_count_all_free_gpu() {
         let mix = resolved(vec![shape(1000, 0, 0, 1.0)]);
         assert_eq!(mix.frag(8000, &[1000, 1000], None), 2000.0);
+    }
+
+    #[test]
+    fn cluster_fragmentation_sums_the_nodes() {
+        use crate::cluster::{Claim, GpuGrant, NodeId, NodeShape};
+        let node = |name: &str| NodeShape {
+            name: name.into(),
+            cpu_milli: 8000,
+            memory_mib: 1024,
+            gpus: 2,
+            model: Some("T4".parse().expect("valid model")),
+            gpu_memory_mib: 0,
+        };
+        let mut cluster = Cluster::from_shapes(&[node("a"), node("b")]).expect("valid");
+        let mix = WorkloadMix::new(vec![shape(1000, 500, 1, 1.0), shape(1000, 1000, 1, 1.0)])
+            .expect("valid");
+        assert_eq!(
+            mix.fragmentation(&cluster),
+            0.0,
+            "idle GPUs fit both shapes"
+        );
+        let share = |gpu, milli| GpuGrant {
+            gpu,
+            milli,
+            memory_mib: 0,
+            exclusive: false,
+            mig: None,
+        };
+        cluster
+            .allocate(&Claim {
+                node: NodeId(0),
+                cpu_milli: 0,
+                memory_mib: 0,
+                gpus: vec![share(0, 700)],
+                affinity: None,
+            })
+            .expect("fits");
+        // Node a: GPU 0 has 300m left, too small for both shapes; GPU 1 is whole.
+        assert_eq!(mix.fragmentation(&cluster), 300.0);
     }
 
     #[test]
