@@ -95,6 +95,7 @@ impl PlacerFactory for EngineFactory {
         };
         let total = cluster.total_gpu_milli();
         Ok(Box::new(EnginePlacer {
+            mix: Arc::clone(&mix.0),
             cluster,
             policy: engine_policy,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -109,6 +110,8 @@ impl PlacerFactory for EngineFactory {
 #[derive(Debug)]
 struct EnginePlacer {
     cluster: Cluster,
+    /// The expected workload, for the fragmentation measure (every policy reports it).
+    mix: Arc<WorkloadMix>,
     policy: engine_policy::Policy,
     rng: ChaCha8Rng,
     /// Converted requests, so repeated shapes convert once.
@@ -157,6 +160,6 @@ impl Placer for EnginePlacer {
     }
 
     fn fragmented_gpu_milli(&self) -> Option<f64> {
-        None
+        Some(self.mix.fragmentation(&self.cluster))
     }
 }

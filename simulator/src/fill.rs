@@ -356,6 +356,40 @@ mod tests {
     }
 
     #[test]
+    fn tie_break_names_are_a_seeded_permutation_prefix() {
+        let nodes: Vec<NodeShape> = ["b", "a", "c"]
+            .iter()
+            .map(|n| NodeShape {
+                name: (*n).to_string(),
+                cpu_milli: 1000,
+                memory_mib: 1024,
+                gpus: 1,
+                model: None,
+            })
+            .collect();
+        let named = tie_break_names(&nodes, 42);
+        let mut prefixes: Vec<&str> = named.iter().map(|n| &n.name[..4]).collect();
+        let suffixes: Vec<&str> = named.iter().map(|n| &n.name[5..]).collect();
+        assert_eq!(
+            suffixes,
+            ["a", "b", "c"],
+            "sorted by the trace's names first"
+        );
+        prefixes.sort_unstable();
+        assert_eq!(prefixes, ["0000", "0001", "0002"]);
+        assert_eq!(named, tie_break_names(&nodes, 42));
+        let orders: std::collections::BTreeSet<Vec<String>> = (0..20)
+            .map(|seed| {
+                tie_break_names(&nodes, seed)
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect()
+            })
+            .collect();
+        assert!(orders.len() > 1, "the permutation changes with the seed");
+    }
+
+    #[test]
     fn interpolation_at_the_crossing() {
         let points = [(500, 500), (900, 800), (1100, 900)];
         let at = interpolate(&points, 1000.0).expect("crosses");

@@ -151,7 +151,6 @@ fn replay_rejects_jobs_that_never_fit_instead_of_blocking() {
 }
 
 #[test]
-#[ignore = "fails with the engine's current fgd policy (seed 42: fgd 9.83 > best-fit 7.04 > random 13.77); see docs/benchmarks/simulator.md"]
 fn fgd_beats_best_fit_beats_random_on_openb() {
     let root = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
