@@ -301,8 +301,17 @@ struct Pass {
     failed_shapes: HashSet<String>,
 }
 
+/// What waits for the open store batch to commit.
+#[derive(Default)]
+struct Outbox {
+    events: Vec<EventRecord>,
+    agents: Vec<(Cid, AgentCommand)>,
+}
+
 struct Core {
     config: CoreConfig,
+    in_batch: std::cell::Cell<bool>,
+    outbox: std::cell::RefCell<Outbox>,
     pass: Option<Pass>,
     /// Nodes changed since the engine's cluster was built; rebuilt once per batch.
     cluster_dirty: bool,
@@ -348,6 +357,8 @@ pub fn start(
     let mut core = Core {
         rng: ChaCha8Rng::seed_from_u64(config.seed),
         config,
+        in_batch: std::cell::Cell::new(false),
+        outbox: std::cell::RefCell::new(Outbox::default()),
         pass: None,
         cluster_dirty: false,
         store,
@@ -395,6 +406,20 @@ impl Core {
                 },
             );
         }
+        self.load_jobs()?;
+        self.rebuild_cluster();
+        info!(
+            nodes = self.nodes.len(),
+            live_jobs = self.jobs.len(),
+            pending = self.pending.len(),
+            "Loaded state."
+        );
+        Ok(())
+    }
+
+    /// Loads the jobs that are not finished, with their placements (resources are claimed
+    /// when the cluster is next built).
+    fn load_jobs(&mut self) -> Result<(), CoreError> {
         let live = self.store.jobs(&crate::store::JobFilter {
             states: vec![
                 JobState::Pending,
@@ -435,14 +460,68 @@ impl Core {
                 },
             );
         }
-        self.rebuild_cluster();
-        info!(
-            nodes = self.nodes.len(),
-            live_jobs = self.jobs.len(),
-            pending = self.pending.len(),
-            "Loaded state."
-        );
         Ok(())
+    }
+
+    /// After a failed batch commit, memory may hold what the database does not: forget the
+    /// jobs and take them again from the store.
+    fn reload_jobs(&mut self) {
+        self.jobs.clear();
+        self.pending.clear();
+        self.untried.clear();
+        self.pass = None;
+        if let Err(e) = self.load_jobs() {
+            warn!(error = %e, "Could not reload jobs after a failed commit.");
+        }
+        self.cluster_dirty = true;
+        self.capacity_changed = true;
+    }
+
+    fn has_scheduling_work(&self) -> bool {
+        self.pass.is_some()
+            || (!self.pending.is_empty() && (self.capacity_changed || !self.untried.is_empty()))
+    }
+
+    /// One scheduling slice inside one store batch. Events and agent commands wait in the
+    /// outbox until the batch is durable, so nobody hears of a placement a crash could undo.
+    fn schedule_batch(&mut self, budget: Duration) -> bool {
+        if !self.has_scheduling_work() {
+            return false;
+        }
+        if let Err(e) = self.store.begin_batch() {
+            warn!(error = %e, "Could not open a store batch; scheduling waits.");
+            return true;
+        }
+        self.in_batch.set(true);
+        let more = self.schedule(budget);
+        self.in_batch.set(false);
+        let outbox = std::mem::take(&mut *self.outbox.borrow_mut());
+        match self.store.commit_batch() {
+            Ok(()) => {
+                for event in outbox.events {
+                    let _ = self.events.send(event);
+                }
+                for (node, command) in outbox.agents {
+                    self.send_to(&node, command);
+                }
+                more
+            }
+            Err(e) => {
+                warn!(error = %e, "A scheduling batch did not commit; reloading jobs from the store.");
+                self.store.rollback_batch();
+                self.reload_jobs();
+                true
+            }
+        }
+    }
+
+    /// Publishes a job event now, or when the open batch commits.
+    fn publish(&self, event: EventRecord) {
+        if self.in_batch.get() {
+            self.outbox.borrow_mut().events.push(event);
+        } else {
+            let _ = self.events.send(event);
+        }
     }
 
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
@@ -485,7 +564,7 @@ impl Core {
             if !self.jobs.is_empty() {
                 self.ensure_cluster();
             }
-            backlog = self.schedule(SCHEDULING_SLICE);
+            backlog = self.schedule_batch(SCHEDULING_SLICE);
         }
     }
 
@@ -713,7 +792,7 @@ impl Core {
             return Ok(self.store.job(id)?);
         }
         let event = self.store.update_spec(id, &spec, &changes.join(", "))?;
-        let _ = self.events.send(event);
+        self.publish(event);
         if let Some(job) = self.jobs.get_mut(id) {
             if self
                 .pending
@@ -749,7 +828,7 @@ impl Core {
         let event =
             self.store
                 .transition(id, to, reason, message, json.as_ref().map(|o| o.as_ref()))?;
-        let _ = self.events.send(event);
+        self.publish(event);
         if let Some(job) = self.jobs.get_mut(id) {
             if to == JobState::Placed {
                 job.attempts += 1;
@@ -1119,6 +1198,13 @@ impl Core {
     }
 
     fn send_to(&self, node: &Cid, command: AgentCommand) {
+        if self.in_batch.get() {
+            self.outbox
+                .borrow_mut()
+                .agents
+                .push((node.clone(), command));
+            return;
+        }
         match self.nodes.get(node).and_then(|n| n.session.as_ref()) {
             Some((_, tx)) => {
                 if tx.send(command).is_err() {

@@ -230,6 +230,26 @@ impl Store {
         Ok(())
     }
 
+    /// Opens a batch: until [`Store::commit_batch`], every write joins one transaction, so a
+    /// whole scheduling slice costs one fsync. (Each write uses a savepoint, which nests in
+    /// the batch and is a transaction of its own outside one.)
+    pub fn begin_batch(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    pub fn commit_batch(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Abandons a batch after a failure; nothing written since `begin_batch` remains.
+    pub fn rollback_batch(&mut self) {
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "Rollback failed.");
+        }
+    }
+
     /// Stores a new pending job and its first event; returns the record once committed.
     pub fn insert_job(&mut self, spec: &JobSpec) -> Result<JobRecord, StoreError> {
         let job = NewJob {
@@ -258,7 +278,7 @@ impl Store {
         jobs: &[NewJob],
     ) -> Result<Vec<(JobRecord, Option<EventRecord>)>, StoreError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let mut records = Vec::with_capacity(jobs.len());
         {
             let mut insert = tx.prepare_cached(
@@ -395,7 +415,7 @@ impl Store {
         placement: Option<Option<&serde_json::Value>>,
     ) -> Result<EventRecord, StoreError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let current: Option<String> = tx
             .query_row("SELECT state FROM jobs WHERE id = ?1", params![id.0], |r| {
                 r.get(0)
@@ -500,7 +520,7 @@ impl Store {
         message: &str,
     ) -> Result<EventRecord, StoreError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let state: Option<String> = tx
             .query_row("SELECT state FROM jobs WHERE id = ?1", params![id.0], |r| {
                 r.get(0)
@@ -892,6 +912,30 @@ mod tests {
             .expect("updated");
         assert_eq!(event.reason, "updated");
         assert_eq!(store.job(&page2[0].id).expect("found").spec.priority, 50);
+    }
+
+        #[test]
+    fn a_batch_commits_or_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = open(dir.path());
+        let kept = store.insert_job(&spec("kept", "t")).expect("stored");
+        store.begin_batch().expect("begins");
+        store
+            .transition(&kept.id, JobState::Placed, "placed", "", None)
+            .expect("joins the batch");
+        store.insert_job(&spec("lost", "t")).expect("joins the batch");
+        store.rollback_batch();
+        assert_eq!(store.job(&kept.id).expect("found").state, JobState::Pending);
+        assert_eq!(store.count_jobs(&JobFilter::default()).expect("count"), 1);
+        store.begin_batch().expect("begins");
+        store
+            .transition(&kept.id, JobState::Placed, "placed", "", None)
+            .expect("joins the batch");
+        store.commit_batch().expect("commits");
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.job(&kept.id).expect("found").state, JobState::Placed);
+        assert_eq!(store.events(Some(&kept.id), 0, 0).expect("events").len(), 2);
     }
 
     #[test]
