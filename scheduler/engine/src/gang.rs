@@ -169,6 +169,22 @@ pub enum Reject {
     NotEnoughMemory,
 }
 
+/// Every [`Reject`], in declaration order (`REJECTS[r as usize] == r`).
+const REJECTS: [Reject; 12] = [
+    Reject::Cordoned,
+    Reject::Reserved,
+    Reject::OutsideAllowed,
+    Reject::ModelNotAllowed,
+    Reject::Price,
+    Reject::RdmaDown,
+    Reject::FewerFreeGpus,
+    Reject::NoNvlinkSet,
+    Reject::NoShareRoom,
+    Reject::NoMigSlots,
+    Reject::NotEnoughCpu,
+    Reject::NotEnoughMemory,
+];
+
 impl Reject {
     pub fn describe(self) -> &'static str {
         match self {
@@ -438,6 +454,52 @@ pub struct FabricIndex {
     spines: Vec<(u32, String)>,
     /// Per domain: CID (None for nodes without one) and price.
     domains: Vec<(Option<Cid>, Option<f64>)>,
+    /// The capacity index: nodes on the whole-GPU fast path bucketed by free whole GPUs
+    /// (`buckets[k]`: exactly `k` free), the rest in `buckets[IRREGULAR]`. A whole-GPU
+    /// placement visits only the buckets that can hold it.
+    buckets: Vec<Vec<Slot>>,
+    /// Per node: (bucket, position in it).
+    slots: Vec<(u8, u32)>,
+    /// Free whole GPUs over all indexed nodes.
+    free_total: u64,
+    /// Place with the plain scan only (the reference the capacity index is checked against).
+    scan_only: bool,
+}
+
+/// The bucket of nodes off the fast path: several models, MIG, or more than 64 GPUs.
+const IRREGULAR: usize = 65;
+
+/// What the capacity index keeps per node, inline so a bucket walk touches one array.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    node: u32,
+    cpu_left: u64,
+    memory_left: u64,
+    cordoned: bool,
+    /// Link state known and no NIC usable.
+    nic_down: bool,
+    model: Option<ModelId>,
+}
+
+impl Slot {
+    fn of(node: u32, f: &NodeFacts) -> Slot {
+        Slot {
+            node,
+            cpu_left: f.cpu_left,
+            memory_left: f.memory_left,
+            cordoned: f.cordoned,
+            nic_down: f.network_known && !f.nic_usable,
+            model: f.model,
+        }
+    }
+}
+
+fn bucket_of(f: &NodeFacts) -> usize {
+    if f.simple {
+        f.free_mask.count_ones() as usize
+    } else {
+        IRREGULAR
+    }
 }
 
 impl Clone for FabricIndex {
@@ -449,6 +511,10 @@ impl Clone for FabricIndex {
             leaves: self.leaves.clone(),
             spines: self.spines.clone(),
             domains: self.domains.clone(),
+            buckets: self.buckets.clone(),
+            slots: self.slots.clone(),
+            free_total: self.free_total,
+            scan_only: self.scan_only,
         }
     }
 }
@@ -495,6 +561,10 @@ impl FabricIndex {
             leaves: Vec::new(),
             spines: Vec::new(),
             domains: Vec::new(),
+            buckets: vec![Vec::new(); IRREGULAR + 1],
+            slots: Vec::with_capacity(cluster.len()),
+            free_total: 0,
+            scan_only: false,
         };
         let mut domain_ids: HashMap<Option<Cid>, u32> = HashMap::new();
         let mut spine_ids: HashMap<(u32, String), u32> = HashMap::new();
@@ -536,8 +606,47 @@ impl FabricIndex {
             facts.name_rank = cluster.name_rank(NodeId(i as u32));
             index.facts.push(facts);
             index.versions.push(node.version());
+            index.slots.push((0, 0));
+            index.bucket(i);
         }
         index
+    }
+
+    /// Files node `i` under its current facts.
+    fn bucket(&mut self, i: usize) {
+        let f = &self.facts[i];
+        let b = bucket_of(f);
+        self.free_total += u64::from(f.free_mask.count_ones());
+        self.slots[i] = (b as u8, self.buckets[b].len() as u32);
+        let slot = Slot::of(i as u32, f);
+        self.buckets[b].push(slot);
+    }
+
+    /// Takes node `i` out of its bucket, before its facts change.
+    fn unbucket(&mut self, i: usize) {
+        let (b, pos) = self.slots[i];
+        let bucket = &mut self.buckets[b as usize];
+        bucket.swap_remove(pos as usize);
+        if let Some(moved) = bucket.get(pos as usize) {
+            self.slots[moved.node as usize].1 = pos;
+        }
+        self.free_total -= u64::from(self.facts[i].free_mask.count_ones());
+    }
+
+    /// Free whole GPUs over the whole cluster, as last indexed.
+    pub fn free_gpus_total(&self) -> u64 {
+        self.free_total
+    }
+
+    /// Places with the plain scan over every node instead of the capacity index: slower,
+    /// same decisions. The reference the index is checked against.
+    pub fn set_plain_scan(&mut self, on: bool) {
+        self.scan_only = on;
+    }
+
+    /// Whether placements use the plain scan (see [`FabricIndex::set_plain_scan`]).
+    pub fn plain_scan(&self) -> bool {
+        self.scan_only
     }
 
     /// Re-reads one node's state (after an allocation, release, cordon or health change).
@@ -550,7 +659,9 @@ impl FabricIndex {
         facts.spine = old.spine;
         facts.domain = old.domain;
         facts.name_rank = old.name_rank;
+        self.unbucket(node.index());
         self.facts[node.index()] = facts;
+        self.bucket(node.index());
         self.versions[node.index()] = n.version();
         if let Some(q) = self.quality_cache().get_mut(node.index()) {
             *q = [None; 4];
@@ -951,15 +1062,20 @@ fn scan(
     options: &GangOptions<'_>,
 ) -> Scan {
     let mut fits = Vec::new();
-    let mut raw: HashMap<Reject, u32> = HashMap::new();
+    let mut raw = [0u32; REJECTS.len()];
     for i in 0..index.facts.len().min(cluster.len()) {
         match node_fit(cluster, index, want, i, cap, options) {
             Ok(k) if k > 0 => fits.push((i as u32, k)),
-            Ok(_) => *raw.entry(Reject::FewerFreeGpus).or_default() += 1,
-            Err(r) => *raw.entry(r).or_default() += 1,
+            Ok(_) => raw[Reject::FewerFreeGpus as usize] += 1,
+            Err(r) => raw[r as usize] += 1,
         }
     }
-    let mut counts: Vec<(Reject, u32)> = raw.into_iter().collect();
+    let mut counts: Vec<(Reject, u32)> = REJECTS
+        .iter()
+        .zip(raw)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| (*r, n))
+        .collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     Scan { fits, counts }
 }
@@ -972,8 +1088,20 @@ fn node_score(
     i: usize,
     fit: u32,
 ) -> NodeScore {
+    node_score_in(&mut index.quality_cache(), cluster, index, want, i, fit)
+}
+
+/// [`node_score`] with the quality cache already locked.
+fn node_score_in(
+    cache: &mut [QualitySlots],
+    cluster: &Cluster,
+    index: &FabricIndex,
+    want: &Want<'_>,
+    i: usize,
+    fit: u32,
+) -> NodeScore {
     let f = &index.facts[i];
-    let (link, gdr) = node_quality(cluster, index, want, i, fit as usize);
+    let (link, gdr) = node_quality(cache, cluster, index, want, i, fit as usize);
     let used = fit * want.request.gpu_count();
     NodeScore {
         health: Reverse(u32::from(f.impaired_nics) + u32::from(f.degraded_gpus)),
@@ -986,6 +1114,7 @@ fn node_score(
 
 /// Worst link rank and GPUDirect-capable GPUs of the plan for `take` replicas on node `i`.
 fn node_quality(
+    cache: &mut [QualitySlots],
     cluster: &Cluster,
     index: &FabricIndex,
     want: &Want<'_>,
@@ -1009,7 +1138,7 @@ fn node_quality(
         _ => None,
     };
     if let Some(slot) = slot
-        && let Some((rank, gdr)) = index.quality_cache().get(i).and_then(|q| q[slot])
+        && let Some((rank, gdr)) = cache.get(i).and_then(|q| q[slot])
     {
         return (rank, if want.rdma_required { gdr } else { 0 });
     }
@@ -1026,7 +1155,7 @@ fn node_quality(
             .count() as u32;
     }
     if let Some(slot) = slot
-        && let Some(q) = index.quality_cache().get_mut(i)
+        && let Some(q) = cache.get_mut(i)
     {
         q[slot] = Some((worst, gdr));
     }
@@ -1072,6 +1201,116 @@ fn domain_ranks(
 /// Places a training gang (all replicas or none; elastic jobs at least `min_replicas`) or
 /// spreads inference replicas. Nothing is allocated: pass the result to [`allocate_gang`].
 pub fn place_gang(
+    cluster: &Cluster,
+    index: &FabricIndex,
+    catalog: &DomainCatalog,
+    gang: &GangRequest,
+    options: &GangOptions<'_>,
+) -> Result<GangPlacement, GangWait> {
+    if !index.scan_only
+        && let Some(placed) = place_single(cluster, index, catalog, gang, options)
+    {
+        return Ok(placed);
+    }
+    place_gang_scan(cluster, index, catalog, gang, options)
+}
+
+/// The fast path through the capacity index for the commonest job: one training replica of
+/// whole GPUs. It decides exactly as the scan would: the feasible nodes are those the scan
+/// accepts (nodes in buckets with fewer free GPUs than asked never are), the winner is the
+/// same maximum of (domain rank, [`NodeScore`]), and `feasible_nodes` the same count. `None`
+/// when the job is not of that kind or nothing fits; the scan then explains the wait.
+fn place_single(
+    cluster: &Cluster,
+    index: &FabricIndex,
+    catalog: &DomainCatalog,
+    gang: &GangRequest,
+    options: &GangOptions<'_>,
+) -> Option<GangPlacement> {
+    let want = resolve(cluster, gang);
+    let GpuDemand::Exclusive { count } = *gang.request.gpu() else {
+        return None;
+    };
+    if gang.kind == JobKind::Inference
+        || gang.replicas != 1
+        || gang.min_replicas > 1
+        || count == 0
+        || (want.nvlink_required && count >= 2)
+        || !gang.request.allowed().is_empty()
+        || want.max_price.is_some()
+    {
+        return None;
+    }
+    let cpu = gang.request.cpu_milli();
+    let memory = gang.request.memory_mib();
+    let avoided = |i: u32| {
+        options
+            .avoid
+            .is_some_and(|a| a.get(i as usize).copied().unwrap_or(false))
+    };
+    let mut cache = index.quality_cache();
+    let mut domain_fit = vec![0u32; index.domains.len()];
+    let mut best: Vec<Option<(NodeScore, u32)>> = vec![None; index.domains.len()];
+    let mut feasible = 0u32;
+    let mut take = |i: u32, cache: &mut [QualitySlots]| {
+        let score = node_score_in(cache, cluster, index, &want, i as usize, 1);
+        let domain = index.facts[i as usize].domain as usize;
+        feasible += 1;
+        domain_fit[domain] += 1;
+        if best[domain].is_none_or(|(b, _)| score > b) {
+            best[domain] = Some((score, i));
+        }
+    };
+    let whole = (count as usize).min(IRREGULAR);
+    for bucket in &index.buckets[whole..IRREGULAR] {
+        for s in bucket {
+            // The checks of `node_fit`, in its order, for a node with enough free GPUs.
+            if s.cordoned
+                || avoided(s.node)
+                || (want.rdma_required && s.nic_down)
+                || s.model.is_some_and(|m| !want.model_ok(m))
+                || (cpu > 0 && s.cpu_left < cpu)
+                || (memory > 0 && s.memory_left < memory)
+                || s.node as usize >= cluster.len()
+            {
+                continue;
+            }
+            take(s.node, &mut cache);
+        }
+    }
+    for s in &index.buckets[IRREGULAR] {
+        if (s.node as usize) < cluster.len()
+            && node_fit(cluster, index, &want, s.node as usize, 1, options).is_ok_and(|k| k > 0)
+        {
+            take(s.node, &mut cache);
+        }
+    }
+    drop(cache);
+    if feasible == 0 {
+        return None;
+    }
+    let ranks = domain_ranks(index, catalog, &gang.placement, &domain_fit);
+    let (_, node) = best
+        .iter()
+        .enumerate()
+        .filter_map(|(d, b)| b.map(|(score, i)| ((Reverse(ranks[d]), score), i)))
+        .max_by_key(|(key, _)| *key)?;
+    finish(
+        cluster,
+        index,
+        &want,
+        vec![(node, 1)],
+        Hop::SameNode,
+        format!("node {}", cluster.nodes()[node as usize].name()),
+        0.0,
+        feasible,
+    )
+    .ok()
+}
+
+/// The plain scan over every node: the general planner, and the reference the capacity
+/// index is checked against.
+fn place_gang_scan(
     cluster: &Cluster,
     index: &FabricIndex,
     catalog: &DomainCatalog,

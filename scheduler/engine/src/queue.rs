@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::cluster::{AllocationId, Cluster, NodeId};
+use crate::cluster::{AllocationId, Cluster};
 use crate::domain::DomainCatalog;
 use crate::gang::{
     FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, allocate_gang, place_gang,
@@ -312,8 +312,16 @@ impl Scheduler {
 
     /// Replaces the live link state (from telemetry).
     pub fn set_links(&mut self, links: LinkState) {
+        let plain = self.index.plain_scan();
         self.links = links;
         self.index = FabricIndex::new(&self.cluster, &self.links, &self.catalog);
+        self.index.set_plain_scan(plain);
+    }
+
+    /// Places with the plain scan over every node instead of the capacity index: slower,
+    /// same decisions. The reference the index is checked against.
+    pub fn set_plain_scan(&mut self, on: bool) {
+        self.index.set_plain_scan(on);
     }
 
     /// Queues a job.
@@ -450,9 +458,7 @@ impl Scheduler {
         let mut reservation: Option<Reservation> = None;
         // Shapes that did not fit since the last release: they cannot fit now either.
         let mut failed: HashMap<(String, bool), GangWait> = HashMap::new();
-        let mut free_gpus: u64 = (0..self.index.len())
-            .map(|i| u64::from(self.index.free_gpus(NodeId(i as u32))))
-            .sum();
+        let mut free_gpus = self.index.free_gpus_total();
         for (_, _, id) in order {
             let Some(job) = self.pending.get(&id) else {
                 continue;
@@ -529,9 +535,7 @@ impl Scheduler {
                         && let Some(mut made) = self.preempt_for(&job, now_s)
                     {
                         failed.clear();
-                        free_gpus = (0..self.index.len())
-                            .map(|i| u64::from(self.index.free_gpus(NodeId(i as u32))))
-                            .sum();
+                        free_gpus = self.index.free_gpus_total();
                         decisions.append(&mut made);
                         continue;
                     }
