@@ -371,14 +371,10 @@ pub async fn get_node(client: &mut Client, cid: &str, format: Format) -> Result<
 
 // ---- describe --------------------------------------------------------------------------------
 
-/// How long to wait for the replayed events of one job before giving up on more.
-const REPLAY_WAIT: Duration = Duration::from_secs(3);
-/// Once the event that matches the job's state has arrived, how long to wait for stragglers.
-const REPLAY_SETTLE: Duration = Duration::from_millis(200);
+/// Longest wait for a job's stored events; the server ends a replay-only stream by itself.
+const REPLAY_WAIT: Duration = Duration::from_secs(10);
 
-/// A job's stored events. The API has no "list events" call, so this replays them with
-/// `Watch(from_seq = 1)`, a stream that never ends by itself: it stops once the event that
-/// produced the job's current state has arrived and the stream has gone quiet.
+/// A job's stored events, oldest first: `Watch` in replay-only mode.
 pub async fn job_events(client: &mut Client, job: &JobView) -> Result<Vec<EventView>, CliError> {
     let mut stream = client
         .jobs
@@ -386,27 +382,21 @@ pub async fn job_events(client: &mut Client, job: &JobView) -> Result<Vec<EventV
             job_id: job.id.clone(),
             from_seq: Some(1),
             tenant: String::new(),
+            replay_only: true,
         }))
         .await
         .map_err(|s| client.fail(s))?
         .into_inner();
     let started = tokio::time::Instant::now();
-    let mut caught_up = false;
     let mut events = Vec::new();
     loop {
-        let wait = if caught_up {
-            REPLAY_SETTLE
-        } else {
-            REPLAY_WAIT.saturating_sub(started.elapsed())
-        };
-        match timeout(wait, stream.message()).await {
-            Ok(Ok(Some(event))) => {
-                let view = EventView::from(event);
-                if view.to_state == job.state {
-                    caught_up = true;
-                }
-                events.push(view);
-            }
+        match timeout(
+            REPLAY_WAIT.saturating_sub(started.elapsed()),
+            stream.message(),
+        )
+        .await
+        {
+            Ok(Ok(Some(event))) => events.push(EventView::from(event)),
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(status)) => return Err(client.fail(status)),
         }
@@ -480,6 +470,7 @@ pub async fn watch(client: &mut Client, args: &WatchArgs, format: Format) -> Res
             job_id: args.id.clone().unwrap_or_default(),
             from_seq: args.from_seq,
             tenant: args.tenant.clone().unwrap_or_default(),
+            replay_only: false,
         })
         .await
         .map_err(|s| client.fail(s))?

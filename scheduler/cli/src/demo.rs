@@ -491,6 +491,7 @@ async fn scenario(
             job_id: String::new(),
             from_seq: Some(1),
             tenant: String::new(),
+            replay_only: false,
         })
         .await
         .map_err(|s| client.fail(s))?

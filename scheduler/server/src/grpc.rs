@@ -440,7 +440,13 @@ impl pb::job_service_server::JobService for Services {
             .or_else(|| (!msg.tenant.is_empty()).then_some(msg.tenant.clone()));
         // Subscribe before replaying so nothing falls between the two.
         let mut live = self.core.subscribe();
-        let replay = match msg.from_seq {
+        let from_seq = if msg.replay_only {
+            Some(msg.from_seq.unwrap_or(1))
+        } else {
+            msg.from_seq
+        };
+        let replay_only = msg.replay_only;
+        let replay = match from_seq {
             Some(from) => {
                 let job = job.clone();
                 let after = i64::try_from(from).unwrap_or(i64::MAX).saturating_sub(1);
@@ -473,6 +479,9 @@ impl pb::job_service_server::JobService for Services {
                 if visible(&e) && tx.send(Ok(event_to_wire(&e))).is_err() {
                     return;
                 }
+            }
+            if replay_only {
+                return;
             }
             loop {
                 match live.recv().await {

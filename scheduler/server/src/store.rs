@@ -914,7 +914,7 @@ mod tests {
         assert_eq!(store.job(&page2[0].id).expect("found").spec.priority, 50);
     }
 
-        #[test]
+    #[test]
     fn a_batch_commits_or_leaves_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = open(dir.path());
@@ -923,7 +923,9 @@ mod tests {
         store
             .transition(&kept.id, JobState::Placed, "placed", "", None)
             .expect("joins the batch");
-        store.insert_job(&spec("lost", "t")).expect("joins the batch");
+        store
+            .insert_job(&spec("lost", "t"))
+            .expect("joins the batch");
         store.rollback_batch();
         assert_eq!(store.job(&kept.id).expect("found").state, JobState::Pending);
         assert_eq!(store.count_jobs(&JobFilter::default()).expect("count"), 1);

@@ -309,6 +309,7 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
                 job_id: submitted.id.clone(),
                 from_seq: Some(1),
                 tenant: String::new(),
+                replay_only: false,
             },
         ))
         .await
@@ -332,6 +333,26 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
             pb::JobState::Succeeded
         ]
     );
+
+        // In replay-only mode the stream ends after the stored history.
+    let history: Vec<pb::JobEvent> = jobs
+        .watch(authed(
+            RESEARCH,
+            pb::WatchJobsRequest {
+                job_id: submitted.id.clone(),
+                from_seq: None,
+                tenant: String::new(),
+                replay_only: true,
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner()
+        .map(|e| e.expect("ok event"))
+        .collect()
+        .await;
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[3].to_state, pb::JobState::Succeeded as i32);
 
     // Live telemetry is kept per node for `suanli top`.
     agent
