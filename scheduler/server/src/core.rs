@@ -1523,13 +1523,10 @@ impl Core {
         let Some(p) = job.placement.as_mut() else {
             return;
         };
-        if attempt != 0 && attempt != p.attempt {
-            return;
-        }
-        let Some(slot) = p.replica_mut(replica) else {
+        let Some(slot) = p.reported_slot(node, replica, attempt) else {
             return;
         };
-        if &slot.node != node || slot.started {
+        if slot.started {
             return;
         }
         slot.started = true;
@@ -1569,13 +1566,10 @@ impl Core {
         let Some(p) = job.placement.as_mut() else {
             return;
         };
-        if attempt != 0 && attempt != p.attempt {
-            return;
-        }
-        let Some(slot) = p.replica_mut(replica) else {
+        let Some(slot) = p.reported_slot(node, replica, attempt) else {
             return;
         };
-        if &slot.node != node || slot.exit_code.is_some() {
+        if slot.exit_code.is_some() {
             return;
         }
         slot.started = true;

@@ -533,6 +533,23 @@ impl Services {
         Ok(self.core.ask(|reply| Command::Nodes { reply }).await?)
     }
 
+    async fn set_cordon(
+        &self,
+        cid: &str,
+        cordoned: bool,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let node = parse_cid("cid", cid)?;
+        let view = self
+            .core
+            .ask(|reply| Command::Cordon {
+                node,
+                cordoned,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(node_to_wire(&view)))
+    }
+
     async fn node_view(&self, cid: &Cid) -> Result<NodeView, Status> {
         self.node_views()
             .await?
@@ -639,16 +656,7 @@ impl pb::cluster_service_server::ClusterService for Services {
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         self.auth.admin(request.metadata())?;
-        let cid = parse_cid("cid", &request.get_ref().cid)?;
-        let view = self
-            .core
-            .ask(|reply| Command::Cordon {
-                node: cid,
-                cordoned: true,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(node_to_wire(&view)))
+        self.set_cordon(&request.get_ref().cid, true).await
     }
 
     async fn uncordon(
@@ -656,16 +664,7 @@ impl pb::cluster_service_server::ClusterService for Services {
         request: Request<pb::UncordonRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         self.auth.admin(request.metadata())?;
-        let cid = parse_cid("cid", &request.get_ref().cid)?;
-        let view = self
-            .core
-            .ask(|reply| Command::Cordon {
-                node: cid,
-                cordoned: false,
-                reply,
-            })
-            .await?;
-        Ok(Response::new(node_to_wire(&view)))
+        self.set_cordon(&request.get_ref().cid, false).await
     }
 
     async fn drain(

@@ -69,7 +69,19 @@ impl StoredPlacement {
         self.replicas.iter().all(|r| r.exit_code.is_some())
     }
 
-    pub fn replica_mut(&mut self, replica: u32) -> Option<&mut ReplicaSlot> {
-        self.replicas.iter_mut().find(|r| r.replica == replica)
+    /// The slot an agent's report is about, if the report matches this placement: the same
+    /// attempt (0 means any) and the node the replica was placed on.
+    pub fn reported_slot(
+        &mut self,
+        node: &Cid,
+        replica: u32,
+        attempt: u32,
+    ) -> Option<&mut ReplicaSlot> {
+        if attempt != 0 && attempt != self.attempt {
+            return None;
+        }
+        self.replicas
+            .iter_mut()
+            .find(|r| r.replica == replica && &r.node == node)
     }
 }

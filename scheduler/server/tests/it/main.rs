@@ -334,7 +334,7 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
         ]
     );
 
-        // In replay-only mode the stream ends after the stored history.
+    // In replay-only mode the stream ends after the stored history.
     let history: Vec<pb::JobEvent> = jobs
         .watch(authed(
             RESEARCH,
