@@ -389,6 +389,8 @@ pub(crate) struct Hot {
     pub lefts: [u16; HOT_GPUS],
     /// Memory left per GPU for shares, in MiB (saturating at 4 PiB).
     pub gpu_memory_left: [u32; HOT_GPUS],
+    /// The node's version (see [`Node::version`]), for caches keyed by node state.
+    pub version: u64,
 }
 
 impl Hot {
@@ -403,6 +405,7 @@ impl Hot {
             model: node.uniform_model.map_or(u16::MAX, |m| m.0),
             cpu_left: node.cpu_left(),
             memory_left: node.memory_left(),
+            version: node.version,
             ..Hot::default()
         };
         for (i, g) in node.gpus.iter().take(HOT_GPUS).enumerate() {

@@ -20,6 +20,7 @@
 mod select;
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
@@ -137,9 +138,9 @@ pub struct Policy {
     kind: PolicyKind,
     mix: Option<Arc<WorkloadMix>>,
     tie_break: TieBreak,
-    /// FGD points per node state and request shape. Node versions are unique in the
+    /// FGD points per request shape and node state. Node versions are unique in the
     /// process, so entries never go stale: a changed node has a new version.
-    fgd_cache: Arc<Mutex<Vec<FgdEntry>>>,
+    fgd_cache: Arc<Mutex<FgdCache>>,
 }
 
 impl Policy {
@@ -266,9 +267,12 @@ struct Scorer<'a> {
     ctx: Ctx<'a>,
     mix: Option<ResolvedMix>,
     positions: Vec<u32>,
-    /// FGD points of earlier placements, per node version and request shape.
-    cache: Option<MutexGuard<'a, Vec<FgdEntry>>>,
+    /// FGD points of earlier placements.
+    cache: Option<MutexGuard<'a, FgdCache>>,
     shape_key: u64,
+    /// This request shape's slots, taken out of `cache` for the scan: (node version, points)
+    /// per node; empty when not caching.
+    slots: Vec<(u64, i64)>,
 }
 
 /// The inputs FGD needs about one node, from either the compact or the full node view.
@@ -284,15 +288,15 @@ struct FgdView<'v> {
     mig: &'v [GpuGrant],
 }
 
-/// Cached FGD points for one node state.
-#[derive(Debug, Clone, Default)]
-struct FgdEntry {
-    version: u64,
-    points: Vec<(u64, i64)>,
+/// FGD points by request shape: for each shape, a (node version, points) slot per node, so
+/// that a scan reads one dense array and a shape never evicts another's points.
+#[derive(Debug, Default)]
+struct FgdCache {
+    by_shape: HashMap<u64, Vec<(u64, i64)>>,
 }
 
-/// Request shapes remembered per node state before the entry starts over.
-const FGD_CACHE_SHAPES: usize = 32;
+/// Request shapes remembered before the cache starts over.
+const FGD_CACHE_SHAPES: usize = 256;
 
 impl Scorer<'_> {
     /// The policy's points and the link rank of the GPUs it would use on node `index`.
@@ -322,27 +326,15 @@ impl Scorer<'_> {
             PolicyKind::GpuPacking => packing_points(ctx, &buf[..n]),
             PolicyKind::GpuClustering => clustering_points(ctx, node, total),
             PolicyKind::Fgd => {
-                let version = node.version();
-                let key = self.shape_key;
-                if let Some(cache) = self.cache.as_mut() {
-                    if cache.len() <= index {
-                        cache.resize(index + 1, FgdEntry::default());
-                    }
-                    let entry = &mut cache[index];
-                    if entry.version == version
-                        && let Some((_, p)) = entry.points.iter().find(|(k, _)| *k == key)
-                    {
-                        return (*p, link);
-                    }
+                // Version 0 is never handed out, so an empty slot never matches.
+                if let Some(&(version, points)) = self.slots.get(index)
+                    && version == hot.version
+                {
+                    return (points, link);
                 }
                 let points = self.fgd(node, hot, fast, &buf[..n]).0;
-                if let Some(cache) = self.cache.as_mut() {
-                    let entry = &mut cache[index];
-                    if entry.version != version || entry.points.len() >= FGD_CACHE_SHAPES {
-                        entry.version = version;
-                        entry.points.clear();
-                    }
-                    entry.points.push((key, points));
+                if let Some(slot) = self.slots.get_mut(index) {
+                    *slot = (hot.version, points);
                 }
                 points
             }
@@ -1099,13 +1091,23 @@ fn place_by<R: RngCore + ?Sized>(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     });
+    let key = shape_key(request);
+    let mut cache = cache;
+    let mut slots = cache
+        .as_mut()
+        .and_then(|c| c.by_shape.remove(&key))
+        .unwrap_or_default();
+    if cache.is_some() {
+        slots.resize(cluster.len(), (0, 0));
+    }
     let mut scorer = Scorer {
         kind: policy.kind,
         ctx: Ctx::new(cluster, request),
         mix: policy.mix.as_ref().map(|m| m.resolve(cluster)),
         positions: Vec::with_capacity(MAX_GPUS),
         cache,
-        shape_key: shape_key(request),
+        shape_key: key,
+        slots,
     };
     let hot = cluster.hot();
     let nonce = rng.next_u64();
@@ -1117,6 +1119,14 @@ fn place_by<R: RngCore + ?Sized>(
     if best.best.is_none() {
         // Nothing fits (the lean scan keeps no reasons), or the lean scan does not apply.
         best = scan_full(&mut scorer, cluster, policy, nonce, &mut reasons);
+    }
+    if let Some(cache) = scorer.cache.as_mut() {
+        if cache.by_shape.len() >= FGD_CACHE_SHAPES {
+            cache.by_shape.clear();
+        }
+        cache
+            .by_shape
+            .insert(scorer.shape_key, std::mem::take(&mut scorer.slots));
     }
     let Best {
         best,
