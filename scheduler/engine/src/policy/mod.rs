@@ -692,7 +692,7 @@ fn scan_lean(
     let milli = u16::try_from(ctx.milli_each).unwrap_or(u16::MAX);
     let full_points = MILLI_PER_GPU as u16;
     let simple = match policy.kind {
-        PolicyKind::BestFit => lean_blocks(cluster, policy, ctx, nonce, need, &BestFitLean(ctx)),
+        PolicyKind::BestFit => lean_best_fit(cluster, policy, ctx, nonce, need),
         PolicyKind::DotProduct => {
             lean_blocks(cluster, policy, ctx, nonce, need, &DotProductLean(ctx))
         }
@@ -752,15 +752,6 @@ trait LeanPoints {
 
 /// Points in `i32` equal the full scan's `i64` points: every policy's points stay within
 /// ±40 million for the node and request sizes the engine accepts.
-struct BestFitLean<'c, 'r>(&'c Ctx<'r>);
-
-impl LeanPoints for BestFitLean<'_, '_> {
-    #[inline(always)]
-    fn points(&self, b: &LeanBlock<'_>, j: usize) -> i32 {
-        best_fit_value(self.0, u64::from(b.cpu_left[j]), u32::from(b.total_left[j])) as i32
-    }
-}
-
 struct DotProductLean<'c, 'r>(&'c Ctx<'r>);
 
 impl LeanPoints for DotProductLean<'_, '_> {
@@ -832,6 +823,109 @@ impl LeanPoints for PackShareLean {
         } else {
             used
         }
+    }
+}
+
+/// Best fit over the simple nodes in two passes. Points fall with
+/// `key = cpu_left + 16 · gpu_left`: they are at most `101 - (key - base) / 2560`. The first
+/// pass finds the feasible nodes and their keys with integer arithmetic only; the node with
+/// the smallest key gives a lower bound on the best points; the second pass computes the
+/// exact points only for nodes whose key can still reach that bound.
+fn lean_best_fit(
+    cluster: &Cluster,
+    policy: &Policy,
+    ctx: &Ctx<'_>,
+    nonce: u64,
+    need: LeanNeed,
+) -> Best {
+    let lean = cluster.lean();
+    let ranks = cluster.name_ranks();
+    let n = lean.simple.len();
+    let filter = lean_filter(ctx, need);
+    let models: Option<Vec<u16>> = ctx
+        .models
+        .as_ref()
+        .map(|m| m.iter().map(|id| id.0).collect());
+    let mut keys = vec![i64::MAX; n];
+    let mut feasible = 0u32;
+    let mut min_key = i64::MAX;
+    for (start, keys) in (0..n).step_by(LEAN_BLOCK).zip(keys.chunks_mut(LEAN_BLOCK)) {
+        let b = LeanBlock::new(lean, start, keys.len());
+        let (block_feasible, block_min) = match &models {
+            None => lean_block_keys(&b, keys, |_| true, &filter),
+            Some(m) => lean_block_keys(&b, keys, |model| m.contains(&model), &filter),
+        };
+        feasible += block_feasible;
+        min_key = min_key.min(block_min);
+    }
+    let mut best = Best::default();
+    let Some(first) = keys
+        .iter()
+        .position(|k| *k == min_key)
+        .filter(|_| feasible > 0)
+    else {
+        return best;
+    };
+    let points_at = |i: usize| {
+        best_fit_points(
+            ctx,
+            u64::from(lean.cpu_left[i]),
+            u32::from(lean.total_left[i]),
+        )
+    };
+    let base = score_cpu(ctx.cpu) as i64 + 16 * i64::from(ctx.milli_each) * i64::from(ctx.count);
+    let limit = base.saturating_add((101 - points_at(first)).saturating_mul(2560));
+    for (i, key) in keys.iter().enumerate() {
+        if *key > limit || *key == i64::MAX {
+            continue;
+        }
+        best.offer(Score {
+            points: points_at(i),
+            link: Reverse(0),
+            tie: tie_of(policy, ranks, nonce, i),
+            node: Reverse(NodeId(i as u32)),
+        });
+    }
+    best.feasible = feasible;
+    best
+}
+
+/// Best fit's key (`cpu_left + 16 · gpu_left`) of each node of a block, `i64::MAX` where the
+/// request does not fit, with how many fit and the smallest key.
+#[inline(always)]
+fn lean_block_keys(
+    b: &LeanBlock<'_>,
+    keys: &mut [i64],
+    model_ok: impl Fn(u16) -> bool,
+    f: &LeanFilter,
+) -> (u32, i64) {
+    let mut feasible = 0u32;
+    let mut min = i64::MAX;
+    for (j, slot) in keys.iter_mut().enumerate() {
+        let gpu_ok = !f.wants_gpu | ((b.gpus[j] > 0) & model_ok(b.model[j]));
+        let fits = b.simple[j]
+            & (b.cpu_left[j] >= f.cpu)
+            & (b.memory_left[j] >= f.mem)
+            & gpu_ok
+            & (b.free[j] >= f.whole)
+            & (b.max_left[j] >= f.share);
+        let key = i64::from(b.cpu_left[j]) + 16 * i64::from(b.total_left[j]);
+        *slot = if fits { key } else { i64::MAX };
+        feasible += u32::from(fits);
+        min = min.min(*slot);
+    }
+    (feasible, min)
+}
+
+/// The lean filter for `need`.
+fn lean_filter(ctx: &Ctx<'_>, need: LeanNeed) -> LeanFilter {
+    // Requests are at most 10,000 cores and 2^30 MiB, so both fit; nodes saturate.
+    let cpu = u32::try_from(ctx.cpu).unwrap_or(u32::MAX);
+    let mem = u32::try_from(ctx.mem).unwrap_or(u32::MAX);
+    match need {
+        LeanNeed::Cpu => need_of(false, cpu, mem, 0, 0),
+        LeanNeed::Whole(count) => need_of(true, cpu, mem, count, 0),
+        LeanNeed::Share(milli) => need_of(true, cpu, mem, 0, milli),
     }
 }
 
