@@ -456,8 +456,9 @@ pub struct FabricIndex {
     domains: Vec<(Option<Cid>, Option<f64>)>,
     /// The capacity index: nodes on the whole-GPU fast path bucketed by free whole GPUs
     /// (`buckets[k]`: exactly `k` free), the rest in `buckets[IRREGULAR]`. A whole-GPU
-    /// placement visits only the buckets that can hold it.
-    buckets: Vec<Vec<Slot>>,
+    /// placement visits only the buckets that can hold it. Behind a lock because a walk
+    /// fills in the slots' link quality as it goes.
+    buckets: Mutex<Vec<Vec<Slot>>>,
     /// Per node: (bucket, position in it).
     slots: Vec<(u8, u32)>,
     /// Free whole GPUs over all indexed nodes.
@@ -479,6 +480,14 @@ struct Slot {
     /// Link state known and no NIC usable.
     nic_down: bool,
     model: Option<ModelId>,
+    domain: u32,
+    /// Impaired NICs plus degraded GPUs, as [`NodeScore`] counts them.
+    health: u32,
+    name_rank: u32,
+    has_links: bool,
+    /// The node's entry of the quality cache, copied here as a walk reads it so the next
+    /// walk finds it in bucket order.
+    quality: QualitySlots,
 }
 
 impl Slot {
@@ -490,6 +499,11 @@ impl Slot {
             cordoned: f.cordoned,
             nic_down: f.network_known && !f.nic_usable,
             model: f.model,
+            domain: f.domain,
+            health: u32::from(f.impaired_nics) + u32::from(f.degraded_gpus),
+            name_rank: f.name_rank,
+            has_links: f.has_links,
+            quality: [None; 4],
         }
     }
 }
@@ -511,7 +525,7 @@ impl Clone for FabricIndex {
             leaves: self.leaves.clone(),
             spines: self.spines.clone(),
             domains: self.domains.clone(),
-            buckets: self.buckets.clone(),
+            buckets: Mutex::new(self.bucket_lists().clone()),
             slots: self.slots.clone(),
             free_total: self.free_total,
             scan_only: self.scan_only,
@@ -561,7 +575,7 @@ impl FabricIndex {
             leaves: Vec::new(),
             spines: Vec::new(),
             domains: Vec::new(),
-            buckets: vec![Vec::new(); IRREGULAR + 1],
+            buckets: Mutex::new(vec![Vec::new(); IRREGULAR + 1]),
             slots: Vec::with_capacity(cluster.len()),
             free_total: 0,
             scan_only: false,
@@ -617,15 +631,23 @@ impl FabricIndex {
         let f = &self.facts[i];
         let b = bucket_of(f);
         self.free_total += u64::from(f.free_mask.count_ones());
-        self.slots[i] = (b as u8, self.buckets[b].len() as u32);
         let slot = Slot::of(i as u32, f);
-        self.buckets[b].push(slot);
+        let buckets = self
+            .buckets
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.slots[i] = (b as u8, buckets[b].len() as u32);
+        buckets[b].push(slot);
     }
 
     /// Takes node `i` out of its bucket, before its facts change.
     fn unbucket(&mut self, i: usize) {
         let (b, pos) = self.slots[i];
-        let bucket = &mut self.buckets[b as usize];
+        let buckets = self
+            .buckets
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = &mut buckets[b as usize];
         bucket.swap_remove(pos as usize);
         if let Some(moved) = bucket.get(pos as usize) {
             self.slots[moved.node as usize].1 = pos;
@@ -666,6 +688,12 @@ impl FabricIndex {
         if let Some(q) = self.quality_cache().get_mut(node.index()) {
             *q = [None; 4];
         }
+    }
+
+    fn bucket_lists(&self) -> MutexGuard<'_, Vec<Vec<Slot>>> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn quality_cache(&self) -> MutexGuard<'_, Vec<QualitySlots>> {
@@ -1207,12 +1235,34 @@ pub fn place_gang(
     gang: &GangRequest,
     options: &GangOptions<'_>,
 ) -> Result<GangPlacement, GangWait> {
-    if !index.scan_only
-        && let Some(placed) = place_single(cluster, index, catalog, gang, options)
-    {
-        return Ok(placed);
+    if !index.scan_only {
+        let want = resolve(cluster, gang);
+        if single_replica_whole_gpus(gang, &want) {
+            if let Some(placed) = place_single(cluster, index, catalog, gang, &want, options) {
+                return Ok(placed);
+            }
+        } else if let Some(scan) = scan_buckets(cluster, index, &want, gang.replicas, options)
+            && !scan.fits.is_empty()
+            && let Ok(placed) = place_scanned(cluster, index, catalog, gang, &want, scan)
+        {
+            return Ok(placed);
+        }
     }
     place_gang_scan(cluster, index, catalog, gang, options)
+}
+
+/// One training replica of whole GPUs, no place or price limits: [`place_single`]'s jobs.
+fn single_replica_whole_gpus(gang: &GangRequest, want: &Want<'_>) -> bool {
+    let GpuDemand::Exclusive { count } = *gang.request.gpu() else {
+        return false;
+    };
+    gang.kind != JobKind::Inference
+        && gang.replicas == 1
+        && gang.min_replicas <= 1
+        && count > 0
+        && !(want.nvlink_required && count >= 2)
+        && gang.request.allowed().is_empty()
+        && want.max_price.is_none()
 }
 
 /// The fast path through the capacity index for the commonest job: one training replica of
@@ -1225,22 +1275,12 @@ fn place_single(
     index: &FabricIndex,
     catalog: &DomainCatalog,
     gang: &GangRequest,
+    want: &Want<'_>,
     options: &GangOptions<'_>,
 ) -> Option<GangPlacement> {
-    let want = resolve(cluster, gang);
     let GpuDemand::Exclusive { count } = *gang.request.gpu() else {
         return None;
     };
-    if gang.kind == JobKind::Inference
-        || gang.replicas != 1
-        || gang.min_replicas > 1
-        || count == 0
-        || (want.nvlink_required && count >= 2)
-        || !gang.request.allowed().is_empty()
-        || want.max_price.is_some()
-    {
-        return None;
-    }
     let cpu = gang.request.cpu_milli();
     let memory = gang.request.memory_mib();
     let avoided = |i: u32| {
@@ -1248,22 +1288,26 @@ fn place_single(
             .avoid
             .is_some_and(|a| a.get(i as usize).copied().unwrap_or(false))
     };
+    let multi = count >= 2;
+    // No node scores better on health, links and GPUDirect than this.
+    let ideal = (
+        Reverse(0),
+        Reverse(0),
+        if want.rdma_required { count } else { 0 },
+    );
     let mut cache = index.quality_cache();
     let mut domain_fit = vec![0u32; index.domains.len()];
-    let mut best: Vec<Option<(NodeScore, u32)>> = vec![None; index.domains.len()];
+    // Per domain: the best node's score, id and bucket.
+    let mut best: Vec<Option<(NodeScore, u32, usize)>> = vec![None; index.domains.len()];
     let mut feasible = 0u32;
-    let mut take = |i: u32, cache: &mut [QualitySlots]| {
-        let score = node_score_in(cache, cluster, index, &want, i as usize, 1);
-        let domain = index.facts[i as usize].domain as usize;
-        feasible += 1;
-        domain_fit[domain] += 1;
-        if best[domain].is_none_or(|(b, _)| score > b) {
-            best[domain] = Some((score, i));
-        }
-    };
     let whole = (count as usize).min(IRREGULAR);
-    for bucket in &index.buckets[whole..IRREGULAR] {
-        for s in bucket {
+    // The quality-cache slot this request reads, when it reads one (as in `node_quality`).
+    let quality_slot =
+        (want.models.is_none() && !want.nvlink_required && count.is_power_of_two() && count <= 8)
+            .then(|| count.trailing_zeros() as usize);
+    let mut buckets = index.bucket_lists();
+    for (free, bucket) in buckets.iter_mut().enumerate().take(IRREGULAR).skip(whole) {
+        for s in bucket.iter_mut() {
             // The checks of `node_fit`, in its order, for a node with enough free GPUs.
             if s.cordoned
                 || avoided(s.node)
@@ -1275,16 +1319,59 @@ fn place_single(
             {
                 continue;
             }
-            take(s.node, &mut cache);
+            let d = s.domain as usize;
+            feasible += 1;
+            domain_fit[d] += 1;
+            // Skip scoring a node that cannot win: worse health, or a fuller bucket (more
+            // left over) behind a node nothing beats on health, links and GPUDirect.
+            if let Some((b, _, b_free)) = best[d]
+                && (Reverse(s.health) < b.health
+                    || (b_free < free && (b.health, b.link, b.gdr) == ideal))
+            {
+                continue;
+            }
+            let (link, gdr) = if !(want.rdma_required || multi && s.has_links) {
+                (0, 0)
+            } else if let Some(q) = quality_slot {
+                let (rank, gdr) = match s.quality[q] {
+                    Some(known) => known,
+                    None => {
+                        node_quality(&mut cache, cluster, index, want, s.node as usize, 1);
+                        let known = cache[s.node as usize][q].unwrap_or_default();
+                        s.quality[q] = Some(known);
+                        known
+                    }
+                };
+                (rank, if want.rdma_required { gdr } else { 0 })
+            } else {
+                node_quality(&mut cache, cluster, index, want, s.node as usize, 1)
+            };
+            let score = NodeScore {
+                health: Reverse(s.health),
+                link: Reverse(link),
+                gdr,
+                leftover: Reverse(free as u32 - count),
+                name: Reverse(s.name_rank),
+            };
+            if best[d].is_none_or(|(b, _, _)| score > b) {
+                best[d] = Some((score, s.node, free));
+            }
         }
     }
-    for s in &index.buckets[IRREGULAR] {
+    for s in &buckets[IRREGULAR] {
         if (s.node as usize) < cluster.len()
-            && node_fit(cluster, index, &want, s.node as usize, 1, options).is_ok_and(|k| k > 0)
+            && node_fit(cluster, index, want, s.node as usize, 1, options).is_ok_and(|k| k > 0)
         {
-            take(s.node, &mut cache);
+            let d = s.domain as usize;
+            feasible += 1;
+            domain_fit[d] += 1;
+            let score = node_score_in(&mut cache, cluster, index, want, s.node as usize, 1);
+            if best[d].is_none_or(|(b, _, _)| score > b) {
+                best[d] = Some((score, s.node, IRREGULAR));
+            }
         }
     }
+    drop(buckets);
     drop(cache);
     if feasible == 0 {
         return None;
@@ -1293,12 +1380,12 @@ fn place_single(
     let (_, node) = best
         .iter()
         .enumerate()
-        .filter_map(|(d, b)| b.map(|(score, i)| ((Reverse(ranks[d]), score), i)))
+        .filter_map(|(d, b)| b.map(|(score, i, _)| ((Reverse(ranks[d]), score), i)))
         .max_by_key(|(key, _)| *key)?;
     finish(
         cluster,
         index,
-        &want,
+        want,
         vec![(node, 1)],
         Hop::SameNode,
         format!("node {}", cluster.nodes()[node as usize].name()),
@@ -1319,6 +1406,55 @@ fn place_gang_scan(
 ) -> Result<GangPlacement, GangWait> {
     let want = resolve(cluster, gang);
     let scan = scan(cluster, index, &want, gang.replicas, options);
+    place_scanned(cluster, index, catalog, gang, &want, scan)
+}
+
+/// Nodes that can hold replicas of a whole-GPU request, from the buckets with enough free
+/// GPUs only, in node order as [`scan`] lists them. The reasons of the rest are not counted,
+/// so only a success stands; a wait is explained by the full scan. `None` for other requests.
+fn scan_buckets(
+    cluster: &Cluster,
+    index: &FabricIndex,
+    want: &Want<'_>,
+    cap: u32,
+    options: &GangOptions<'_>,
+) -> Option<Scan> {
+    let GpuDemand::Exclusive { count } = *want.request.gpu() else {
+        return None;
+    };
+    if count == 0 || (want.nvlink_required && count >= 2) {
+        return None;
+    }
+    let buckets = index.bucket_lists();
+    let mut fits = Vec::new();
+    // From `count` free GPUs up, the irregular bucket last.
+    for bucket in buckets.iter().skip((count as usize).min(IRREGULAR)) {
+        for s in bucket {
+            let i = s.node as usize;
+            if i < cluster.len()
+                && let Ok(k) = node_fit(cluster, index, want, i, cap, options)
+                && k > 0
+            {
+                fits.push((s.node, k));
+            }
+        }
+    }
+    fits.sort_unstable();
+    Some(Scan {
+        fits,
+        counts: Vec::new(),
+    })
+}
+
+/// The planner after the scan: the level, the group and the nodes.
+fn place_scanned(
+    cluster: &Cluster,
+    index: &FabricIndex,
+    catalog: &DomainCatalog,
+    gang: &GangRequest,
+    want: &Want<'_>,
+    scan: Scan,
+) -> Result<GangPlacement, GangWait> {
     if scan.fits.is_empty() {
         return Err(GangWait::NoNode {
             nodes: index.len() as u32,
@@ -1326,7 +1462,7 @@ fn place_gang_scan(
         });
     }
     if gang.kind == JobKind::Inference {
-        return spread(cluster, index, catalog, gang, &want, &scan);
+        return spread(cluster, index, catalog, gang, want, &scan);
     }
     let fits = Fits::of(index, &scan);
     let scope_hop = if gang.network_required() {
@@ -1358,7 +1494,7 @@ fn place_gang_scan(
     .expect("the loosest level holds `replicas` by construction");
     if hop == Hop::CrossDomain {
         return cross_domain(
-            cluster, index, catalog, gang, &want, &scan, &fits, &ranks, replicas,
+            cluster, index, catalog, gang, want, &scan, &fits, &ranks, replicas,
         );
     }
     if hop == Hop::SameNode {
@@ -1372,7 +1508,7 @@ fn place_gang_scan(
                 (
                     (
                         Reverse(ranks[f.domain as usize]),
-                        node_score(cluster, index, &want, *i as usize, replicas),
+                        node_score(cluster, index, want, *i as usize, replicas),
                     ),
                     *i,
                 )
@@ -1382,7 +1518,7 @@ fn place_gang_scan(
         return finish(
             cluster,
             index,
-            &want,
+            want,
             vec![(node, replicas)],
             hop,
             format!("node {}", cluster.nodes()[node as usize].name()),
@@ -1437,7 +1573,7 @@ fn place_gang_scan(
         .copied()
         .filter(|(i, _)| group_of(*i) == group)
         .collect();
-    let chosen = fill(cluster, index, &want, &members, replicas, &fits);
+    let chosen = fill(cluster, index, want, &members, replicas, &fits);
     let group_name = match hop {
         Hop::SameNode => format!("node {}", cluster.nodes()[group as usize].name()),
         Hop::SameLeaf => format!("leaf {}", index.leaf_name(group)),
@@ -1447,7 +1583,7 @@ fn place_gang_scan(
     finish(
         cluster,
         index,
-        &want,
+        want,
         chosen,
         hop,
         group_name,
