@@ -2,7 +2,8 @@
 //! node with NVLink between all of them, one RDMA NIC each, 32 nodes per leaf, 8 leaves per
 //! spine (40 spines), about 40% of the GPUs taken.
 //!
-//! `cargo bench -p suanli-engine --bench gangs`
+//! `cargo bench -p suanli-engine --bench gangs`; the `_plain_scan` cases place without the
+//! capacity index, for comparison.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -262,6 +263,25 @@ fn queue(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || base.clone(),
+                |mut s| black_box(s.queue_pass(0)),
+                BatchSize::LargeInput,
+            )
+        });
+        // The same pass with the plain scan over every node (the reference the capacity
+        // index is checked against): the before of the index, measured under the same load.
+        let mut plain = base.clone();
+        plain.set_plain_scan(true);
+        assert!(
+            plain.clone().queue_pass(0) == decisions,
+            "{name}: the capacity index and the plain scan decided differently"
+        );
+        eprintln!(
+            "{name}: the plain scan makes the same {} decisions",
+            decisions.len()
+        );
+        group.bench_function(format!("{name}_plain_scan"), |b| {
+            b.iter_batched(
+                || plain.clone(),
                 |mut s| black_box(s.queue_pass(0)),
                 BatchSize::LargeInput,
             )
