@@ -1251,6 +1251,29 @@ pub fn place_gang(
     place_gang_scan(cluster, index, catalog, gang, options)
 }
 
+/// [`place_gang`] for callers that only need to know whether and where the gang fits, not
+/// why it does not: a refusal skips the full scan that explains a wait.
+pub(crate) fn place_gang_if_fits(
+    cluster: &Cluster,
+    index: &FabricIndex,
+    catalog: &DomainCatalog,
+    gang: &GangRequest,
+    options: &GangOptions<'_>,
+) -> Option<GangPlacement> {
+    if index.scan_only {
+        return place_gang_scan(cluster, index, catalog, gang, options).ok();
+    }
+    let want = resolve(cluster, gang);
+    if single_replica_whole_gpus(gang, &want) {
+        return place_single(cluster, index, catalog, gang, &want, options);
+    }
+    match scan_buckets(cluster, index, &want, gang.replicas, options) {
+        Some(scan) if scan.fits.is_empty() => None,
+        Some(scan) => place_scanned(cluster, index, catalog, gang, &want, scan).ok(),
+        None => place_gang_scan(cluster, index, catalog, gang, options).ok(),
+    }
+}
+
 /// One training replica of whole GPUs, no place or price limits: [`place_single`]'s jobs.
 fn single_replica_whole_gpus(gang: &GangRequest, want: &Want<'_>) -> bool {
     let GpuDemand::Exclusive { count } = *gang.request.gpu() else {

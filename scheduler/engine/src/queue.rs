@@ -25,6 +25,7 @@ use crate::cluster::{AllocationId, Cluster};
 use crate::domain::DomainCatalog;
 use crate::gang::{
     FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, allocate_gang, place_gang,
+    place_gang_if_fits,
 };
 use crate::gpu::GpuModel;
 use crate::job::{JobId, JobSpec};
@@ -543,14 +544,14 @@ impl Scheduler {
                     let reason = match (&reservation, avoid) {
                         (Some(r), Some(_)) if !matches!(wait, GangWait::Network { .. }) => {
                             // Fits without the reservation? Then the reservation is the reason.
-                            let free = place_gang(
+                            let free = place_gang_if_fits(
                                 &self.cluster,
                                 &self.index,
                                 &self.catalog,
                                 &job.gang,
                                 &GangOptions::default(),
                             );
-                            if free.is_ok() {
+                            if free.is_some() {
                                 WaitReason::Reserved {
                                     holder: r.holder.clone(),
                                     start_s: r.start_s,
@@ -601,7 +602,7 @@ impl Scheduler {
                 k += 1;
             }
             trials += 1;
-            if let Ok(p) = place_gang(
+            if let Some(p) = place_gang_if_fits(
                 &future,
                 &index,
                 &self.catalog,
@@ -674,7 +675,7 @@ impl Scheduler {
             let victim = self.running.remove(&id).expect("present just above");
             self.release(&victim);
             taken.push((kind, victim));
-            if let Ok(p) = place_gang(
+            if let Some(p) = place_gang_if_fits(
                 &self.cluster,
                 &self.index,
                 &self.catalog,
