@@ -223,6 +223,27 @@ fn msg(m: pb::agent_message::Msg) -> pb::AgentMessage {
     pb::AgentMessage { msg: Some(m) }
 }
 
+/// Submits a job and returns it as stored.
+async fn submit(
+    jobs: &mut JobServiceClient<Channel>,
+    token: &str,
+    spec: pb::JobSpec,
+    request_id: impl Into<String>,
+) -> pb::Job {
+    jobs.submit(authed(
+        token,
+        pb::SubmitJobRequest {
+            spec: Some(spec),
+            request_id: request_id.into(),
+        },
+    ))
+    .await
+    .expect("submits")
+    .into_inner()
+    .job
+    .expect("job")
+}
+
 async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, want: pb::JobState) -> pb::Job {
     for _ in 0..200 {
         let j = jobs
@@ -247,19 +268,13 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
     agent.heartbeat(1).await;
     let mut jobs = JobServiceClient::new(ch.clone());
 
-    let submitted = jobs
-        .submit(authed(
-            RESEARCH,
-            pb::SubmitJobRequest {
-                spec: Some(job("train", "research", 1)),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("submits")
-        .into_inner()
-        .job
-        .expect("job");
+    let submitted = submit(
+        &mut jobs,
+        RESEARCH,
+        job("train", "research", 1),
+        String::new(),
+    )
+    .await;
     assert_eq!(submitted.state, pb::JobState::Pending as i32);
 
     let a = agent.next_assignment().await;
@@ -401,20 +416,14 @@ async fn tenants_see_and_cancel_only_their_own_jobs() {
     let server = start(config(dir.path(), 60_000)).await.expect("starts");
     let ch = channel(&server).await;
     let mut jobs = JobServiceClient::new(ch.clone());
-    let id = jobs
-        .submit(authed(
-            RESEARCH,
-            pb::SubmitJobRequest {
-                spec: Some(job("mine", "research", 1)),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("submits")
-        .into_inner()
-        .job
-        .expect("job")
-        .id;
+    let id = submit(
+        &mut jobs,
+        RESEARCH,
+        job("mine", "research", 1),
+        String::new(),
+    )
+    .await
+    .id;
     let err = jobs
         .get(authed(PROD, pb::GetJobRequest { id: id.clone() }))
         .await
@@ -579,20 +588,14 @@ async fn a_lost_agent_sends_its_jobs_elsewhere() {
     let mut a = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
     let a_alive = a.keep_alive();
     let mut jobs = JobServiceClient::new(ch.clone());
-    let id = jobs
-        .submit(authed(
-            RESEARCH,
-            pb::SubmitJobRequest {
-                spec: Some(job("moves", "research", 1)),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("submits")
-        .into_inner()
-        .job
-        .expect("job")
-        .id;
+    let id = submit(
+        &mut jobs,
+        RESEARCH,
+        job("moves", "research", 1),
+        String::new(),
+    )
+    .await
+    .id;
     let first = a.next_assignment().await;
     assert_eq!(first.job_id, id);
     // Node n2 joins; then n1 goes silent.
@@ -632,18 +635,13 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
     let mut ids = Vec::new();
     for name in ["first", "second"] {
         ids.push(
-            jobs.submit(authed(
+            submit(
+                &mut jobs,
                 RESEARCH,
-                pb::SubmitJobRequest {
-                    spec: Some(job(name, "research", 1)),
-                    request_id: format!("req-{name}"),
-                },
-            ))
+                job(name, "research", 1),
+                format!("req-{name}"),
+            )
             .await
-            .expect("submits")
-            .into_inner()
-            .job
-            .expect("job")
             .id,
         );
     }
@@ -666,19 +664,13 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
     let ch = channel(&server).await;
     let mut jobs = JobServiceClient::new(ch.clone());
     // A retried submit with the same request id is the same job.
-    let again = jobs
-        .submit(authed(
-            RESEARCH,
-            pb::SubmitJobRequest {
-                spec: Some(job("second", "research", 1)),
-                request_id: "req-second".into(),
-            },
-        ))
-        .await
-        .expect("submits")
-        .into_inner()
-        .job
-        .expect("job");
+    let again = submit(
+        &mut jobs,
+        RESEARCH,
+        job("second", "research", 1),
+        "req-second",
+    )
+    .await;
     assert_eq!(again.id, ids[1]);
     // The agent returns, still running the first job: the only GPU stays with it.
     let mut agent = Agent::connect(
@@ -745,20 +737,14 @@ async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
     agent.heartbeat(1).await;
     let mut jobs = JobServiceClient::new(ch.clone());
-    let id = jobs
-        .submit(authed(
-            RESEARCH,
-            pb::SubmitJobRequest {
-                spec: Some(job("quiet", "research", 1)),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .expect("submits")
-        .into_inner()
-        .job
-        .expect("job")
-        .id;
+    let id = submit(
+        &mut jobs,
+        RESEARCH,
+        job("quiet", "research", 1),
+        String::new(),
+    )
+    .await
+    .id;
     // The agent starts the work, but the scheduler goes down before hearing about it.
     let a = agent.next_assignment().await;
     server.shutdown().await;
