@@ -237,7 +237,6 @@ pub enum Command {
     Metrics {
         reply: Reply<MetricsView>,
     },
-    Tick,
     Shutdown,
 }
 
@@ -725,7 +724,7 @@ impl Core {
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
-            Command::Tick | Command::Shutdown => {}
+            Command::Shutdown => {}
         }
     }
 
