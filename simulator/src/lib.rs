@@ -11,6 +11,7 @@ pub mod import;
 pub mod model;
 pub mod output;
 pub mod placer;
+pub mod quota_replay;
 pub mod replay;
 pub mod sources;
 pub mod stats;

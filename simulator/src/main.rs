@@ -16,6 +16,7 @@ use suanli_sim::import::{self, Imported, RowPolicy};
 use suanli_sim::model::{NodeShape, Request, TimedJob};
 use suanli_sim::output::{self, InputFacts};
 use suanli_sim::placer::{PlacerFactory, Policy, parse_policies};
+use suanli_sim::quota_replay::{self, QuotaSetup};
 use suanli_sim::replay::{self, ReplayOptions};
 use suanli_sim::sources;
 use suanli_sim::synthetic::{self, SyntheticConfig};
@@ -105,8 +106,21 @@ struct ReplayArgs {
     /// Replay only the first N jobs by arrival.
     #[arg(long)]
     max_jobs: Option<usize>,
+    /// `fair`: also replay through the engine's queue scheduler (backfill, preemption), once
+    /// without quotas and once with each tenant guaranteed GPUs in proportion to its
+    /// GPU-time, borrowing up to the whole cluster.
+    #[arg(long, value_enum, default_value_t = QuotaMode::None)]
+    quotas: QuotaMode,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QuotaMode {
+    /// The plain FIFO replay only.
+    None,
+    /// Add queue-scheduler runs without quotas and with fair per-tenant quotas.
+    Fair,
 }
 
 #[derive(Debug, Args)]
@@ -364,7 +378,7 @@ fn run_replay(args: &ReplayArgs) -> Result<()> {
         items: jobs.len(),
         skipped_rows: skipped,
     };
-    let runs = replay_all(
+    let mut runs = replay_all(
         &nodes,
         &jobs,
         &policies,
@@ -372,6 +386,16 @@ fn run_replay(args: &ReplayArgs) -> Result<()> {
         args.common.threads,
         args.common.json,
     )?;
+    if args.quotas == QuotaMode::Fair {
+        let started = Instant::now();
+        let bar = progress_bar(2 * jobs.len() as u64, args.common.json, "queue");
+        for setup in [QuotaSetup::None, QuotaSetup::Fair] {
+            let run = quota_replay::run(&nodes, &jobs, setup, args.seed, &|n| bar.inc(n))?;
+            runs.0.push(run);
+        }
+        bar.finish_and_clear();
+        runs.1 += started.elapsed().as_secs_f64() * 1000.0;
+    }
     let summary = output::replay_json(&facts, &runs.0, runs.1);
     if args.common.json {
         print_json(&summary)?;
@@ -383,6 +407,17 @@ fn run_replay(args: &ReplayArgs) -> Result<()> {
         print!("{}", output::replay_table(&runs.0));
         println!("\nmean queueing delay per tenant:");
         print!("{}", output::tenant_table(&runs.0));
+        if let (Some(plain), Some(quota)) = (runs.0.first(), runs.0.last())
+            && quota.quotas.is_some()
+        {
+            println!(
+                "\nper tenant, top 10 by jobs: {} (strict FIFO, no quotas) | queue with fair \
+                 quotas ({} preemptions)",
+                plain.label(),
+                quota.preemptions
+            );
+            print!("{}", output::quota_tenant_table(plain, quota, 10));
+        }
     }
     if let Some(dir) = &args.common.out {
         let written = output::write_replay_outputs(dir, &summary, &runs.0)?;

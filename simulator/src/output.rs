@@ -285,9 +285,7 @@ pub fn replay_json(facts: &InputFacts, runs: &[ReplayRun], wall_ms: f64) -> Valu
                 )
             })
             .collect();
-        policies.insert(
-            r.policy.name().to_string(),
-            json!({
+        let mut entry = json!({
                 "seed": r.seed,
                 "jobs": r.jobs,
                 "completed": r.completed,
@@ -299,8 +297,11 @@ pub fn replay_json(facts: &InputFacts, runs: &[ReplayRun], wall_ms: f64) -> Valu
                 "mean_fragmented_gpu_pct": opt(r.mean_fragmented_pct),
                 "wall_ms": round(r.wall_ms, 1),
                 "tenants": tenants,
-            }),
-        );
+        });
+        if r.quotas.is_some() {
+            entry["preemptions"] = json!(r.preemptions);
+        }
+        policies.insert(r.label(), entry);
     }
     root.insert("policies".into(), Value::Object(policies));
     Value::Object(root)
@@ -325,7 +326,7 @@ pub fn replay_table(runs: &[ReplayRun]) -> String {
         .map(|r| {
             let d = &r.queueing_delay_s;
             vec![
-                r.policy.name().to_string(),
+                r.label(),
                 format!("{}/{}", r.completed, r.jobs),
                 r.rejected.to_string(),
                 fmt_seconds(d.mean),
@@ -364,8 +365,9 @@ pub fn tenant_table(runs: &[ReplayRun]) -> String {
     let Some(first) = runs.first() else {
         return String::new();
     };
+    let labels: Vec<String> = runs.iter().map(ReplayRun::label).collect();
     let mut header = vec!["tenant", "jobs"];
-    header.extend(runs.iter().map(|r| r.policy.name()));
+    header.extend(labels.iter().map(String::as_str));
     let rows: Vec<Vec<String>> = first
         .tenants
         .iter()
@@ -380,6 +382,50 @@ pub fn tenant_table(runs: &[ReplayRun]) -> String {
         })
         .collect();
     table(&header, &rows)
+}
+
+/// Queueing delay and JCT per tenant, without quotas (`plain`) and with them (`quota`),
+/// for the `top` tenants by job count.
+pub fn quota_tenant_table(plain: &ReplayRun, quota: &ReplayRun, top: usize) -> String {
+    let mut tenants: Vec<(&String, usize)> =
+        plain.tenants.iter().map(|(n, t)| (n, t.jobs)).collect();
+    tenants.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let cells = |run: &ReplayRun, name: &str| -> Vec<String> {
+        run.tenants.get(name).map_or(vec!["-".into(); 4], |t| {
+            let d = &t.queueing_delay_s;
+            vec![
+                fmt_seconds(d.mean),
+                fmt_seconds(d.p50),
+                fmt_seconds(d.p95),
+                fmt_seconds(t.jct_s.mean),
+            ]
+        })
+    };
+    let rows: Vec<Vec<String>> = tenants
+        .iter()
+        .take(top)
+        .map(|(name, jobs)| {
+            let mut row = vec![(*name).clone(), jobs.to_string()];
+            row.extend(cells(plain, name));
+            row.extend(cells(quota, name));
+            row
+        })
+        .collect();
+    table(
+        &[
+            "tenant",
+            "jobs",
+            "wait mean",
+            "p50",
+            "p95",
+            "JCT mean",
+            "| quota wait mean",
+            "p50",
+            "p95",
+            "JCT mean",
+        ],
+        &rows,
+    )
 }
 
 pub fn write_replay_outputs(
@@ -422,12 +468,12 @@ pub fn write_replay_outputs(
         for i in 0..=1000 {
             let q = i as f64 / 1000.0;
             let d = crate::stats::percentile(&sorted, q);
-            let _ = writeln!(csv, "{},{q:.3},{d}", r.policy);
+            let _ = writeln!(csv, "{},{q:.3},{d}", r.label());
             points.push((d.max(1.0), q));
             max_delay = max_delay.max(d);
         }
         cdf_series.push(Series {
-            name: r.policy.name().to_string(),
+            name: r.label(),
             color: policy_color(r.policy).to_string(),
             points,
             dashed: false,
@@ -450,7 +496,7 @@ pub fn write_replay_outputs(
         series: runs
             .iter()
             .map(|r| Series {
-                name: r.policy.name().to_string(),
+                name: r.label(),
                 color: policy_color(r.policy).to_string(),
                 points: r
                     .samples

@@ -65,10 +65,26 @@ pub struct ReplayRun {
     pub mean_utilization_pct: f64,
     pub mean_fragmented_pct: Option<f64>,
     pub tenants: BTreeMap<String, TenantStats>,
+    /// Quota mode of a queue-scheduler run (`fair`); absent for the plain FIFO replay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<&'static str>,
+    /// Running jobs stopped to give quota back (queue-scheduler runs only).
+    #[serde(skip)]
+    pub preemptions: usize,
     #[serde(skip)]
     pub samples: Vec<Sample>,
     #[serde(skip)]
     pub delays: Vec<f64>,
+}
+
+impl ReplayRun {
+    /// The run's name in tables and JSON: the policy, or the queue's quota mode.
+    pub fn label(&self) -> String {
+        match self.quotas {
+            Some(mode) => format!("queue-quotas-{mode}"),
+            None => self.policy.name().to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,13 +99,13 @@ impl Default for ReplayOptions {
     }
 }
 
-struct Probe {
-    empty: Box<dyn Placer>,
-    fits: HashMap<(Request, u32), bool>,
+pub(crate) struct Probe {
+    pub(crate) empty: Box<dyn Placer>,
+    pub(crate) fits: HashMap<(Request, u32), bool>,
 }
 
 impl Probe {
-    fn fits_empty(&mut self, job: &TimedJob) -> bool {
+    pub(crate) fn fits_empty(&mut self, job: &TimedJob) -> bool {
         let key = (job.replica.clone(), job.replicas);
         if let Some(&fits) = self.fits.get(&key) {
             return fits;
@@ -277,6 +293,8 @@ pub fn run<F: PlacerFactory>(
             (!frags.is_empty()).then(|| frags.iter().sum::<f64>() / frags.len() as f64)
         },
         tenants,
+        quotas: None,
+        preemptions: 0,
         samples,
         delays,
     })
