@@ -428,6 +428,16 @@ pub fn quota_tenant_table(plain: &ReplayRun, quota: &ReplayRun, top: usize) -> S
     )
 }
 
+/// The policy's color; the queue-scheduler runs get their own, so no chart shows two
+/// series in one color.
+fn run_color(run: &ReplayRun) -> &'static str {
+    match run.quotas {
+        Some("fair") => "#CC79A7",
+        Some(_) => "#000000",
+        None => policy_color(run.policy),
+    }
+}
+
 pub fn write_replay_outputs(
     dir: &Path,
     summary: &Value,
@@ -474,7 +484,7 @@ pub fn write_replay_outputs(
         }
         cdf_series.push(Series {
             name: r.label(),
-            color: policy_color(r.policy).to_string(),
+            color: run_color(r).to_string(),
             points,
             dashed: false,
         });
@@ -497,7 +507,7 @@ pub fn write_replay_outputs(
             .iter()
             .map(|r| Series {
                 name: r.label(),
-                color: policy_color(r.policy).to_string(),
+                color: run_color(r).to_string(),
                 points: r
                     .samples
                     .iter()
