@@ -92,11 +92,16 @@ struct Event {
     epoch: u32,
 }
 
-fn build_error(reason: String) -> BuildError {
-    BuildError {
-        policy: Policy::BestFit,
-        reason,
-    }
+/// Why a queue-scheduler replay could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueReplayError {
+    #[error("cannot build the queue scheduler's cluster: {0}")]
+    Cluster(String),
+    /// The rejection probe (an engine placer on the empty cluster).
+    #[error(transparent)]
+    Probe(#[from] BuildError),
+    #[error("job {job} (trace order): {reason}")]
+    Job { job: usize, reason: String },
 }
 
 /// Replays `jobs` through the queue scheduler with the given quotas, preemption on.
@@ -106,7 +111,7 @@ pub fn run(
     setup: QuotaSetup,
     seed: u64,
     on_progress: &(dyn Fn(u64) + Sync),
-) -> Result<ReplayRun, BuildError> {
+) -> Result<ReplayRun, QueueReplayError> {
     let started = Instant::now();
     let shapes: Vec<EngineNode> = nodes
         .iter()
@@ -119,7 +124,8 @@ pub fn run(
             gpu_memory_mib: 0,
         })
         .collect();
-    let cluster = Cluster::from_shapes(&shapes).map_err(|e| build_error(e.to_string()))?;
+    let cluster =
+        Cluster::from_shapes(&shapes).map_err(|e| QueueReplayError::Cluster(e.to_string()))?;
     let capacity_milli = cluster.total_gpu_milli();
     let quotas = match setup {
         QuotaSetup::None => Quotas::new(),
@@ -134,7 +140,9 @@ pub fn run(
     );
     let factory = EngineFactory;
     let replicas: Vec<Request> = jobs.iter().map(|j| j.replica.clone()).collect();
-    let mix = factory.mix(&replicas).map_err(|e| build_error(e.0))?;
+    let mix = factory
+        .mix(&replicas)
+        .map_err(|e| QueueReplayError::Cluster(e.0))?;
     let mut probe = Probe {
         empty: factory.build(nodes, Policy::BestFit, seed, &mix)?,
         fits: HashMap::new(),
@@ -162,6 +170,7 @@ pub fn run(
     let (mut used_milli, mut used_area, mut last_time) = (0u64, 0.0f64, first);
     let mut done = 0u64;
     let id_of = |i: usize| JobId(i.to_string());
+    let job_error = |job: usize, reason: String| QueueReplayError::Job { job, reason };
     let index_of = |id: &JobId| id.0.parse::<usize>().ok();
 
     while let Some(Reverse(head)) = events.pop() {
@@ -185,7 +194,7 @@ pub fn run(
                         done += 1;
                         continue;
                     }
-                    let request = engine_request(&jobs[i].replica).map_err(build_error)?;
+                    let request = engine_request(&jobs[i].replica).map_err(|e| job_error(i, e))?;
                     let job = QueuedJob {
                         id: id_of(i),
                         gang: GangRequest::new(request, jobs[i].replicas),
@@ -201,7 +210,7 @@ pub fn run(
                     };
                     scheduler
                         .submit(job)
-                        .map_err(|e| build_error(e.to_string()))?;
+                        .map_err(|e| job_error(i, e.to_string()))?;
                 }
                 EventKind::Departure => {
                     if event.epoch != epoch[i] || completed_at[i].is_some() {
@@ -209,7 +218,7 @@ pub fn run(
                     }
                     scheduler
                         .finish(&id_of(i))
-                        .map_err(|e| build_error(e.to_string()))?;
+                        .map_err(|e| job_error(i, e.to_string()))?;
                     used_milli -= jobs[i].total_gpu_milli();
                     completed_at[i] = Some(now);
                     done += 1;
