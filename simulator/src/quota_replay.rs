@@ -22,7 +22,7 @@ use suanli_engine::quota::{QuotaLimit, Quotas};
 use crate::engine::{EngineFactory, engine_request};
 use crate::model::{NodeShape, Request, TimedJob};
 use crate::placer::{BuildError, PlacerFactory, Policy};
-use crate::replay::{Probe, ReplayRun, TenantStats};
+use crate::replay::{Probe, ReplayRun};
 use crate::stats::Distribution;
 
 /// How tenants' quotas are set for a queue-scheduler run.
@@ -257,49 +257,12 @@ pub fn run(
     }
     on_progress(done % 1024);
 
-    let mut delays = Vec::new();
-    let mut jcts = Vec::new();
-    #[derive(Default)]
-    struct TenantAcc {
-        jobs: usize,
-        rejected: usize,
-        gpu_hours: f64,
-        delays: Vec<f64>,
-        jcts: Vec<f64>,
-    }
-    let mut per_tenant: BTreeMap<String, TenantAcc> = BTreeMap::new();
-    for (i, job) in jobs.iter().enumerate() {
-        let entry = per_tenant.entry(job.tenant.clone()).or_default();
-        entry.jobs += 1;
-        if rejected[i] {
-            entry.rejected += 1;
-            continue;
-        }
-        if let Some(end) = completed_at[i] {
+    let (delays, jcts, tenants) = crate::replay::outcomes(jobs, &rejected, |i, job| {
+        completed_at[i].map(|end| {
             let jct = (end - job.arrival) as f64;
-            let delay = jct - job.duration as f64;
-            delays.push(delay);
-            jcts.push(jct);
-            entry.delays.push(delay);
-            entry.jcts.push(jct);
-            entry.gpu_hours += job.total_gpu_milli() as f64 / 1000.0 * job.duration as f64 / 3600.0;
-        }
-    }
-    let tenants = per_tenant
-        .into_iter()
-        .map(|(name, acc)| {
-            (
-                name,
-                TenantStats {
-                    jobs: acc.jobs,
-                    rejected: acc.rejected,
-                    gpu_hours: acc.gpu_hours,
-                    queueing_delay_s: Distribution::of(&acc.delays),
-                    jct_s: Distribution::of(&acc.jcts),
-                },
-            )
+            (jct - job.duration as f64, jct)
         })
-        .collect();
+    });
     let makespan = last_time.saturating_sub(first);
     Ok(ReplayRun {
         policy: Policy::BestFit,

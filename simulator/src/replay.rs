@@ -124,6 +124,57 @@ impl Probe {
     }
 }
 
+/// Queueing delays and JCTs of the jobs that completed, overall and per tenant.
+/// `timing(i, job)` gives a completed job's (queueing delay, JCT) in seconds.
+pub(crate) fn outcomes(
+    jobs: &[TimedJob],
+    rejected: &[bool],
+    timing: impl Fn(usize, &TimedJob) -> Option<(f64, f64)>,
+) -> (Vec<f64>, Vec<f64>, BTreeMap<String, TenantStats>) {
+    let mut delays = Vec::new();
+    let mut jcts = Vec::new();
+    #[derive(Default)]
+    struct TenantAcc {
+        delays: Vec<f64>,
+        jcts: Vec<f64>,
+        jobs: usize,
+        gpu_hours: f64,
+        rejected: usize,
+    }
+    let mut per_tenant: BTreeMap<String, TenantAcc> = BTreeMap::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let entry = per_tenant.entry(job.tenant.clone()).or_default();
+        entry.jobs += 1;
+        if rejected[i] {
+            entry.rejected += 1;
+            continue;
+        }
+        if let Some((delay, jct)) = timing(i, job) {
+            delays.push(delay);
+            jcts.push(jct);
+            entry.delays.push(delay);
+            entry.jcts.push(jct);
+            entry.gpu_hours += job.total_gpu_milli() as f64 / 1000.0 * job.duration as f64 / 3600.0;
+        }
+    }
+    let tenants = per_tenant
+        .into_iter()
+        .map(|(name, acc)| {
+            (
+                name,
+                TenantStats {
+                    jobs: acc.jobs,
+                    rejected: acc.rejected,
+                    gpu_hours: acc.gpu_hours,
+                    queueing_delay_s: Distribution::of(&acc.delays),
+                    jct_s: Distribution::of(&acc.jcts),
+                },
+            )
+        })
+        .collect();
+    (delays, jcts, tenants)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn run<F: PlacerFactory>(
     factory: &F,
@@ -225,49 +276,12 @@ pub fn run<F: PlacerFactory>(
     }
     on_progress(done % 1024);
 
-    let mut delays = Vec::new();
-    let mut jcts = Vec::new();
-    #[derive(Default)]
-    struct TenantAcc {
-        delays: Vec<f64>,
-        jcts: Vec<f64>,
-        jobs: usize,
-        gpu_hours: f64,
-        rejected: usize,
-    }
-    let mut per_tenant: BTreeMap<String, TenantAcc> = BTreeMap::new();
-    for (i, job) in jobs.iter().enumerate() {
-        let entry = per_tenant.entry(job.tenant.clone()).or_default();
-        entry.jobs += 1;
-        if rejected[i] {
-            entry.rejected += 1;
-            continue;
-        }
-        if let Some(start) = start_time[i] {
+    let (delays, jcts, tenants) = outcomes(jobs, &rejected, |i, job| {
+        start_time[i].map(|start| {
             let delay = (start - job.arrival) as f64;
-            let jct = delay + job.duration as f64;
-            delays.push(delay);
-            jcts.push(jct);
-            entry.delays.push(delay);
-            entry.jcts.push(jct);
-            entry.gpu_hours += job.total_gpu_milli() as f64 / 1000.0 * job.duration as f64 / 3600.0;
-        }
-    }
-    let tenants = per_tenant
-        .into_iter()
-        .map(|(name, acc)| {
-            (
-                name,
-                TenantStats {
-                    jobs: acc.jobs,
-                    rejected: acc.rejected,
-                    gpu_hours: acc.gpu_hours,
-                    queueing_delay_s: Distribution::of(&acc.delays),
-                    jct_s: Distribution::of(&acc.jcts),
-                },
-            )
+            (delay, delay + job.duration as f64)
         })
-        .collect();
+    });
     let makespan = last_time.saturating_sub(first);
     Ok(ReplayRun {
         policy,
