@@ -416,13 +416,7 @@ impl Store {
     ) -> Result<EventRecord, StoreError> {
         let now = now_ms();
         let tx = self.conn.savepoint()?;
-        let current: Option<String> = tx
-            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id.0], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let current = current.ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
-        let current = parse_state(&current)?;
+        let current = job_state(&tx, id)?;
         if !current.can_become(to) {
             return Err(StoreError::BadTransition {
                 id: id.clone(),
@@ -521,12 +515,7 @@ impl Store {
     ) -> Result<EventRecord, StoreError> {
         let now = now_ms();
         let tx = self.conn.savepoint()?;
-        let state: Option<String> = tx
-            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id.0], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let state = parse_state(&state.ok_or_else(|| StoreError::JobNotFound(id.clone()))?)?;
+        let state = job_state(&tx, id)?;
         tx.execute(
             "UPDATE jobs SET spec = ?1, queue = ?2, priority = ?3, updated_ms = ?4 WHERE id = ?5",
             params![to_json(spec)?, spec.queue, spec.priority, now, id.0],
@@ -691,6 +680,16 @@ fn read_job_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<JobRecord, S
             id: JobId(id),
         })
     })())
+}
+
+/// A job's stored state, read inside the caller's transaction.
+fn job_state(conn: &Connection, id: &JobId) -> Result<JobState, StoreError> {
+    let state: Option<String> = conn
+        .query_row("SELECT state FROM jobs WHERE id = ?1", params![id.0], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    parse_state(&state.ok_or_else(|| StoreError::JobNotFound(id.clone()))?)
 }
 
 fn parse_state(text: &str) -> Result<JobState, StoreError> {
