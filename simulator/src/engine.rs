@@ -77,18 +77,8 @@ impl PlacerFactory for EngineFactory {
         mix: &EngineMix,
     ) -> Result<Box<dyn Placer>, BuildError> {
         let fail = |reason: String| BuildError { policy, reason };
-        let shapes: Vec<EngineNode> = nodes
-            .iter()
-            .map(|n| EngineNode {
-                name: n.name.clone(),
-                cpu_milli: n.cpu_milli,
-                memory_mib: n.memory_mib,
-                gpus: n.gpus,
-                model: n.model.clone(),
-                gpu_memory_mib: 0,
-            })
-            .collect();
-        let cluster = Cluster::from_shapes(&shapes).map_err(|e| fail(e.to_string()))?;
+        let cluster =
+            Cluster::from_shapes(&engine_nodes(nodes)).map_err(|e| fail(e.to_string()))?;
         let engine_policy = match policy {
             Policy::Fgd => engine_policy::Policy::fgd(Arc::clone(&mix.0)),
             other => engine_policy::Policy::new(kind(other)).map_err(|e| fail(e.to_string()))?,
@@ -162,4 +152,19 @@ impl Placer for EnginePlacer {
     fn fragmented_gpu_milli(&self) -> Option<f64> {
         Some(self.mix.fragmentation(&self.cluster))
     }
+}
+
+/// Trace node shapes as the engine's node shapes (traces give no GPU memory size).
+pub(crate) fn engine_nodes(nodes: &[NodeShape]) -> Vec<EngineNode> {
+    nodes
+        .iter()
+        .map(|n| EngineNode {
+            name: n.name.clone(),
+            cpu_milli: n.cpu_milli,
+            memory_mib: n.memory_mib,
+            gpus: n.gpus,
+            model: n.model.clone(),
+            gpu_memory_mib: 0,
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Instant;
 
-use suanli_engine::cluster::{Cluster, NodeShape as EngineNode};
+use suanli_engine::cluster::Cluster;
 use suanli_engine::domain::DomainCatalog;
 use suanli_engine::gang::GangRequest;
 use suanli_engine::job::JobId;
@@ -113,19 +113,8 @@ pub fn run(
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ReplayRun, QueueReplayError> {
     let started = Instant::now();
-    let shapes: Vec<EngineNode> = nodes
-        .iter()
-        .map(|n| EngineNode {
-            name: n.name.clone(),
-            cpu_milli: n.cpu_milli,
-            memory_mib: n.memory_mib,
-            gpus: n.gpus,
-            model: n.model.clone(),
-            gpu_memory_mib: 0,
-        })
-        .collect();
-    let cluster =
-        Cluster::from_shapes(&shapes).map_err(|e| QueueReplayError::Cluster(e.to_string()))?;
+    let cluster = Cluster::from_shapes(&crate::engine::engine_nodes(nodes))
+        .map_err(|e| QueueReplayError::Cluster(e.to_string()))?;
     let capacity_milli = cluster.total_gpu_milli();
     let quotas = match setup {
         QuotaSetup::None => Quotas::new(),
