@@ -8,8 +8,9 @@ use std::time::Duration;
 use suanli_proto::pb;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -141,7 +142,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
     let grpc_task = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(grpc_listener);
+        // Small request/response pairs (registration, CLI calls) would otherwise wait on
+        // delayed ACKs; tonic sets this only on listeners it binds itself.
+        let incoming = TcpListenerStream::new(grpc_listener).map(|accepted| {
+            if let Ok(stream) = &accepted
+                && let Err(e) = stream.set_nodelay(true)
+            {
+                debug!(error = %e, "Could not set TCP_NODELAY.");
+            }
+            accepted
+        });
         if let Err(e) = grpc
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = grpc_stop_rx.await;
