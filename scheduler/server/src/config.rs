@@ -13,6 +13,21 @@
 //! [auth.tenants]
 //! research = ["research-token"]
 //! prod = ["prod-token"]
+//!
+//! # GPU quota per tenant and model, in whole GPUs; `other` covers models not listed.
+//! [quotas.research]
+//! H100 = { guaranteed = 32, max = 64 }
+//! other = { guaranteed = 0, max = 8 }
+//!
+//! # Domains' prices and the links between them, for the gang planner.
+//! [[domains]]
+//! cid = "cid:aws/us-east-1/a"
+//! price_per_gpu_hour = 2.5
+//! [[domain_links]]
+//! a = "cid:aws/us-east-1/a"
+//! b = "cid:gcp/us-central1/b"
+//! bandwidth_gbps = 100
+//! latency_ms = 20
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,6 +35,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use suanli_engine::domain::{DomainCatalog, DomainInfo, DomainLink};
+use suanli_engine::quota::{QuotaLimit, Quotas};
+use suanli_engine::{Cid, GpuModel};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,6 +58,37 @@ pub struct ServerConfig {
     /// `full` (fsync per commit) or `normal` (survives a killed process, not power loss).
     pub durability: String,
     pub auth: AuthConfig,
+    /// Tenant → model (or `other`) → limit in whole GPUs.
+    pub quotas: BTreeMap<String, BTreeMap<String, QuotaGpus>>,
+    pub domains: Vec<DomainPrice>,
+    pub domain_links: Vec<DomainLinkConfig>,
+}
+
+/// A tenant's limit for one model, in whole GPUs.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaGpus {
+    #[serde(default)]
+    pub guaranteed: u64,
+    /// No ceiling when absent.
+    pub max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainPrice {
+    pub cid: String,
+    pub price_per_gpu_hour: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainLinkConfig {
+    pub a: String,
+    pub b: String,
+    pub bandwidth_gbps: f64,
+    #[serde(default)]
+    pub latency_ms: f64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +105,9 @@ impl Default for ServerConfig {
             max_attempts: 3,
             durability: "full".to_string(),
             auth: AuthConfig::default(),
+            quotas: BTreeMap::new(),
+            domains: Vec::new(),
+            domain_links: Vec::new(),
         }
     }
 }
@@ -103,7 +155,89 @@ impl ServerConfig {
             message: e.to_string().trim_end().to_string(),
         })?;
         config.validate(path)?;
+        config.quota_table(path)?;
+        config.domain_catalog(path)?;
         Ok(config)
+    }
+
+    /// The `[quotas]` section as the engine's quota table.
+    pub fn quota_table(&self, path: &Path) -> Result<Quotas, ConfigError> {
+        let mut quotas = Quotas::new();
+        for (tenant, models) in &self.quotas {
+            for (model, limit) in models {
+                let field = format!("quotas.{tenant}.{model}");
+                let invalid = |problem: String| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    field: field.clone(),
+                    problem,
+                };
+                if let Some(max) = limit.max
+                    && limit.guaranteed > max
+                {
+                    return Err(invalid(format!(
+                        "guaranteed {} GPUs exceeds max {max}",
+                        limit.guaranteed
+                    )));
+                }
+                let engine_limit = QuotaLimit::gpus(limit.guaranteed, limit.max);
+                if model == "other" {
+                    quotas.set_other_models(tenant, engine_limit);
+                    continue;
+                }
+                let parsed: GpuModel = model
+                    .parse()
+                    .map_err(|e| invalid(format!("not a GPU model name: {e}")))?;
+                quotas
+                    .set(tenant, parsed, engine_limit)
+                    .map_err(|e| invalid(e.to_string()))?;
+            }
+        }
+        Ok(quotas)
+    }
+
+    /// The `[[domains]]` and `[[domain_links]]` sections as the gang planner's catalog.
+    pub fn domain_catalog(&self, path: &Path) -> Result<DomainCatalog, ConfigError> {
+        let invalid = |field: String, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            problem,
+        };
+        let cid = |field: String, text: &str| -> Result<Cid, ConfigError> {
+            text.parse::<Cid>()
+                .map_err(|e| invalid(field, e.to_string()))
+        };
+        let domains = self
+            .domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Ok(DomainInfo {
+                    cid: cid(format!("domains[{i}].cid"), &d.cid)?,
+                    price_per_gpu_hour: d.price_per_gpu_hour,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let links = self
+            .domain_links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                Ok(DomainLink {
+                    a: cid(format!("domain_links[{i}].a"), &l.a)?,
+                    b: cid(format!("domain_links[{i}].b"), &l.b)?,
+                    bandwidth_gbps: l.bandwidth_gbps,
+                    latency_ms: l.latency_ms,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        // The engine names fields after its own lists; `links` here is `domain_links`.
+        DomainCatalog::new(domains, links).map_err(|e| {
+            let text = e.to_string().replacen("links[", "domain_links[", 1);
+            match text.split_once(": ") {
+                Some((field, problem)) => invalid(field.to_string(), problem.to_string()),
+                None => invalid("domains".to_string(), text),
+            }
+        })
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -214,6 +348,74 @@ mod tests {
             err,
             "config suanli.toml: auth.tenants.t: a token is also used in auth.admin_tokens; \
              each token names one identity"
+        );
+    }
+
+    #[test]
+    fn quotas_and_domains_become_engine_tables() {
+        let config = parse(
+            r#"
+            [quotas.research]
+            H100 = { guaranteed = 32, max = 64 }
+            other = { max = 8 }
+            [[domains]]
+            cid = "cid:aws/us-east-1/a"
+            price_per_gpu_hour = 2.5
+            [[domains]]
+            cid = "cid:gcp/us-central1/b"
+            price_per_gpu_hour = 3.0
+            [[domain_links]]
+            a = "cid:aws/us-east-1/a"
+            b = "cid:gcp/us-central1/b"
+            bandwidth_gbps = 100
+            "#,
+        )
+        .expect("valid");
+        let path = Path::new("suanli.toml");
+        let quotas = config.quota_table(path).expect("valid quotas");
+        let h100: GpuModel = "H100".parse().expect("model");
+        let a100: GpuModel = "A100".parse().expect("model");
+        assert_eq!(
+            quotas.limit("research", &h100),
+            Some(QuotaLimit::gpus(32, Some(64)))
+        );
+        assert_eq!(
+            quotas.limit("research", &a100),
+            Some(QuotaLimit::gpus(0, Some(8))),
+            "`other` covers unlisted models"
+        );
+        assert_eq!(quotas.limit("prod", &h100), None);
+        let catalog = config.domain_catalog(path).expect("valid catalog");
+        assert_eq!(catalog.domains().len(), 2);
+    }
+
+    #[test]
+    fn bad_quotas_and_domains_name_the_field() {
+        let err = parse("[quotas.research]\nH100 = { guaranteed = 9, max = 8 }")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config suanli.toml: quotas.research.H100: guaranteed 9 GPUs exceeds max 8"
+        );
+        let err = parse("[quotas.research]\n\"A100 80GB\" = { max = 8 }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config suanli.toml: quotas.research.A100 80GB: not a GPU model name"),
+            "{err}"
+        );
+        let err = parse("[[domains]]\ncid = \"cid:aws/us-east-1\"\nprice_per_gpu_hour = 1.0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config suanli.toml: domains[0]: "), "{err}");
+        let err =
+            parse("[[domain_links]]\na = \"cid:a/b/c\"\nb = \"cid:a/b/d\"\nbandwidth_gbps = -1")
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            err,
+            "config suanli.toml: domain_links[0].bandwidth_gbps: must be a finite number ≥ 0, got -1"
         );
     }
 }

@@ -15,13 +15,19 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use suanli_engine::cluster::{AllocationId, Claim, Cluster, GpuGrant, NodeId};
-use suanli_engine::explain::{Reason, ScoreBreakdown, Unplaceable};
+use suanli_engine::explain::{ScoreBreakdown, Unplaceable};
 use suanli_engine::job::JobId;
 
+use suanli_engine::domain::DomainCatalog;
 use suanli_engine::fgd::{DEFAULT_POPULARITY_PCT, MixShape, WorkloadMix};
+use suanli_engine::gang::{
+    FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, place_gang,
+};
+use suanli_engine::links::LinkState;
 use suanli_engine::policy::{Policy, PolicyKind, place};
+use suanli_engine::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
 use suanli_engine::request::Request;
-use suanli_engine::{Cid, JobSpec, JobState, MigProfile, NodeInventory};
+use suanli_engine::{Cid, GpuModel, JobSpec, JobState, MigProfile, NodeInventory};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -141,6 +147,8 @@ pub struct Explanation {
     /// Per-reason node counts for a pending job: (reason key, node count, message).
     pub reasons: Vec<(String, u32, String)>,
     pub nodes_considered: u32,
+    /// A cause above the nodes (quota), when that is what holds the job.
+    pub queue_reason: String,
     pub placement: Option<StoredPlacement>,
 }
 
@@ -271,6 +279,10 @@ pub struct CoreConfig {
     pub seed: u64,
     pub heartbeat_timeout: Duration,
     pub max_attempts: u32,
+    /// GPU quota per tenant and model.
+    pub quotas: Quotas,
+    /// Domain prices and links, for the gang planner.
+    pub catalog: DomainCatalog,
 }
 
 struct NodeEntry {
@@ -290,7 +302,31 @@ struct LiveJob {
     created_ms: i64,
     placement: Option<StoredPlacement>,
     allocations: Vec<AllocationId>,
-    last_unplaceable: Option<Unplaceable>,
+    /// GPU-milli per model the job's placement charges to its tenant's quota.
+    charges: Vec<(GpuModel, u64)>,
+    /// Why the last attempt to place it failed.
+    wait: Option<Wait>,
+}
+
+/// Why a pending job is still pending.
+#[derive(Debug, Clone)]
+enum Wait {
+    /// A single replica the placement policy found no node for.
+    Policy(Unplaceable),
+    /// Replicas the gang planner could not place together.
+    Gang(GangWait),
+    /// It fits, but its tenant's quota does not allow it.
+    Quota(QuotaExceeded),
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wait::Policy(u) => write!(f, "{u}"),
+            Wait::Gang(g) => write!(f, "{g}"),
+            Wait::Quota(q) => write!(f, "{q}"),
+        }
+    }
 }
 
 /// A scheduling pass in progress: the jobs still to try, and request shapes that did not fit
@@ -318,6 +354,12 @@ struct Core {
     events: broadcast::Sender<EventRecord>,
     nodes: BTreeMap<Cid, NodeEntry>,
     cluster: Cluster,
+    /// Link state of the nodes in `cluster`, from their inventories.
+    links: LinkState,
+    /// The gang planner's view of `cluster`; refreshed on every allocation and release.
+    index: FabricIndex,
+    /// GPU-milli each tenant's placed jobs hold, per model.
+    usage: Usage,
     /// Cluster positions of the nodes in `cluster`, by CID.
     node_ids: HashMap<Cid, NodeId>,
     jobs: HashMap<JobId, LiveJob>,
@@ -353,6 +395,9 @@ pub fn start(
         .policy
         .parse()
         .map_err(|e| CoreError::InvalidArgument(format!("policy {:?}: {e}", config.policy)))?;
+    let cluster = Cluster::from_inventories(&[]).expect("an empty cluster is valid");
+    let links = LinkState::new();
+    let index = FabricIndex::new(&cluster, &links, &config.catalog);
     let mut core = Core {
         rng: ChaCha8Rng::seed_from_u64(config.seed),
         config,
@@ -363,7 +408,10 @@ pub fn start(
         store,
         events: events.clone(),
         nodes: BTreeMap::new(),
-        cluster: Cluster::from_inventories(&[]).expect("an empty cluster is valid"),
+        cluster,
+        links,
+        index,
+        usage: Usage::default(),
         node_ids: HashMap::new(),
         jobs: HashMap::new(),
         pending: BTreeSet::new(),
@@ -455,7 +503,8 @@ impl Core {
                     created_ms: record.created_ms,
                     placement,
                     allocations: Vec::new(),
-                    last_unplaceable: None,
+                    charges: Vec::new(),
+                    wait: None,
                 },
             );
         }
@@ -606,7 +655,8 @@ impl Core {
                                 created_ms: record.created_ms,
                                 placement: None,
                                 allocations: Vec::new(),
-                                last_unplaceable: None,
+                                charges: Vec::new(),
+                                wait: None,
                             },
                         );
                         let _ = self.events.send(event);
@@ -862,10 +912,15 @@ impl Core {
             return;
         };
         for alloc in job.allocations.drain(..) {
-            if let Err(e) = self.cluster.release(alloc) {
-                warn!(job = %id, error = %e, "Release of an unknown allocation.");
+            match self.cluster.release(alloc) {
+                Ok(released) => self
+                    .index
+                    .refresh(&self.cluster, &self.links, released.node),
+                Err(e) => warn!(job = %id, error = %e, "Release of an unknown allocation."),
             }
         }
+        let charges = std::mem::take(&mut job.charges);
+        self.usage.remove(&job.spec.tenant, &charges);
         self.capacity_changed = true;
     }
 
@@ -950,9 +1005,15 @@ impl Core {
             if job.state != JobState::Pending && job.state != JobState::Preempted {
                 continue;
             }
+            // The tenant is part of the shape: a quota refusal is the tenant's alone.
             let shape = format!(
-                "{:?}|{:?}|{:?}|{}",
-                job.spec.gpu, job.spec.resources, job.spec.placement.allowed, job.spec.replicas
+                "{:?}|{:?}|{:?}|{:?}|{}|{}",
+                job.spec.gpu,
+                job.spec.resources,
+                job.spec.placement,
+                job.spec.topology,
+                job.spec.replicas,
+                job.spec.tenant
             );
             if self
                 .pass
@@ -1030,73 +1091,67 @@ impl Core {
         }
     }
 
-    /// Places every replica of a job or none. Returns whether it was placed.
+    /// Places a job, all replicas or none (elastic jobs: at least their minimum), within its
+    /// tenant's quota. Returns whether it was placed.
+    ///
+    /// One replica goes where the configured policy (FGD by default) scores best; several go
+    /// through the gang planner, which keeps a training gang close on the fabric and spreads
+    /// inference replicas over nodes and leaves.
     fn try_place(&mut self, id: &JobId) -> Result<bool, CoreError> {
         let Some(job) = self.jobs.get(id) else {
             return Ok(false);
         };
         let spec = job.spec.clone();
-        let request = match Request::from_job(&spec) {
-            Ok(r) => r,
+        let gang = match GangRequest::from_job(&spec) {
+            Ok(g) => g,
             Err(e) => {
                 let message = format!("the engine cannot place this job: {e}");
                 self.finish(id, JobState::Failed, "unplaceable", &message)?;
                 return Ok(false);
             }
         };
-        let replicas = spec.replicas;
-        let mut claims: Vec<(AllocationId, Claim, Vec<ScoreItem>)> = Vec::new();
-        let mut failure = None;
-        for _ in 0..replicas {
-            let Some(policy) = self.policy.as_ref() else {
+        let planned = if gang.replicas > 1 {
+            self.plan_gang(&gang)
+        } else {
+            self.plan_single(&gang.request)
+        };
+        let (claims, how) = match planned {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(false),
+            Err(wait) => {
+                self.record_wait(id, wait)?;
                 return Ok(false);
-            };
-            match place(&self.cluster, &request, policy, &mut self.rng) {
-                Ok(placement) => {
-                    let score = score_items(&placement.breakdown);
-                    match self.cluster.allocate(&placement.claim) {
-                        Ok(alloc) => claims.push((alloc, placement.claim, score)),
-                        Err(e) => {
-                            warn!(job = %id, error = %e, "Engine placement did not fit.");
-                            break;
-                        }
-                    }
-                }
-                Err(unplaceable) => {
-                    failure = Some(unplaceable);
-                    break;
-                }
             }
-        }
-        if claims.len() < replicas as usize {
-            // All or nothing: give back what the partial gang took.
-            for (alloc, _, _) in &claims {
-                let _ = self.cluster.release(*alloc);
-            }
-            if let Some(unplaceable) = failure {
-                let reason = if claims.is_empty() {
-                    unplaceable.to_string()
-                } else {
-                    format!(
-                        "only {} of {} replicas fit; then {unplaceable}",
-                        claims.len(),
-                        replicas
-                    )
-                };
-                self.store.set_reason(id, &reason)?;
-                if let Some(job) = self.jobs.get_mut(id) {
-                    job.last_unplaceable = Some(unplaceable);
-                }
-            }
+        };
+        let charges = self.charges(claims.iter().map(|(claim, _)| claim));
+        if let QuotaVerdict::Over(exceeded) =
+            self.quotas().check(&self.usage, &spec.tenant, &charges)
+        {
+            self.record_wait(id, Wait::Quota(exceeded))?;
             return Ok(false);
         }
-        let attempt = self.jobs.get(id).map_or(1, |j| j.attempts + 1);
-        let mut slots = Vec::with_capacity(claims.len());
-        for (replica, (_, claim, score)) in claims.iter().enumerate() {
-            slots.push(self.slot_for(replica as u32, claim, score.clone()));
+        let mut allocations = Vec::with_capacity(claims.len());
+        for (claim, _) in &claims {
+            match self.cluster.allocate(claim) {
+                Ok(alloc) => allocations.push(alloc),
+                Err(e) => {
+                    warn!(job = %id, error = %e, "Engine placement did not fit.");
+                    self.release_allocations(&allocations);
+                    return Ok(false);
+                }
+            }
         }
+        for (claim, _) in &claims {
+            self.index.refresh(&self.cluster, &self.links, claim.node);
+        }
+        let attempt = self.jobs.get(id).map_or(1, |j| j.attempts + 1);
+        let slots = claims
+            .iter()
+            .enumerate()
+            .map(|(replica, (claim, score))| self.slot_for(replica as u32, claim, score.clone()))
+            .collect::<Vec<_>>();
         let placement = StoredPlacement {
-            policy: self.policy_kind.name().to_string(),
+            policy: how,
             placed_ms: now_ms(),
             attempt,
             replicas: slots,
@@ -1108,7 +1163,15 @@ impl Core {
             .into_iter()
             .collect::<Vec<_>>()
             .join(", ");
-        let message = format!("{} replica(s) on {where_}", replicas);
+        let placed = placement.replicas.len();
+        let message = if placed < spec.replicas as usize {
+            format!(
+                "{placed} of {} replica(s) (elastic minimum {}) on {where_}",
+                spec.replicas, gang.min_replicas
+            )
+        } else {
+            format!("{placed} replica(s) on {where_}")
+        };
         if let Err(e) = self.transition(
             id,
             JobState::Placed,
@@ -1116,9 +1179,7 @@ impl Core {
             &message,
             Some(Some(&placement)),
         ) {
-            for (alloc, _, _) in &claims {
-                let _ = self.cluster.release(*alloc);
-            }
+            self.release_allocations(&allocations);
             return Err(e);
         }
         let created_ms = self.jobs.get(id).map_or(0, |j| j.created_ms);
@@ -1127,18 +1188,115 @@ impl Core {
         if self.latencies.len() > 100_000 {
             self.latencies.drain(..50_000);
         }
+        self.usage.add(&spec.tenant, &charges);
         if let Some(job) = self.jobs.get_mut(id) {
             self.pending
                 .remove(&(Reverse(job.spec.priority), id.clone()));
-            job.allocations = claims.iter().map(|(a, _, _)| *a).collect();
+            job.allocations = allocations;
+            job.charges = charges;
             job.placement = Some(placement.clone());
-            job.last_unplaceable = None;
+            job.wait = None;
         }
-        info!(job = %id, replicas, nodes = %where_, "Placed job.");
+        info!(job = %id, replicas = placed, nodes = %where_, "Placed job.");
         for slot in &placement.replicas {
             self.assign(id, &spec, slot, attempt);
         }
         Ok(true)
+    }
+
+    fn quotas(&self) -> &Quotas {
+        &self.config.quotas
+    }
+
+    /// One replica by the configured policy: its claim and score, or why it fits nowhere.
+    /// `Ok(None)` while the policy cannot be built yet (FGD before any workload is known).
+    #[allow(clippy::type_complexity)]
+    fn plan_single(
+        &mut self,
+        request: &Request,
+    ) -> Result<Option<(Vec<(Claim, Vec<ScoreItem>)>, String)>, Wait> {
+        let Some(policy) = self.policy.as_ref() else {
+            return Ok(None);
+        };
+        match place(&self.cluster, request, policy, &mut self.rng) {
+            Ok(placement) => {
+                let score = score_items(&placement.breakdown);
+                Ok(Some((
+                    vec![(placement.claim, score)],
+                    self.policy_kind.name().to_string(),
+                )))
+            }
+            Err(unplaceable) => Err(Wait::Policy(unplaceable)),
+        }
+    }
+
+    /// Several replicas by the gang planner: one claim per replica, or why they do not fit
+    /// together.
+    #[allow(clippy::type_complexity)]
+    fn plan_gang(
+        &self,
+        gang: &GangRequest,
+    ) -> Result<Option<(Vec<(Claim, Vec<ScoreItem>)>, String)>, Wait> {
+        let placement = place_gang(
+            &self.cluster,
+            &self.index,
+            &self.config.catalog,
+            gang,
+            &GangOptions::default(),
+        )
+        .map_err(Wait::Gang)?;
+        let score = gang_score_items(&placement);
+        let how = "gang".to_string();
+        Ok(Some((
+            placement
+                .replicas
+                .into_iter()
+                .map(|r| (r.claim, score.clone()))
+                .collect(),
+            how,
+        )))
+    }
+
+    /// GPU-milli per model that a set of claims charges to a quota.
+    fn charges<'a>(&self, claims: impl IntoIterator<Item = &'a Claim>) -> Vec<(GpuModel, u64)> {
+        let mut by_model: BTreeMap<GpuModel, u64> = BTreeMap::new();
+        for claim in claims {
+            let Some(node) = self.cluster.node(claim.node) else {
+                continue;
+            };
+            for grant in &claim.gpus {
+                if let Some(gpu) = node.gpus().get(grant.gpu as usize) {
+                    *by_model
+                        .entry(self.cluster.model(gpu.model).clone())
+                        .or_default() += u64::from(grant.milli);
+                }
+            }
+        }
+        by_model.into_iter().collect()
+    }
+
+    fn release_allocations(&mut self, allocations: &[AllocationId]) {
+        for alloc in allocations {
+            if let Ok(released) = self.cluster.release(*alloc) {
+                self.index
+                    .refresh(&self.cluster, &self.links, released.node);
+            }
+        }
+    }
+
+    /// Keeps why a job waits, in memory for `describe` and in the store as its reason.
+    fn record_wait(&mut self, id: &JobId, wait: Wait) -> Result<(), CoreError> {
+        let reason = wait.to_string();
+        let Some(job) = self.jobs.get_mut(id) else {
+            return Ok(());
+        };
+        // Waiting jobs are retried after every release; store the reason only when it changes.
+        let unchanged = job.wait.as_ref().is_some_and(|w| w.to_string() == reason);
+        job.wait = Some(wait);
+        if !unchanged {
+            self.store.set_reason(id, &reason)?;
+        }
+        Ok(())
     }
 
     fn slot_for(&self, replica: u32, claim: &Claim, score: Vec<ScoreItem>) -> ReplicaSlot {
@@ -1247,6 +1405,8 @@ impl Core {
                 Cluster::from_inventories(&[]).expect("an empty cluster is valid")
             }
         };
+        self.links = LinkState::from_inventories(&usable, None);
+        self.usage = Usage::default();
         self.node_ids = self
             .cluster
             .nodes()
@@ -1263,6 +1423,10 @@ impl Core {
         let mut lost = Vec::new();
         for id in holders {
             let claims = self.claims_of(&id);
+            let charges = claims
+                .as_ref()
+                .map(|c| self.charges(c.iter()))
+                .unwrap_or_default();
             let mut allocs = Vec::new();
             let mut ok = claims.is_some();
             for claim in claims.into_iter().flatten() {
@@ -1278,6 +1442,8 @@ impl Core {
             if ok {
                 if let Some(job) = self.jobs.get_mut(&id) {
                     job.allocations = allocs;
+                    self.usage.add(&job.spec.tenant, &charges);
+                    job.charges = charges;
                 }
             } else {
                 for a in allocs {
@@ -1285,10 +1451,13 @@ impl Core {
                 }
                 if let Some(job) = self.jobs.get_mut(&id) {
                     job.allocations.clear();
+                    job.charges.clear();
                 }
                 lost.push(id);
             }
         }
+        // Built after the live jobs claimed their resources again, so it sees them.
+        self.index = FabricIndex::new(&self.cluster, &self.links, &self.config.catalog);
         for id in lost {
             if let Err(e) = self.requeue(&id, "node_lost", "its node left the cluster") {
                 warn!(job = %id, error = %e, "Could not requeue.");
@@ -1619,6 +1788,7 @@ impl Core {
         self.store.set_node_flags(node, Some(cordoned), None)?;
         if let Some(id) = self.node_ids.get(node) {
             let _ = self.cluster.set_cordoned(*id, cordoned);
+            self.index.refresh(&self.cluster, &self.links, *id);
         }
         if !cordoned {
             self.capacity_changed = true;
@@ -1668,11 +1838,12 @@ impl Core {
                     summary: format!("job {id} is {}: {}", stored.state, stored.reason),
                     reasons: Vec::new(),
                     nodes_considered: 0,
+                    queue_reason: String::new(),
                     placement: None,
                 });
             }
         };
-        match (&job.placement, &job.last_unplaceable) {
+        match (&job.placement, &job.wait) {
             (Some(p), _) => Ok(Explanation {
                 state: job.state,
                 summary: format!(
@@ -1687,19 +1858,45 @@ impl Core {
                 ),
                 reasons: Vec::new(),
                 nodes_considered: self.cluster.len() as u32,
+                queue_reason: String::new(),
                 placement: Some(p.clone()),
             }),
-            (None, Some(u)) => Ok(Explanation {
-                state: job.state,
-                summary: u.to_string(),
-                reasons: u
-                    .counts
-                    .iter()
-                    .map(|(reason, count)| (reason_key(*reason), *count, u.describe(*reason)))
-                    .collect(),
-                nodes_considered: u.nodes,
-                placement: None,
-            }),
+            (None, Some(wait)) => {
+                let (reasons, nodes_considered) = match wait {
+                    Wait::Policy(u) => (
+                        u.counts
+                            .iter()
+                            .map(|(reason, count)| {
+                                (reason_key(*reason), *count, u.describe(*reason))
+                            })
+                            .collect(),
+                        u.nodes,
+                    ),
+                    Wait::Gang(
+                        GangWait::NoNode { counts, .. } | GangWait::TooFew { counts, .. },
+                    ) => (
+                        counts
+                            .iter()
+                            .map(|(reject, count)| {
+                                (reason_key(*reject), *count, reject.describe().to_string())
+                            })
+                            .collect(),
+                        self.cluster.len() as u32,
+                    ),
+                    Wait::Gang(_) | Wait::Quota(_) => (Vec::new(), self.cluster.len() as u32),
+                };
+                Ok(Explanation {
+                    state: job.state,
+                    summary: wait.to_string(),
+                    reasons,
+                    nodes_considered,
+                    queue_reason: match wait {
+                        Wait::Quota(q) => q.to_string(),
+                        _ => String::new(),
+                    },
+                    placement: None,
+                })
+            }
             (None, None) => Ok(Explanation {
                 state: job.state,
                 summary: if self.cluster.is_empty() {
@@ -1709,6 +1906,7 @@ impl Core {
                 },
                 reasons: Vec::new(),
                 nodes_considered: self.cluster.len() as u32,
+                queue_reason: String::new(),
                 placement: None,
             }),
         }
@@ -1798,6 +1996,46 @@ impl Core {
     }
 }
 
+/// Why the gang planner chose a placement, as named components.
+fn gang_score_items(p: &GangPlacement) -> Vec<ScoreItem> {
+    vec![
+        ScoreItem {
+            name: "worst_hop".into(),
+            value: p.hop as u8 as f64,
+            detail: format!(
+                "worst hop between two replicas: {} (same node < same leaf < same spine < \
+                 cross spine < cross domain)",
+                p.hop
+            ),
+        },
+        ScoreItem {
+            name: "group".into(),
+            value: p.replicas.len() as f64,
+            detail: format!("replicas placed in {}", p.group),
+        },
+        ScoreItem {
+            name: "link_rank".into(),
+            value: f64::from(p.worst_link_rank),
+            detail: "worst GPU-to-GPU link inside any replica; lower is closer".into(),
+        },
+        ScoreItem {
+            name: "gdr_gpus".into(),
+            value: f64::from(p.gdr_gpus),
+            detail: "GPUs with a GPUDirect RDMA path to a healthy NIC".into(),
+        },
+        ScoreItem {
+            name: "inter_domain_gbps".into(),
+            value: p.inter_domain_gbps,
+            detail: "traffic the split implies between domains".into(),
+        },
+        ScoreItem {
+            name: "feasible_nodes".into(),
+            value: f64::from(p.feasible_nodes),
+            detail: "nodes that could hold at least one replica".into(),
+        },
+    ]
+}
+
 /// The engine's score breakdown as named components, in policy order.
 fn score_items(b: &ScoreBreakdown) -> Vec<ScoreItem> {
     let mut items = vec![
@@ -1831,7 +2069,7 @@ fn score_items(b: &ScoreBreakdown) -> Vec<ScoreItem> {
 }
 
 /// `FewerFreeGpus` → `fewer_free_gpus`.
-fn reason_key(reason: Reason) -> String {
+fn reason_key(reason: impl std::fmt::Debug) -> String {
     let mut key = String::new();
     for (i, ch) in format!("{reason:?}").chars().enumerate() {
         if ch.is_ascii_uppercase() {

@@ -234,7 +234,7 @@ fn explanation_to_wire(id: &JobId, e: Explanation) -> pb::ExplainJobResponse {
                         message: message.clone(),
                     })
                     .collect(),
-                queue_reason: String::new(),
+                queue_reason: e.queue_reason,
             }))
         }
         _ => None,

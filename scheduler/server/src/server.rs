@@ -28,6 +28,8 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Core(#[from] crate::core::CoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -83,6 +85,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             seed: config.seed,
             heartbeat_timeout: Duration::from_millis(config.heartbeat_timeout_ms),
             max_attempts: config.max_attempts,
+            quotas: config.quota_table(std::path::Path::new("config"))?,
+            catalog: config.domain_catalog(std::path::Path::new("config"))?,
         },
     )?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)

@@ -14,7 +14,7 @@ use suanli_proto::pb;
 use suanli_proto::pb::agent_service_client::AgentServiceClient;
 use suanli_proto::pb::cluster_service_client::ClusterServiceClient;
 use suanli_proto::pb::job_service_client::JobServiceClient;
-use suanli_scheduler::config::{AuthConfig, ServerConfig};
+use suanli_scheduler::config::{AuthConfig, QuotaGpus, ServerConfig};
 use suanli_scheduler::server::{RunningServer, start};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -769,5 +769,140 @@ async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
     agent.heartbeat(1).await;
     let running = wait_state(&mut jobs, &id, pb::JobState::Running).await;
     assert_eq!(running.attempts, 1);
+    server.shutdown().await;
+}
+
+fn inventory_at(node: &str, gpus: u32, leaf: &str, spine: &str) -> NodeInventory {
+    let mut inv = inventory(node, gpus);
+    inv.fabric = FabricPosition {
+        leaf: leaf.into(),
+        spine: spine.into(),
+    };
+    inv
+}
+
+fn placed_nodes(job: &pb::Job) -> Vec<String> {
+    let mut nodes: Vec<String> = job
+        .placement
+        .as_ref()
+        .expect("placed")
+        .replicas
+        .iter()
+        .map(|r| {
+            r.node_cid
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// A gang goes to the one leaf that holds it whole, inference replicas spread over nodes,
+/// and a tenant at its quota waits with that reason while another tenant's job runs.
+#[tokio::test]
+async fn gangs_stay_on_a_leaf_replicas_spread_and_quota_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), 60_000);
+    cfg.quotas = BTreeMap::from([(
+        "research".to_string(),
+        BTreeMap::from([(
+            "H100".to_string(),
+            QuotaGpus {
+                guaranteed: 4,
+                max: Some(8),
+            },
+        )]),
+    )]);
+    let server = start(cfg).await.expect("starts");
+    let ch = channel(&server).await;
+    // Two lone 4-GPU nodes on their own leaves (first by name), and two on one leaf.
+    let mut agents = Vec::new();
+    for (node, leaf, spine) in [
+        ("n1", "leaf-1", "spine-1"),
+        ("n2", "leaf-2", "spine-2"),
+        ("n3", "leaf-3", "spine-3"),
+        ("n4", "leaf-3", "spine-3"),
+    ] {
+        agents.push(Agent::connect(ch.clone(), inventory_at(node, 4, leaf, spine), vec![]).await);
+    }
+    let mut jobs = JobServiceClient::new(ch.clone());
+
+    let mut gang: JobSpec = job("gang", "research", 4).try_into().expect("valid");
+    gang.replicas = 2;
+    let gang = submit(&mut jobs, RESEARCH, gang.into(), "g").await;
+    let gang = wait_state(&mut jobs, &gang.id, pb::JobState::Placed).await;
+    assert_eq!(
+        placed_nodes(&gang),
+        ["n3", "n4"],
+        "the only leaf with room for both"
+    );
+    let why = jobs
+        .explain(authed(
+            RESEARCH,
+            pb::ExplainJobRequest {
+                id: gang.id.clone(),
+            },
+        ))
+        .await
+        .expect("explains")
+        .into_inner();
+    let Some(pb::explain_job_response::Explanation::Placed(placed)) = why.explanation else {
+        panic!("a placed job explains its placement: {why:?}");
+    };
+    let placement = placed.placement.expect("placement");
+    assert_eq!(placement.policy, "gang");
+    let hop = placement.replicas[0]
+        .score
+        .iter()
+        .find(|s| s.name == "worst_hop")
+        .expect("gang score names the worst hop");
+    assert!(
+        hop.detail
+            .starts_with("worst hop between two replicas: same leaf"),
+        "{hop:?}"
+    );
+
+    // research now holds 8 H100, its maximum: one more GPU waits, with that reason.
+    let over = submit(&mut jobs, RESEARCH, job("over", "research", 1), "o").await;
+    let mut reason = String::new();
+    for _ in 0..100 {
+        let why = jobs
+            .explain(authed(
+                RESEARCH,
+                pb::ExplainJobRequest {
+                    id: over.id.clone(),
+                },
+            ))
+            .await
+            .expect("explains")
+            .into_inner();
+        if let Some(pb::explain_job_response::Explanation::Pending(p)) = why.explanation
+            && !p.queue_reason.is_empty()
+        {
+            assert_eq!(why.summary, p.queue_reason);
+            reason = p.queue_reason;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reason, "tenant research at quota 8/8 H100 (needs 1 more)");
+
+    // prod has no quota: its two inference replicas run, one per node.
+    let mut serve: JobSpec = job("serve", "prod", 1).try_into().expect("valid");
+    serve.kind = JobKind::Inference;
+    serve.replicas = 2;
+    let serve = submit(&mut jobs, PROD, serve.into(), "s").await;
+    let serve = wait_state(&mut jobs, &serve.id, pb::JobState::Placed).await;
+    assert_eq!(placed_nodes(&serve), ["n1", "n2"], "spread over two nodes");
+    let over = jobs
+        .get(authed(ADMIN, pb::GetJobRequest { id: over.id }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(over.state, pb::JobState::Pending as i32);
+    drop(agents);
     server.shutdown().await;
 }
