@@ -434,6 +434,9 @@ struct NodeFacts {
     nic_usable: bool,
     impaired_nics: u16,
     gdr_mask: u64,
+    /// The lowest link rank between any two of the node's GPUs: no set of two or more can
+    /// be joined better.
+    link_floor: u16,
 }
 
 /// Interned fabric positions and the per-node summary the gang planner scans.
@@ -458,7 +461,7 @@ pub struct FabricIndex {
     /// (`buckets[k]`: exactly `k` free), the rest in `buckets[IRREGULAR]`. A whole-GPU
     /// placement visits only the buckets that can hold it. Behind a lock because a walk
     /// fills in the slots' link quality as it goes.
-    buckets: Mutex<Vec<Vec<Slot>>>,
+    buckets: Mutex<Vec<Bucket>>,
     /// Per node: (bucket, position in it).
     slots: Vec<(u8, u32)>,
     /// Free whole GPUs over all indexed nodes.
@@ -470,41 +473,157 @@ pub struct FabricIndex {
 /// The bucket of nodes off the fast path: several models, MIG, or more than 64 GPUs.
 const IRREGULAR: usize = 65;
 
+/// One bucket of the capacity index: the nodes' slots, and beside them (in the same order)
+/// their link quality, which only scoring reads: kept apart, the slots a walk checks stay
+/// small enough (40 bytes) to stay in cache across the walks of one queue pass.
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    slots: Vec<Slot>,
+    /// The nodes' entries of the quality cache, copied here as a walk reads them so the next
+    /// walk finds them in bucket order.
+    quality: Vec<QualitySlots>,
+    /// Per domain: slots not cordoned, and of those the ones without a usable NIC. With
+    /// `floors`, they let a walk count a bucket whose nodes all fit and none can win.
+    open: Vec<u32>,
+    open_nic_down: Vec<u32>,
+    floors: Floors,
+}
+
+impl Bucket {
+    fn push(&mut self, slot: Slot) {
+        if !slot.cordoned() {
+            let d = slot.domain as usize;
+            if self.open.len() <= d {
+                self.open.resize(d + 1, 0);
+                self.open_nic_down.resize(d + 1, 0);
+            }
+            self.open[d] += 1;
+            if slot.nic_down() {
+                self.open_nic_down[d] += 1;
+            }
+        }
+        self.floors.add(&slot);
+        self.slots.push(slot);
+        self.quality.push([None; 4]);
+    }
+
+    fn swap_remove(&mut self, pos: usize) {
+        let slot = self.slots.swap_remove(pos);
+        self.quality.swap_remove(pos);
+        if !slot.cordoned() {
+            let d = slot.domain as usize;
+            self.open[d] -= 1;
+            if slot.nic_down() {
+                self.open_nic_down[d] -= 1;
+            }
+        }
+        if self.slots.is_empty() {
+            self.floors = Floors::EMPTY;
+        }
+    }
+}
+
 /// What the capacity index keeps per node, inline so a bucket walk touches one array.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     node: u32,
     cpu_left: u64,
     memory_left: u64,
-    cordoned: bool,
-    /// Link state known and no NIC usable.
-    nic_down: bool,
+    /// [`Slot::CORDONED`], [`Slot::NIC_DOWN`], [`Slot::HAS_LINKS`].
+    flags: u8,
     model: Option<ModelId>,
     domain: u32,
     /// Impaired NICs plus degraded GPUs, as [`NodeScore`] counts them.
     health: u32,
     name_rank: u32,
-    has_links: bool,
-    /// The node's entry of the quality cache, copied here as a walk reads it so the next
-    /// walk finds it in bucket order.
-    quality: QualitySlots,
+    link_floor: u16,
 }
 
 impl Slot {
+    const CORDONED: u8 = 1;
+    /// Link state known and no NIC usable.
+    const NIC_DOWN: u8 = 2;
+    const HAS_LINKS: u8 = 4;
+
     fn of(node: u32, f: &NodeFacts) -> Slot {
+        let mut flags = 0;
+        if f.cordoned {
+            flags |= Slot::CORDONED;
+        }
+        if f.network_known && !f.nic_usable {
+            flags |= Slot::NIC_DOWN;
+        }
+        if f.has_links {
+            flags |= Slot::HAS_LINKS;
+        }
         Slot {
             node,
             cpu_left: f.cpu_left,
             memory_left: f.memory_left,
-            cordoned: f.cordoned,
-            nic_down: f.network_known && !f.nic_usable,
+            flags,
             model: f.model,
             domain: f.domain,
             health: u32::from(f.impaired_nics) + u32::from(f.degraded_gpus),
             name_rank: f.name_rank,
-            has_links: f.has_links,
-            quality: [None; 4],
+            link_floor: f.link_floor,
         }
+    }
+
+    fn cordoned(&self) -> bool {
+        self.flags & Slot::CORDONED != 0
+    }
+
+    fn nic_down(&self) -> bool {
+        self.flags & Slot::NIC_DOWN != 0
+    }
+
+    fn has_links(&self) -> bool {
+        self.flags & Slot::HAS_LINKS != 0
+    }
+}
+
+/// Lower bounds over a bucket's slots. Exact after a walk of the bucket; a node leaving the
+/// bucket does not raise them, so they may be lower than the slots' true minimum, which only
+/// makes [`place_single`] walk a bucket it could have counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Floors {
+    cpu_left: u64,
+    memory_left: u64,
+    health: u32,
+    link: u16,
+    /// The one GPU model of the slots that have one; `mixed` when they differ.
+    model: Option<ModelId>,
+    mixed_models: bool,
+}
+
+impl Floors {
+    const EMPTY: Floors = Floors {
+        cpu_left: u64::MAX,
+        memory_left: u64::MAX,
+        health: u32::MAX,
+        link: u16::MAX,
+        model: None,
+        mixed_models: false,
+    };
+
+    fn add(&mut self, s: &Slot) {
+        self.cpu_left = self.cpu_left.min(s.cpu_left);
+        self.memory_left = self.memory_left.min(s.memory_left);
+        self.health = self.health.min(s.health);
+        self.link = self.link.min(s.link_floor);
+        if let Some(m) = s.model {
+            match self.model {
+                None => self.model = Some(m),
+                Some(seen) if seen != m => self.mixed_models = true,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+impl Default for Floors {
+    fn default() -> Floors {
+        Floors::EMPTY
     }
 }
 
@@ -531,6 +650,23 @@ impl Clone for FabricIndex {
             scan_only: self.scan_only,
         }
     }
+}
+
+/// The lowest rank [`set_rank`] can give a set of two or more of the node's GPUs.
+fn link_floor(node: &Node) -> u16 {
+    let gpus = node.gpus().len();
+    if !node.has_links() || gpus < 2 {
+        return 0;
+    }
+    let mut floor = u32::MAX;
+    for a in 0..gpus {
+        for b in 0..gpus {
+            if a != b {
+                floor = floor.min(node.link_rank(a, b).unwrap_or(0));
+            }
+        }
+    }
+    u16::try_from(floor).unwrap_or(u16::MAX)
 }
 
 fn facts_of(node: &Node, network: Option<&crate::links::NodeNetwork>) -> NodeFacts {
@@ -560,6 +696,7 @@ fn facts_of(node: &Node, network: Option<&crate::links::NodeNetwork>) -> NodeFac
         nic_usable: network.is_some_and(|n| n.any_nic_usable()),
         impaired_nics: network.map_or(0, |n| n.impaired_nics().min(u32::from(u16::MAX)) as u16),
         gdr_mask: network.map_or(0, |n| n.gdr_mask()),
+        link_floor: link_floor(node),
         ..NodeFacts::default()
     }
 }
@@ -575,7 +712,7 @@ impl FabricIndex {
             leaves: Vec::new(),
             spines: Vec::new(),
             domains: Vec::new(),
-            buckets: Mutex::new(vec![Vec::new(); IRREGULAR + 1]),
+            buckets: Mutex::new(vec![Bucket::default(); IRREGULAR + 1]),
             slots: Vec::with_capacity(cluster.len()),
             free_total: 0,
             scan_only: false,
@@ -636,7 +773,7 @@ impl FabricIndex {
             .buckets
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.slots[i] = (b as u8, buckets[b].len() as u32);
+        self.slots[i] = (b as u8, buckets[b].slots.len() as u32);
         buckets[b].push(slot);
     }
 
@@ -649,7 +786,7 @@ impl FabricIndex {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let bucket = &mut buckets[b as usize];
         bucket.swap_remove(pos as usize);
-        if let Some(moved) = bucket.get(pos as usize) {
+        if let Some(moved) = bucket.slots.get(pos as usize) {
             self.slots[moved.node as usize].1 = pos;
         }
         self.free_total -= u64::from(self.facts[i].free_mask.count_ones());
@@ -690,7 +827,7 @@ impl FabricIndex {
         }
     }
 
-    fn bucket_lists(&self) -> MutexGuard<'_, Vec<Vec<Slot>>> {
+    fn bucket_lists(&self) -> MutexGuard<'_, Vec<Bucket>> {
         self.buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1274,6 +1411,73 @@ pub(crate) fn place_gang_if_fits(
     }
 }
 
+/// An upper bound on the replicas of a whole-GPU gang the cluster could hold if some GPUs were
+/// freed: per node, its fully free GPUs plus those freed there, divided by the GPUs a replica
+/// takes. CPU, memory, links, models and cordons are ignored, so it never undercounts: while
+/// it stays below the gang's minimum, no placement attempt can succeed. Lets a reservation
+/// skip projecting futures in which the gang cannot fit.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaBound {
+    per_replica: u32,
+    total: u64,
+    /// Nodes whose count was raised: their fully free GPUs, freed ones included.
+    raised: HashMap<u32, u32>,
+}
+
+impl ReplicaBound {
+    /// `None` for gangs not made of whole GPUs (shares, MIG, no GPU): no cheap bound.
+    pub(crate) fn new(cluster: &Cluster, index: &FabricIndex, gang: &GangRequest) -> Option<Self> {
+        let GpuDemand::Exclusive { count } = *gang.request.gpu() else {
+            return None;
+        };
+        if count == 0 {
+            return None;
+        }
+        let per = u64::from(count);
+        let buckets = index.bucket_lists();
+        let mut total: u64 = buckets
+            .iter()
+            .take(IRREGULAR)
+            .enumerate()
+            .map(|(free, b)| b.slots.len() as u64 * (free as u64 / per))
+            .sum();
+        total += buckets[IRREGULAR]
+            .slots
+            .iter()
+            .filter_map(|s| cluster.node(NodeId(s.node)))
+            .map(|n| fully_free_gpus(n) as u64 / per)
+            .sum::<u64>();
+        Some(ReplicaBound {
+            per_replica: count,
+            total,
+            raised: HashMap::new(),
+        })
+    }
+
+    /// Counts `gpus` more GPUs of `node` as free.
+    pub(crate) fn free(&mut self, cluster: &Cluster, node: NodeId, gpus: u32) {
+        let Some(n) = cluster.node(node) else {
+            return;
+        };
+        let free = self
+            .raised
+            .entry(node.0)
+            .or_insert_with(|| fully_free_gpus(n));
+        self.total -= u64::from(*free / self.per_replica);
+        *free = free.saturating_add(gpus);
+        self.total += u64::from(*free / self.per_replica);
+    }
+
+    /// The most replicas that could fit.
+    pub(crate) fn replicas(&self) -> u64 {
+        self.total
+    }
+}
+
+fn fully_free_gpus(node: &Node) -> u32 {
+    node.gpus().iter().filter(|g| g.fully_free()).count() as u32
+}
+
 /// One training replica of whole GPUs, no place or price limits: [`place_single`]'s jobs.
 fn single_replica_whole_gpus(gang: &GangRequest, want: &Want<'_>) -> bool {
     let GpuDemand::Exclusive { count } = *gang.request.gpu() else {
@@ -1329,12 +1533,77 @@ fn place_single(
         (want.models.is_none() && !want.nvlink_required && count.is_power_of_two() && count <= 8)
             .then(|| count.trailing_zeros() as usize);
     let mut buckets = index.bucket_lists();
+    // Avoided nodes that would otherwise count, as (bucket, domain): a counted bucket
+    // subtracts them.
+    let mut avoided_open: Vec<(usize, usize)> = Vec::new();
+    if let Some(avoid) = options.avoid {
+        for (i, _) in avoid.iter().enumerate().filter(|(_, a)| **a) {
+            if let Some(&(b, pos)) = index.slots.get(i)
+                && let Some(s) = buckets[b as usize].slots.get(pos as usize)
+                && !s.cordoned()
+                && !(want.rdma_required && s.nic_down())
+            {
+                avoided_open.push((b as usize, s.domain as usize));
+            }
+        }
+    }
+    let all_in_cluster = index.len() <= cluster.len();
+    let mut counts = vec![0u32; index.domains.len()];
     for (free, bucket) in buckets.iter_mut().enumerate().take(IRREGULAR).skip(whole) {
-        for s in bucket.iter_mut() {
+        if bucket.slots.is_empty() {
+            continue;
+        }
+        // Count the bucket without walking it when every node in it passes the checks that
+        // depend on the request, and none can beat its domain's best from a bucket with
+        // less left over: the floors bound what any of its nodes can score.
+        let floors = bucket.floors;
+        let all_fit = all_in_cluster
+            && cpu <= floors.cpu_left
+            && memory <= floors.memory_left
+            && (want.models.is_none()
+                || (!floors.mixed_models && floors.model.is_none_or(|m| want.model_ok(m))));
+        if all_fit {
+            let ceiling = (
+                Reverse(floors.health),
+                Reverse(if multi { u32::from(floors.link) } else { 0 }),
+                if want.rdma_required { count } else { 0 },
+            );
+            counts.iter_mut().for_each(|c| *c = 0);
+            for (d, open) in bucket.open.iter().enumerate() {
+                counts[d] = open
+                    - if want.rdma_required {
+                        bucket.open_nic_down[d]
+                    } else {
+                        0
+                    };
+            }
+            for (b, d) in &avoided_open {
+                if *b == free {
+                    counts[*d] -= 1;
+                }
+            }
+            let beaten = counts.iter().enumerate().all(|(d, n)| {
+                *n == 0
+                    || best[d].is_some_and(|(b, _, b_free)| {
+                        b_free < free && (b.health, b.link, b.gdr) >= ceiling
+                    })
+            });
+            if beaten {
+                for (d, n) in counts.iter().enumerate() {
+                    feasible += n;
+                    domain_fit[d] += n;
+                }
+                continue;
+            }
+        }
+        let mut floors = Floors::EMPTY;
+        let Bucket { slots, quality, .. } = bucket;
+        for (s, quality) in slots.iter().zip(quality.iter_mut()) {
+            floors.add(s);
             // The checks of `node_fit`, in its order, for a node with enough free GPUs.
-            if s.cordoned
+            if s.cordoned()
                 || avoided(s.node)
-                || (want.rdma_required && s.nic_down)
+                || (want.rdma_required && s.nic_down())
                 || s.model.is_some_and(|m| !want.model_ok(m))
                 || (cpu > 0 && s.cpu_left < cpu)
                 || (memory > 0 && s.memory_left < memory)
@@ -1353,15 +1622,15 @@ fn place_single(
             {
                 continue;
             }
-            let (link, gdr) = if !(want.rdma_required || multi && s.has_links) {
+            let (link, gdr) = if !(want.rdma_required || multi && s.has_links()) {
                 (0, 0)
             } else if let Some(q) = quality_slot {
-                let (rank, gdr) = match s.quality[q] {
+                let (rank, gdr) = match quality[q] {
                     Some(known) => known,
                     None => {
                         node_quality(&mut cache, cluster, index, want, s.node as usize, 1);
                         let known = cache[s.node as usize][q].unwrap_or_default();
-                        s.quality[q] = Some(known);
+                        quality[q] = Some(known);
                         known
                     }
                 };
@@ -1380,8 +1649,9 @@ fn place_single(
                 best[d] = Some((score, s.node, free));
             }
         }
+        bucket.floors = floors;
     }
-    for s in &buckets[IRREGULAR] {
+    for s in &buckets[IRREGULAR].slots {
         if (s.node as usize) < cluster.len()
             && node_fit(cluster, index, want, s.node as usize, 1, options).is_ok_and(|k| k > 0)
         {
@@ -1452,7 +1722,7 @@ fn scan_buckets(
     let mut fits = Vec::new();
     // From `count` free GPUs up, the irregular bucket last.
     for bucket in buckets.iter().skip((count as usize).min(IRREGULAR)) {
-        for s in bucket {
+        for s in &bucket.slots {
             let i = s.node as usize;
             if i < cluster.len()
                 && let Ok(k) = node_fit(cluster, index, want, i, cap, options)
@@ -2026,4 +2296,91 @@ pub fn place_gang_once(
 ) -> Result<GangPlacement, GangWait> {
     let index = FabricIndex::new(cluster, links, catalog);
     place_gang(cluster, &index, catalog, gang, &GangOptions::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::cluster::NodeShape;
+
+    /// Nodes of 2, 4 or 8 GPUs with `busy` GPUs each taken by its own allocation.
+    fn loaded(nodes: &[(u32, u32)]) -> (Cluster, Vec<AllocationId>) {
+        let shapes: Vec<NodeShape> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (gpus, _))| NodeShape {
+                name: format!("n{i:02}"),
+                cpu_milli: 64_000,
+                memory_mib: 1 << 20,
+                gpus: *gpus,
+                model: Some("H100".parse().expect("valid model")),
+                gpu_memory_mib: 81_559,
+            })
+            .collect();
+        let mut cluster = Cluster::from_shapes(&shapes).expect("valid shapes");
+        let mut held = Vec::new();
+        for (i, (gpus, busy)) in nodes.iter().enumerate() {
+            for g in 0..(*busy).min(*gpus) {
+                let claim = Claim {
+                    node: NodeId(i as u32),
+                    cpu_milli: 1_000,
+                    memory_mib: 1_024,
+                    gpus: vec![GpuGrant {
+                        gpu: g,
+                        milli: 1000,
+                        memory_mib: 81_559,
+                        exclusive: true,
+                        mig: None,
+                    }],
+                    affinity: None,
+                };
+                held.push(cluster.allocate(&claim).expect("a free GPU"));
+            }
+        }
+        (cluster, held)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// The reservation skips futures whose bound is below the gang's minimum, so the
+        /// bound must never be below what a placement actually finds, now or after releases.
+        #[test]
+        fn the_replica_bound_never_undercounts(
+            nodes in proptest::collection::vec(
+                (prop::sample::select(vec![2u32, 4, 8]), 0u32..=8),
+                1..16,
+            ),
+            replicas in 1u32..6,
+            gpus in prop::sample::select(vec![1u32, 2, 4, 8]),
+            released in proptest::collection::vec(any::<bool>(), 64),
+        ) {
+            let (mut cluster, held) = loaded(&nodes);
+            let links = LinkState::new();
+            let catalog = DomainCatalog::default();
+            let mut index = FabricIndex::new(&cluster, &links, &catalog);
+            let request = Request::new(1_000, 1_024, GpuDemand::Exclusive { count: gpus })
+                .expect("valid request");
+            let gang = GangRequest::new(request, replicas);
+            let mut bound = ReplicaBound::new(&cluster, &index, &gang).expect("whole GPUs");
+            let options = GangOptions::default();
+            if let Some(p) = place_gang_if_fits(&cluster, &index, &catalog, &gang, &options) {
+                prop_assert!(p.replicas.len() as u64 <= bound.replicas());
+            }
+            for (id, release) in held.iter().zip(&released) {
+                if !release {
+                    continue;
+                }
+                let before = cluster.clone();
+                let alloc = cluster.release(*id).expect("held");
+                bound.free(&before, alloc.node, alloc.gpus.len() as u32);
+                index.refresh(&cluster, &links, alloc.node);
+            }
+            if let Some(p) = place_gang_if_fits(&cluster, &index, &catalog, &gang, &options) {
+                prop_assert!(p.replicas.len() as u64 <= bound.replicas());
+            }
+        }
+    }
 }

@@ -20,12 +20,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use crate::cluster::{AllocationId, Cluster};
 use crate::domain::DomainCatalog;
 use crate::gang::{
-    FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, allocate_gang, place_gang,
-    place_gang_if_fits,
+    FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, ReplicaBound, allocate_gang,
+    place_gang, place_gang_if_fits,
 };
 use crate::gpu::GpuModel;
 use crate::job::{JobId, JobSpec};
@@ -221,6 +222,55 @@ pub enum QueueError {
     NotRunning(JobId),
     #[error("no pending job {0}")]
     NotPending(JobId),
+}
+
+/// The shapes that did not fit in this pass since the last release, with why: a job of the
+/// same gang request, tenant and priority (and the same reservation to avoid) cannot fit
+/// either. Found by a hash of the request, then compared field by field.
+#[derive(Debug, Default)]
+struct FailedShapes {
+    by_hash: HashMap<u64, Vec<(QueuedJob, bool, GangWait)>>,
+}
+
+impl FailedShapes {
+    fn key(job: &QueuedJob, avoids: bool) -> u64 {
+        // The request's hashable part; the rest of the shape is compared on a hit.
+        let mut h = std::hash::DefaultHasher::new();
+        job.gang.request.hash(&mut h);
+        (job.gang.replicas, job.gang.min_replicas, job.gang.kind).hash(&mut h);
+        (&job.tenant, job.priority, avoids).hash(&mut h);
+        h.finish()
+    }
+
+    fn same(a: &QueuedJob, b: &QueuedJob) -> bool {
+        a.gang == b.gang && a.tenant == b.tenant && a.priority == b.priority
+    }
+
+    fn get(&self, job: &QueuedJob, avoids: bool) -> Option<&GangWait> {
+        self.by_hash
+            .get(&FailedShapes::key(job, avoids))?
+            .iter()
+            .find(|(seen, a, _)| *a == avoids && FailedShapes::same(seen, job))
+            .map(|(_, _, wait)| wait)
+    }
+
+    fn insert(&mut self, job: &QueuedJob, avoids: bool, wait: GangWait) {
+        let list = self
+            .by_hash
+            .entry(FailedShapes::key(job, avoids))
+            .or_default();
+        match list
+            .iter_mut()
+            .find(|(seen, a, _)| *a == avoids && FailedShapes::same(seen, job))
+        {
+            Some(entry) => entry.2 = wait,
+            None => list.push((job.clone(), avoids, wait)),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_hash.clear();
+    }
 }
 
 /// A blocked job's claim on the future: from `start_s` it will use `nodes`.
@@ -458,7 +508,7 @@ impl Scheduler {
         let mut decisions = Vec::new();
         let mut reservation: Option<Reservation> = None;
         // Shapes that did not fit since the last release: they cannot fit now either.
-        let mut failed: HashMap<(String, bool), GangWait> = HashMap::new();
+        let mut failed = FailedShapes::default();
         let mut free_gpus = self.index.free_gpus_total();
         for (_, _, id) in order {
             let Some(job) = self.pending.get(&id) else {
@@ -477,19 +527,16 @@ impl Scheduler {
                 .as_ref()
                 .filter(|_| !ends_before_reservation)
                 .map(|r| r.nodes.as_slice());
-            // Same shape, tenant and priority: same outcome until something is released.
-            let key = (
-                format!("{:?}/{}/{}", job.gang, job.tenant, job.priority),
-                avoid.is_some(),
-            );
             let whole_needed = match job.gang.request.gpu() {
                 GpuDemand::Exclusive { count } => {
                     u64::from(*count) * u64::from(job.gang.min_replicas)
                 }
                 _ => 0,
             };
-            let attempt = if let Some(w) = failed.get(&key) {
-                Err(w.clone())
+            let memo = failed.get(job, avoid.is_some()).cloned();
+            let from_memo = memo.is_some();
+            let attempt = if let Some(w) = memo {
+                Err(w)
             } else if whole_needed > free_gpus {
                 // Not enough free whole GPUs in the whole cluster: no scan can succeed.
                 let per = u64::from(job.gang.request.gpu_count().max(1));
@@ -507,7 +554,6 @@ impl Scheduler {
                     &GangOptions { avoid },
                 )
             };
-            let from_memo = failed.contains_key(&key);
             let job = job.clone();
             match attempt {
                 Ok(placement) => {
@@ -540,7 +586,7 @@ impl Scheduler {
                         decisions.append(&mut made);
                         continue;
                     }
-                    failed.insert(key, wait.clone());
+                    failed.insert(&job, avoid.is_some(), wait.clone());
                     let reason = match (&reservation, avoid) {
                         (Some(r), Some(_)) if !matches!(wait, GangWait::Network { .. }) => {
                             // Fits without the reservation? Then the reservation is the reason.
@@ -586,22 +632,46 @@ impl Scheduler {
             })
             .collect();
         ends.sort_by(|a, b| (a.0, &a.1.job.id).cmp(&(b.0, &b.1.job.id)));
+        // Jobs ending at the same moment are released together: one trial per moment.
+        let moments: Vec<&[(u64, &RunningJob)]> = ends
+            .chunk_by(|a, b| a.0 == b.0)
+            .take(self.config.reservation_trials)
+            .collect();
+        // A trial before enough GPUs could be free cannot succeed: start at the first moment
+        // that frees enough, and when none does, skip copying the cluster altogether.
+        let first = match ReplicaBound::new(&self.cluster, &self.index, &job.gang) {
+            Some(mut bound) => {
+                let need = u64::from(job.gang.min_replicas.max(1));
+                let mut first = None;
+                for (k, moment) in moments.iter().enumerate() {
+                    for (_, r) in moment.iter() {
+                        for replica in &r.placement.replicas {
+                            let gpus = u32::try_from(replica.claim.gpus.len()).unwrap_or(u32::MAX);
+                            bound.free(&self.cluster, replica.claim.node, gpus);
+                        }
+                    }
+                    if bound.replicas() >= need {
+                        first = Some(k);
+                        break;
+                    }
+                }
+                first?
+            }
+            None => 0,
+        };
         let mut future = self.cluster.clone();
         let mut index = self.index.clone();
-        let mut trials = 0;
-        let mut k = 0;
-        while k < ends.len() && trials < self.config.reservation_trials {
-            // Release everything that ends at the same moment together.
-            let t = ends[k].0;
-            while k < ends.len() && ends[k].0 == t {
-                for id in &ends[k].1.allocations {
+        for (k, moment) in moments.iter().enumerate() {
+            for (_, r) in moment.iter() {
+                for id in &r.allocations {
                     if let Ok(alloc) = future.release(*id) {
                         index.refresh(&future, &self.links, alloc.node);
                     }
                 }
-                k += 1;
             }
-            trials += 1;
+            if k < first {
+                continue;
+            }
             if let Some(p) = place_gang_if_fits(
                 &future,
                 &index,
@@ -615,7 +685,7 @@ impl Scheduler {
                 }
                 return Some(Reservation {
                     holder: job.id.clone(),
-                    start_s: t,
+                    start_s: moment[0].0,
                     nodes,
                 });
             }
@@ -745,4 +815,65 @@ fn placed_whole_gpus(p: &GangPlacement) -> u64 {
         .iter()
         .map(|r| r.claim.gpus.iter().filter(|g| g.exclusive).count() as u64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Request;
+
+    fn job(id: &str, gpus: u32) -> QueuedJob {
+        let request =
+            Request::new(8_000, 65_536, GpuDemand::Exclusive { count: gpus }).expect("valid");
+        QueuedJob {
+            id: JobId(id.into()),
+            gang: GangRequest::new(request, 2),
+            tenant: "research".into(),
+            queue: "default".into(),
+            priority: 1,
+            preemptible: true,
+            submitted_s: 0,
+            runtime: Runtime::default(),
+        }
+    }
+
+    fn wait(fit: u32) -> GangWait {
+        GangWait::TooFew {
+            needed: 2,
+            fit,
+            counts: Vec::new(),
+        }
+    }
+
+    /// The memo of failed shapes answers for any job of the same gang request, tenant,
+    /// priority and reservation, whatever its id, queue or submission time; any other
+    /// difference is a different shape.
+    #[test]
+    fn failed_shapes_match_on_the_whole_shape() {
+        let mut memo = FailedShapes::default();
+        let first = job("a", 8);
+        memo.insert(&first, false, wait(1));
+        let mut twin = job("b", 8);
+        twin.queue = "urgent".into();
+        twin.submitted_s = 99;
+        assert_eq!(memo.get(&twin, false), Some(&wait(1)));
+        assert_eq!(memo.get(&twin, true), None, "another reservation to avoid");
+        let mut other = job("c", 8);
+        other.priority = 2;
+        assert_eq!(memo.get(&other, false), None, "another priority");
+        other = job("c", 8);
+        other.tenant = "prod".into();
+        assert_eq!(memo.get(&other, false), None, "another tenant");
+        other = job("c", 8);
+        other.gang.replica_traffic_gbps = 50.0;
+        assert_eq!(memo.get(&other, false), None, "a field outside the hash");
+        other = job("c", 8);
+        other.gang.topology.rdma_required = true;
+        assert_eq!(memo.get(&other, false), None, "another topology");
+        assert_eq!(memo.get(&job("c", 4), false), None, "another request");
+        memo.insert(&twin, false, wait(0));
+        assert_eq!(memo.get(&first, false), Some(&wait(0)), "the latest reason");
+        memo.clear();
+        assert_eq!(memo.get(&first, false), None);
+    }
 }
