@@ -1,11 +1,15 @@
 //! Who may be preempted for whom: the bounded victim search's candidate list.
 //!
 //! A running job is a candidate victim for a pending job only when it is preemptible, has run
-//! for at least the minimum runtime, and either has a lower priority, or belongs to another
-//! tenant that borrows above its guarantee while the pending job stays within its own
-//! (reclaim). Candidates come cheapest first: reclaimable work, then work started above its
-//! guarantee, then lower priority, then the most recently started (it loses the least) and
-//! submitted, then the job id.
+//! for at least the minimum runtime, and either has a lower priority, or may be reclaimed:
+//! - it belongs to another tenant that borrows above its guarantee while the pending job's
+//!   tenant stays within its own, or
+//! - it belongs to a sibling queue of the same tenant that borrows above the queue's
+//!   guarantee while the pending job's queue stays within its own.
+//!
+//! Candidates come cheapest first: reclaimable work, then work started above a guarantee,
+//! then lower priority, then the most recently started (it loses the least) and submitted,
+//! then the job id.
 
 use std::cmp::Reverse;
 
@@ -18,11 +22,12 @@ use crate::quota::{Quotas, Usage};
 pub struct VictimView<'a> {
     pub id: &'a JobId,
     pub tenant: &'a str,
+    pub queue: &'a str,
     pub priority: i32,
     pub preemptible: bool,
     pub started_s: u64,
     pub submitted_s: u64,
-    /// Started above its tenant's guarantee.
+    /// Started above its tenant's or its queue's guarantee.
     pub borrowed: bool,
     /// GPU-milli per model the job holds.
     pub charges: &'a [(GpuModel, u64)],
@@ -32,6 +37,7 @@ pub struct VictimView<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preemptor<'a> {
     pub tenant: &'a str,
+    pub queue: &'a str,
     pub priority: i32,
     /// GPU-milli the job needs (at its minimum size).
     pub gpu_milli: u64,
@@ -42,7 +48,8 @@ pub struct Preemptor<'a> {
 /// Why a running job may be preempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum VictimKind {
-    /// Its tenant borrows above the guarantee the preemptor's tenant is owed.
+    /// Its tenant (or its queue, a sibling of the preemptor's) borrows above its guarantee
+    /// while the preemptor's is owed.
     Reclaim,
     /// Lower priority than the preemptor.
     Priority,
@@ -58,13 +65,6 @@ pub fn candidates<'a>(
     min_runtime_s: u64,
     limit: usize,
 ) -> Vec<(VictimKind, JobId)> {
-    // The preemptor may reclaim a model when its tenant stays within its guarantee there.
-    let reclaims = |model: &GpuModel| {
-        (preemptor.models.is_empty() || preemptor.models.contains(model))
-            && quotas.limit(preemptor.tenant, model).is_some_and(|limit| {
-                usage.get(preemptor.tenant, model) + preemptor.gpu_milli <= limit.guaranteed_milli
-            })
-    };
     // Sorted by (kind, borrowed first, priority, newest first, id).
     type Key = (VictimKind, Reverse<bool>, i32, Reverse<(u64, u64)>, JobId);
     let mut found: Vec<Key> = Vec::new();
@@ -72,10 +72,7 @@ pub fn candidates<'a>(
         if !v.preemptible || now_s.saturating_sub(v.started_s) < min_runtime_s {
             continue;
         }
-        let reclaim = v.tenant != preemptor.tenant
-            && v.charges
-                .iter()
-                .any(|(model, _)| reclaims(model) && quotas.borrowed(usage, v.tenant, model) > 0);
+        let reclaim = reclaimable(&v, preemptor, quotas, usage);
         let kind = if reclaim {
             VictimKind::Reclaim
         } else if v.priority < preemptor.priority {
@@ -94,4 +91,40 @@ pub fn candidates<'a>(
     found.sort();
     found.truncate(limit);
     found.into_iter().map(|(k, _, _, _, id)| (k, id)).collect()
+}
+
+/// Whether `victim` may be preempted to give `preemptor` back a guarantee it is owed: on some
+/// model the preemptor accepts, the victim's tenant borrows while the preemptor's (another)
+/// tenant stays within its guarantee, or the victim's queue borrows while the preemptor's
+/// sibling queue stays within its own.
+pub fn reclaimable(
+    victim: &VictimView<'_>,
+    preemptor: &Preemptor<'_>,
+    quotas: &Quotas,
+    usage: &Usage,
+) -> bool {
+    let accepts =
+        |model: &GpuModel| preemptor.models.is_empty() || preemptor.models.contains(model);
+    let other_tenant = victim.tenant != preemptor.tenant;
+    let sibling_queue = !other_tenant && victim.queue != preemptor.queue;
+    victim.charges.iter().any(|(model, _)| {
+        if !accepts(model) {
+            return false;
+        }
+        let by_tenant = other_tenant
+            && quotas.limit(preemptor.tenant, model).is_some_and(|limit| {
+                usage.get(preemptor.tenant, model) + preemptor.gpu_milli <= limit.guaranteed_milli
+            })
+            && quotas.borrowed(usage, victim.tenant, model) > 0;
+        let by_queue = sibling_queue
+            && quotas
+                .queue_limit(preemptor.tenant, preemptor.queue, model)
+                .is_some_and(|limit| {
+                    usage.get_in_queue(preemptor.tenant, preemptor.queue, model)
+                        + preemptor.gpu_milli
+                        <= limit.guaranteed_milli
+                })
+            && quotas.borrowed_in_queue(usage, victim.tenant, victim.queue, model) > 0;
+        by_tenant || by_queue
+    })
 }

@@ -1,5 +1,5 @@
-//! The queue: pending jobs in priority order, tenant quotas with borrowing and reclaim,
-//! preemption with a bounded victim search, and backfill behind a blocked gang.
+//! The queue: pending jobs in priority order, tenant and queue quotas with borrowing and
+//! reclaim, preemption with a bounded victim search, and backfill behind a blocked gang.
 //!
 //! [`Scheduler`] is a pure struct that owns the cluster model. The daemon submits and
 //! finishes jobs, calls [`Scheduler::queue_pass`] with the current time, and carries out the
@@ -8,8 +8,10 @@
 //!
 //! One pass:
 //! 1. pending jobs in order: higher priority, then earlier submission, then id;
-//! 2. each job is placed with [`place_gang`]; a placement that would pass the tenant's
-//!    maximum quota waits; one above the guarantee is *borrowed* (and reclaimable);
+//! 2. each job is placed with [`place_gang`]; a placement that would pass its queue's or its
+//!    tenant's maximum quota waits; one above either guarantee is *borrowed* (and
+//!    reclaimable: by other tenants when above the tenant's, by sibling queues when above
+//!    the queue's; see [`crate::quota`] and [`crate::preempt`]);
 //! 3. a job that does not fit may preempt: candidates from [`crate::preempt::candidates`]
 //!    are released one at a time, at most `max_victims`, until the job fits; if it still does
 //!    not, they are put back on the same GPUs (under new allocation ids);
@@ -31,7 +33,7 @@ use crate::gang::{
 use crate::gpu::GpuModel;
 use crate::job::{JobId, JobSpec};
 use crate::links::LinkState;
-use crate::preempt::{Preemptor, VictimKind, VictimView, candidates};
+use crate::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
 use crate::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
 use crate::request::{GpuDemand, RequestError};
 
@@ -93,10 +95,27 @@ pub struct RunningJob {
     pub started_s: u64,
     pub placement: GangPlacement,
     pub allocations: Vec<AllocationId>,
-    /// GPU-milli per model, as charged to the tenant's quota.
+    /// GPU-milli per model, as charged to the quotas of its queue and tenant.
     pub charges: Vec<(GpuModel, u64)>,
-    /// Started above its tenant's guarantee.
+    /// Started above its tenant's or its queue's guarantee.
     pub borrowed: bool,
+}
+
+impl RunningJob {
+    /// What the victim search reads about this job.
+    pub fn victim_view(&self) -> VictimView<'_> {
+        VictimView {
+            id: &self.job.id,
+            tenant: &self.job.tenant,
+            queue: &self.job.queue,
+            priority: self.job.priority,
+            preemptible: self.job.preemptible,
+            started_s: self.started_s,
+            submitted_s: self.job.submitted_s,
+            borrowed: self.borrowed,
+            charges: &self.charges,
+        }
+    }
 }
 
 /// Tuning of the queue.
@@ -129,10 +148,14 @@ impl Default for QueueConfig {
 /// Why a job waits.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WaitReason {
-    /// Placing it would pass the tenant's maximum.
+    /// Placing it would pass its queue's or its tenant's maximum.
     Quota(QuotaExceeded),
-    /// A non-preemptible job may not borrow: reclaim could not undo it.
-    NoBorrowing { tenant: String },
+    /// A non-preemptible job may not borrow: reclaim could not undo it. `queue` is set when
+    /// the queue's guarantee, not the tenant's, is the one it would pass.
+    NoBorrowing {
+        tenant: String,
+        queue: Option<String>,
+    },
     /// No room now (and no preemption makes room).
     Placement(GangWait),
     /// It fits only on nodes reserved for a blocked job and would still run at that start.
@@ -143,9 +166,19 @@ impl fmt::Display for WaitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WaitReason::Quota(q) => write!(f, "{q}"),
-            WaitReason::NoBorrowing { tenant } => write!(
+            WaitReason::NoBorrowing {
+                tenant,
+                queue: None,
+            } => write!(
                 f,
                 "tenant {tenant} is at its guarantee and non-preemptible jobs may not borrow"
+            ),
+            WaitReason::NoBorrowing {
+                tenant,
+                queue: Some(queue),
+            } => write!(
+                f,
+                "queue {tenant}/{queue} is at its guarantee and non-preemptible jobs may not borrow"
             ),
             WaitReason::Placement(w) => write!(f, "{w}"),
             WaitReason::Reserved { holder, start_s } => write!(
@@ -407,7 +440,8 @@ impl Scheduler {
                 self.index.refresh(&self.cluster, &self.links, alloc.node);
             }
         }
-        self.usage.remove(&job.job.tenant, &job.charges);
+        self.usage
+            .remove_in_queue(&job.job.tenant, &job.job.queue, &job.charges);
     }
 
     /// GPU-milli per model a placement charges.
@@ -443,7 +477,7 @@ impl Scheduler {
         for node in placement.nodes() {
             self.index.refresh(&self.cluster, &self.links, node);
         }
-        self.usage.add(&job.tenant, &charges);
+        self.usage.add_in_queue(&job.tenant, &job.queue, &charges);
         self.running.insert(
             job.id.clone(),
             RunningJob {
@@ -458,20 +492,33 @@ impl Scheduler {
         true
     }
 
-    /// Checks a placement against the tenant's quota: `Ok(borrowed)` or why it waits.
+    /// Checks a placement against the quotas of the job's queue and tenant: `Ok(borrowed)` or
+    /// why it waits.
     fn admit(&self, job: &QueuedJob, charges: &[(GpuModel, u64)]) -> Result<bool, WaitReason> {
-        match self.quotas.check(&self.usage, &job.tenant, charges) {
+        match self
+            .quotas
+            .check_in_queue(&self.usage, &job.tenant, &job.queue, charges)
+        {
             QuotaVerdict::Within => Ok(false),
             QuotaVerdict::Borrowing if job.preemptible => Ok(true),
-            QuotaVerdict::Borrowing => Err(WaitReason::NoBorrowing {
-                tenant: job.tenant.clone(),
-            }),
+            QuotaVerdict::Borrowing => {
+                // Name the tenant when its own guarantee is passed, else the queue's.
+                let by_tenant = charges.iter().any(|(model, milli)| {
+                    self.quotas.limit(&job.tenant, model).is_some_and(|l| {
+                        self.usage.get(&job.tenant, model) + milli > l.guaranteed_milli
+                    })
+                });
+                Err(WaitReason::NoBorrowing {
+                    tenant: job.tenant.clone(),
+                    queue: (!by_tenant).then(|| job.queue.clone()),
+                })
+            }
             QuotaVerdict::Over(q) => Err(WaitReason::Quota(q)),
         }
     }
 
     /// A quota check before any placement work: a job whose every allowed model is already
-    /// at its tenant's maximum cannot start, wherever it would go.
+    /// at its queue's or its tenant's maximum cannot start, wherever it would go.
     fn quota_precheck(&self, job: &QueuedJob) -> Option<WaitReason> {
         let models = match job.gang.request.models() {
             [] => self.models.as_slice(),
@@ -483,10 +530,12 @@ impl Scheduler {
         let need = job.gang.gpu_milli(job.gang.min_replicas);
         let mut first = None;
         for model in models {
-            match self
-                .quotas
-                .check(&self.usage, &job.tenant, &[(model.clone(), need)])
-            {
+            match self.quotas.check_in_queue(
+                &self.usage,
+                &job.tenant,
+                &job.queue,
+                &[(model.clone(), need)],
+            ) {
                 QuotaVerdict::Over(q) => {
                     first.get_or_insert(q);
                 }
@@ -494,6 +543,43 @@ impl Scheduler {
             }
         }
         first.map(WaitReason::Quota)
+    }
+
+    /// A job held back by its tenant's maximum while its queue is still owed its guarantee:
+    /// sibling queues borrowing the tenant's share give it back. Reclaims only (lower
+    /// priority work of other tenants would not lower the tenant's use); `None` when there
+    /// is nothing to reclaim or it would not let the job start.
+    fn reclaim_from_siblings(
+        &mut self,
+        job: &QueuedJob,
+        reason: &WaitReason,
+        now_s: u64,
+    ) -> Option<Vec<Decision>> {
+        let WaitReason::Quota(QuotaExceeded { queue: None, .. }) = reason else {
+            return None;
+        };
+        if !self.config.preemption || !self.owed_by_queue(job) {
+            return None;
+        }
+        self.preempt_for(job, now_s, true)
+    }
+
+    /// Whether the job's queue, with the job, stays within its own guarantee for a model
+    /// the job accepts.
+    fn owed_by_queue(&self, job: &QueuedJob) -> bool {
+        let models = match job.gang.request.models() {
+            [] => self.models.as_slice(),
+            listed => listed,
+        };
+        let need = job.gang.gpu_milli(job.gang.min_replicas);
+        models.iter().any(|model| {
+            self.quotas
+                .queue_limit(&job.tenant, &job.queue, model)
+                .is_some_and(|limit| {
+                    self.usage.get_in_queue(&job.tenant, &job.queue, model) + need
+                        <= limit.guaranteed_milli
+                })
+        })
     }
 
     /// One pass over the queue at time `now_s`. Decisions are already applied to the
@@ -515,6 +601,13 @@ impl Scheduler {
                 continue;
             };
             if let Some(reason) = self.quota_precheck(job) {
+                let job = job.clone();
+                if let Some(mut made) = self.reclaim_from_siblings(&job, &reason, now_s) {
+                    failed.clear();
+                    free_gpus = self.index.free_gpus_total();
+                    decisions.append(&mut made);
+                    continue;
+                }
                 decisions.push(Decision::Wait { job: id, reason });
                 continue;
             }
@@ -573,13 +666,22 @@ impl Scheduler {
                                 });
                             }
                         }
-                        Err(reason) => decisions.push(Decision::Wait { job: id, reason }),
+                        Err(reason) => {
+                            if let Some(mut made) = self.reclaim_from_siblings(&job, &reason, now_s)
+                            {
+                                failed.clear();
+                                free_gpus = self.index.free_gpus_total();
+                                decisions.append(&mut made);
+                                continue;
+                            }
+                            decisions.push(Decision::Wait { job: id, reason });
+                        }
                     }
                 }
                 Err(wait) => {
                     if self.config.preemption
                         && !from_memo
-                        && let Some(mut made) = self.preempt_for(&job, now_s)
+                        && let Some(mut made) = self.preempt_for(&job, now_s, false)
                     {
                         failed.clear();
                         free_gpus = self.index.free_gpus_total();
@@ -696,27 +798,25 @@ impl Scheduler {
     /// Tries to make room for `job` by preempting candidates one at a time. On success the
     /// victims are pending again, the job runs, and the decisions say so; otherwise nothing
     /// changed.
-    fn preempt_for(&mut self, job: &QueuedJob, now_s: u64) -> Option<Vec<Decision>> {
+    fn preempt_for(
+        &mut self,
+        job: &QueuedJob,
+        now_s: u64,
+        reclaim_only: bool,
+    ) -> Option<Vec<Decision>> {
         let need = job.gang.gpu_milli(job.gang.min_replicas);
+        let preemptor = Preemptor {
+            tenant: &job.tenant,
+            queue: &job.queue,
+            priority: job.priority,
+            gpu_milli: need,
+            models: job.gang.request.models(),
+        };
         let list = {
-            let views = self.running.values().map(|r| VictimView {
-                id: &r.job.id,
-                tenant: &r.job.tenant,
-                priority: r.job.priority,
-                preemptible: r.job.preemptible,
-                started_s: r.started_s,
-                submitted_s: r.job.submitted_s,
-                borrowed: r.borrowed,
-                charges: &r.charges,
-            });
+            let views = self.running.values().map(RunningJob::victim_view);
             candidates(
                 views,
-                &Preemptor {
-                    tenant: &job.tenant,
-                    priority: job.priority,
-                    gpu_milli: need,
-                    models: job.gang.request.models(),
-                },
+                &preemptor,
                 &self.quotas,
                 &self.usage,
                 now_s,
@@ -724,6 +824,10 @@ impl Scheduler {
                 self.config.max_victims,
             )
         };
+        let list: Vec<(VictimKind, JobId)> = list
+            .into_iter()
+            .filter(|(kind, _)| !reclaim_only || *kind == VictimKind::Reclaim)
+            .collect();
         if list.is_empty() {
             return None;
         }
@@ -733,12 +837,10 @@ impl Scheduler {
             let Some(victim) = self.running.get(&id) else {
                 continue;
             };
-            // Reclaim only while the victim's tenant still borrows.
+            // Reclaim only while the victim's tenant or queue still borrows what the
+            // preemptor is owed: earlier victims may have ended that.
             if kind == VictimKind::Reclaim
-                && victim
-                    .charges
-                    .iter()
-                    .all(|(m, _)| self.quotas.borrowed(&self.usage, &victim.job.tenant, m) == 0)
+                && !reclaimable(&victim.victim_view(), &preemptor, &self.quotas, &self.usage)
             {
                 continue;
             }
@@ -797,7 +899,8 @@ impl Scheduler {
                         self.index.refresh(&self.cluster, &self.links, node);
                     }
                     victim.allocations = ids;
-                    self.usage.add(&victim.job.tenant, &victim.charges);
+                    self.usage
+                        .add_in_queue(&victim.job.tenant, &victim.job.queue, &victim.charges);
                     self.running.insert(victim.job.id.clone(), victim);
                 }
                 Err(_) => {

@@ -2,6 +2,13 @@
 //! maximum it may reach by borrowing idle capacity. Work above the guarantee is borrowed and
 //! may be reclaimed (preempted) when another tenant needs its own guarantee back. Tenants
 //! and models without a configured limit are not managed: uncapped, never reclaimed.
+//!
+//! A tenant's queues may have limits of their own, nested under the tenant's: a job's GPUs
+//! count against its queue's limits *and* its tenant's. It waits if it would pass either
+//! maximum, and it is borrowed if it goes above either guarantee — above the queue's, a
+//! sibling queue of the same tenant may reclaim it; above the tenant's, another tenant may.
+//! Queues without limits (and the jobs of tenants that set none) answer to the tenant's
+//! limits alone. Work that names no queue is in [`DEFAULT_QUEUE`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,7 +16,10 @@ use std::fmt;
 use crate::gpu::GpuModel;
 use crate::job::MILLI_PER_GPU;
 
-/// A tenant's limits for one GPU model, in GPU-milli (1000 = one whole GPU).
+/// The queue of jobs that name none, and of usage recorded without one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// A tenant's (or a queue's) limits for one GPU model, in GPU-milli (1000 = one whole GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaLimit {
     pub guaranteed_milli: u64,
@@ -38,6 +48,16 @@ pub enum QuotaError {
         guaranteed: u64,
         max: u64,
     },
+    #[error(
+        "tenants.{tenant}.queues.{queue}.{model}: guaranteed {guaranteed} GPU-milli exceeds max {max}"
+    )]
+    QueueGuaranteeAboveMax {
+        tenant: String,
+        queue: String,
+        model: String,
+        guaranteed: u64,
+        max: u64,
+    },
 }
 
 /// Every tenant's limits: per model, plus an optional limit for models not listed.
@@ -46,11 +66,21 @@ pub struct Quotas {
     tenants: BTreeMap<String, TenantQuota>,
 }
 
-/// One tenant's limits.
+/// One tenant's limits, and those of its queues.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TenantQuota {
     pub per_model: BTreeMap<GpuModel, QuotaLimit>,
     /// For models not in `per_model`; `None`: those models are not managed for the tenant.
+    pub other_models: Option<QuotaLimit>,
+    /// Limits of the tenant's queues, by queue name, inside the tenant's own.
+    pub queues: BTreeMap<String, QueueQuota>,
+}
+
+/// One queue's limits, nested under its tenant's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueQuota {
+    pub per_model: BTreeMap<GpuModel, QuotaLimit>,
+    /// For models not in `per_model`; `None`: those models answer to the tenant alone.
     pub other_models: Option<QuotaLimit>,
 }
 
@@ -103,15 +133,71 @@ impl Quotas {
     pub fn tenants(&self) -> impl Iterator<Item = (&String, &TenantQuota)> {
         self.tenants.iter()
     }
+
+    /// Sets the limit of one of a tenant's queues for one model; refuses a guarantee above
+    /// the maximum. The queue's use also counts against the tenant's limits.
+    pub fn set_queue(
+        &mut self,
+        tenant: &str,
+        queue: &str,
+        model: GpuModel,
+        limit: QuotaLimit,
+    ) -> Result<(), QuotaError> {
+        if let Some(max) = limit.max_milli
+            && limit.guaranteed_milli > max
+        {
+            return Err(QuotaError::QueueGuaranteeAboveMax {
+                tenant: tenant.to_string(),
+                queue: queue.to_string(),
+                model: model.as_str().to_string(),
+                guaranteed: limit.guaranteed_milli,
+                max,
+            });
+        }
+        self.queue_entry(tenant, queue)
+            .per_model
+            .insert(model, limit);
+        Ok(())
+    }
+
+    /// Sets a queue's limit for the models it has no specific limit for.
+    pub fn set_queue_other_models(&mut self, tenant: &str, queue: &str, limit: QuotaLimit) {
+        self.queue_entry(tenant, queue).other_models = Some(limit);
+    }
+
+    fn queue_entry(&mut self, tenant: &str, queue: &str) -> &mut QueueQuota {
+        self.tenants
+            .entry(tenant.to_string())
+            .or_default()
+            .queues
+            .entry(queue.to_string())
+            .or_default()
+    }
+
+    /// The queue's own limit for `model` (not the tenant's); `None` when the queue has none.
+    pub fn queue_limit(&self, tenant: &str, queue: &str, model: &GpuModel) -> Option<QuotaLimit> {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.queues.get(queue))
+            .and_then(|q| q.per_model.get(model).copied().or(q.other_models))
+    }
+
+    /// Whether any queue has limits of its own.
+    pub fn has_queue_limits(&self) -> bool {
+        self.tenants.values().any(|t| !t.queues.is_empty())
+    }
 }
 
-/// GPU-milli in use per tenant and model.
+/// GPU-milli in use per tenant and model, and per queue of each tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Per tenant: the sum over its queues.
     used: BTreeMap<(String, GpuModel), u64>,
+    by_queue: BTreeMap<(String, String, GpuModel), u64>,
 }
 
 impl Usage {
+    /// The tenant's use of `model`, all its queues together.
     pub fn get(&self, tenant: &str, model: &GpuModel) -> u64 {
         self.used
             .get(&(tenant.to_string(), model.clone()))
@@ -119,22 +205,54 @@ impl Usage {
             .unwrap_or(0)
     }
 
+    /// One queue's use of `model`.
+    pub fn get_in_queue(&self, tenant: &str, queue: &str, model: &GpuModel) -> u64 {
+        self.by_queue
+            .get(&(tenant.to_string(), queue.to_string(), model.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Charges use to the tenant's [`DEFAULT_QUEUE`].
     pub fn add(&mut self, tenant: &str, charges: &[(GpuModel, u64)]) {
+        self.add_in_queue(tenant, DEFAULT_QUEUE, charges);
+    }
+
+    /// Returns use charged with [`Usage::add`].
+    pub fn remove(&mut self, tenant: &str, charges: &[(GpuModel, u64)]) {
+        self.remove_in_queue(tenant, DEFAULT_QUEUE, charges);
+    }
+
+    /// Charges use to one of the tenant's queues (and so to the tenant).
+    pub fn add_in_queue(&mut self, tenant: &str, queue: &str, charges: &[(GpuModel, u64)]) {
         for (model, milli) in charges {
             *self
                 .used
                 .entry((tenant.to_string(), model.clone()))
                 .or_default() += milli;
+            *self
+                .by_queue
+                .entry((tenant.to_string(), queue.to_string(), model.clone()))
+                .or_default() += milli;
         }
     }
 
-    pub fn remove(&mut self, tenant: &str, charges: &[(GpuModel, u64)]) {
+    /// Returns use charged with [`Usage::add_in_queue`]: from the queue and the tenant, never
+    /// below zero.
+    pub fn remove_in_queue(&mut self, tenant: &str, queue: &str, charges: &[(GpuModel, u64)]) {
         for (model, milli) in charges {
             let key = (tenant.to_string(), model.clone());
             if let Some(u) = self.used.get_mut(&key) {
                 *u = u.saturating_sub(*milli);
                 if *u == 0 {
                     self.used.remove(&key);
+                }
+            }
+            let key = (tenant.to_string(), queue.to_string(), model.clone());
+            if let Some(u) = self.by_queue.get_mut(&key) {
+                *u = u.saturating_sub(*milli);
+                if *u == 0 {
+                    self.by_queue.remove(&key);
                 }
             }
         }
@@ -144,23 +262,33 @@ impl Usage {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &GpuModel, u64)> {
         self.used.iter().map(|((t, m), u)| (t.as_str(), m, *u))
     }
+
+    /// Every (tenant, queue, model) with its use.
+    pub fn iter_queues(&self) -> impl Iterator<Item = (&str, &str, &GpuModel, u64)> {
+        self.by_queue
+            .iter()
+            .map(|((t, q, m), u)| (t.as_str(), q.as_str(), m, *u))
+    }
 }
 
-/// What admitting `charges` for a tenant would mean.
+/// What admitting `charges` for a tenant (and its queue) would mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QuotaVerdict {
-    /// Inside the guarantee for every model.
+    /// Inside the guarantees (tenant's and queue's) for every model.
     Within,
-    /// Above the guarantee for some model but under every maximum: borrowed, reclaimable.
+    /// Above a guarantee (tenant's or queue's) for some model but under every maximum:
+    /// borrowed, reclaimable.
     Borrowing,
     /// Above a maximum.
     Over(QuotaExceeded),
 }
 
-/// A maximum that a job would pass.
+/// A maximum that a job would pass: its tenant's, or with `queue` set, its queue's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaExceeded {
     pub tenant: String,
+    /// The queue whose maximum it is; `None`: the tenant's.
+    pub queue: Option<String>,
     pub model: GpuModel,
     pub used_milli: u64,
     pub max_milli: u64,
@@ -179,10 +307,13 @@ fn gpus(milli: u64) -> String {
 
 impl fmt::Display for QuotaExceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.queue {
+            Some(queue) => write!(f, "queue {}/{queue}", self.tenant)?,
+            None => write!(f, "tenant {}", self.tenant)?,
+        }
         write!(
             f,
-            "tenant {} at quota {}/{} {} (needs {} more)",
-            self.tenant,
+            " at quota {}/{} {} (needs {} more)",
             gpus(self.used_milli),
             gpus(self.max_milli),
             self.model,
@@ -192,27 +323,51 @@ impl fmt::Display for QuotaExceeded {
 }
 
 impl Quotas {
-    /// Judges `charges` (GPU-milli per model) for `tenant` against its limits and `usage`.
+    /// Judges `charges` (GPU-milli per model) for `tenant` against its limits and `usage`,
+    /// as work of its [`DEFAULT_QUEUE`] (whose limits, if any, apply too).
     pub fn check(&self, usage: &Usage, tenant: &str, charges: &[(GpuModel, u64)]) -> QuotaVerdict {
+        self.check_in_queue(usage, tenant, DEFAULT_QUEUE, charges)
+    }
+
+    /// Judges `charges` for work in one of `tenant`'s queues: against the queue's limits and
+    /// the tenant's. A passed maximum names the queue's before the tenant's for the same
+    /// model, the narrower scope being the one to raise or wait for.
+    pub fn check_in_queue(
+        &self,
+        usage: &Usage,
+        tenant: &str,
+        queue: &str,
+        charges: &[(GpuModel, u64)],
+    ) -> QuotaVerdict {
         let mut borrowing = false;
         for (model, milli) in charges {
-            let Some(limit) = self.limit(tenant, model) else {
-                continue;
-            };
-            let used = usage.get(tenant, model);
-            if let Some(max) = limit.max_milli
-                && used + milli > max
-            {
-                return QuotaVerdict::Over(QuotaExceeded {
-                    tenant: tenant.to_string(),
-                    model: model.clone(),
-                    used_milli: used,
-                    max_milli: max,
-                    needed_milli: *milli,
-                });
-            }
-            if used + milli > limit.guaranteed_milli {
-                borrowing = true;
+            let scopes = [
+                (Some(queue), self.queue_limit(tenant, queue, model)),
+                (None, self.limit(tenant, model)),
+            ];
+            for (scope, limit) in scopes {
+                let Some(limit) = limit else {
+                    continue;
+                };
+                let used = match scope {
+                    Some(queue) => usage.get_in_queue(tenant, queue, model),
+                    None => usage.get(tenant, model),
+                };
+                if let Some(max) = limit.max_milli
+                    && used + milli > max
+                {
+                    return QuotaVerdict::Over(QuotaExceeded {
+                        tenant: tenant.to_string(),
+                        queue: scope.map(str::to_string),
+                        model: model.clone(),
+                        used_milli: used,
+                        max_milli: max,
+                        needed_milli: *milli,
+                    });
+                }
+                if used + milli > limit.guaranteed_milli {
+                    borrowing = true;
+                }
             }
         }
         if borrowing {
@@ -227,6 +382,22 @@ impl Quotas {
         self.limit(tenant, model).map_or(0, |limit| {
             usage
                 .get(tenant, model)
+                .saturating_sub(limit.guaranteed_milli)
+        })
+    }
+
+    /// GPU-milli of `model` one of the tenant's queues uses above the queue's guarantee (0
+    /// when the queue has no limit of its own).
+    pub fn borrowed_in_queue(
+        &self,
+        usage: &Usage,
+        tenant: &str,
+        queue: &str,
+        model: &GpuModel,
+    ) -> u64 {
+        self.queue_limit(tenant, queue, model).map_or(0, |limit| {
+            usage
+                .get_in_queue(tenant, queue, model)
                 .saturating_sub(limit.guaranteed_milli)
         })
     }

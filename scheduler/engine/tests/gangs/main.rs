@@ -5,3 +5,4 @@ mod fabric;
 mod placement;
 mod properties;
 mod queue;
+mod queues;
