@@ -1,7 +1,7 @@
 //! Load benchmark against the real `suanli-scheduler` binary on loopback.
 //!
 //! 1,000 agents (8 × H100 each, real AgentService sessions with heartbeats) register; 50
-//! concurrent clients submit 20,000 jobs; a watcher records when each job is placed. Then the
+//! concurrent clients submit 20,000 jobs (1% of them 4-replica training gangs); a watcher records when each job is placed. Then the
 //! scheduler is stopped and started again on the same data directory, and the time to its
 //! first placement is measured. Prints one summary table and one JSON line.
 //!
@@ -76,8 +76,21 @@ fn inventory(i: usize) -> NodeInventory {
     }
 }
 
-/// A mixed workload: one in ten jobs takes a whole GPU, the rest share one.
+/// A mixed workload: one in a hundred jobs is a training gang of 4 × 2 whole GPUs (through
+/// the gang planner), one in ten takes a whole GPU, the rest share one.
 fn job(i: usize) -> pb::JobSpec {
+    if i % 100 == 50 {
+        let mut spec = JobSpec::new(format!("load-{i}"), JobKind::Training);
+        spec.replicas = 4;
+        spec.resources.cpu_milli = 8000;
+        spec.resources.memory_mib = 65_536;
+        spec.gpu = Some(GpuRequest {
+            policy: GpuPolicy::Exclusive { count: 2 },
+            models: vec![],
+        });
+        spec.command = vec!["true".into()];
+        return spec.into();
+    }
     let mut spec = JobSpec::new(format!("load-{i}"), JobKind::Inference);
     spec.resources.cpu_milli = 1000;
     spec.resources.memory_mib = 4096;

@@ -18,6 +18,15 @@
 //! [quotas.research]
 //! H100 = { guaranteed = 32, max = 64 }
 //! other = { guaranteed = 0, max = 8 }
+//! # A queue of a tenant: its use counts against the queue's limits and the tenant's.
+//! [quotas."research/urgent"]
+//! H100 = { guaranteed = 8, max = 16 }
+//!
+//! # Higher-priority work and owed guarantees may stop running jobs.
+//! [preemption]
+//! enabled = true
+//! min_runtime_s = 300
+//! max_victims = 16
 //!
 //! # Domains' prices and the links between them, for the gang planner.
 //! [[domains]]
@@ -58,10 +67,32 @@ pub struct ServerConfig {
     /// `full` (fsync per commit) or `normal` (survives a killed process, not power loss).
     pub durability: String,
     pub auth: AuthConfig,
-    /// Tenant → model (or `other`) → limit in whole GPUs.
+    /// Tenant (or `tenant/queue`) → model (or `other`) → limit in whole GPUs.
     pub quotas: BTreeMap<String, BTreeMap<String, QuotaGpus>>,
+    pub preemption: PreemptionSettings,
     pub domains: Vec<DomainPrice>,
     pub domain_links: Vec<DomainLinkConfig>,
+}
+
+/// When running jobs may be stopped for others.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreemptionSettings {
+    pub enabled: bool,
+    /// A job runs at least this long before it may be preempted.
+    pub min_runtime_s: u64,
+    /// Most running jobs one pending job may stop.
+    pub max_victims: usize,
+}
+
+impl Default for PreemptionSettings {
+    fn default() -> Self {
+        PreemptionSettings {
+            enabled: true,
+            min_runtime_s: 300,
+            max_victims: 16,
+        }
+    }
 }
 
 /// A tenant's limit for one model, in whole GPUs.
@@ -106,6 +137,7 @@ impl Default for ServerConfig {
             durability: "full".to_string(),
             auth: AuthConfig::default(),
             quotas: BTreeMap::new(),
+            preemption: PreemptionSettings::default(),
             domains: Vec::new(),
             domain_links: Vec::new(),
         }
@@ -163,9 +195,20 @@ impl ServerConfig {
     /// The `[quotas]` section as the engine's quota table.
     pub fn quota_table(&self, path: &Path) -> Result<Quotas, ConfigError> {
         let mut quotas = Quotas::new();
-        for (tenant, models) in &self.quotas {
+        for (scope, models) in &self.quotas {
+            let (tenant, queue) = match scope.split_once('/') {
+                Some((tenant, queue)) => (tenant, Some(queue)),
+                None => (scope.as_str(), None),
+            };
             for (model, limit) in models {
-                let field = format!("quotas.{tenant}.{model}");
+                let field = format!("quotas.{scope}.{model}");
+                if tenant.is_empty() || queue.is_some_and(|q| q.is_empty() || q.contains('/')) {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        field: format!("quotas.{scope}"),
+                        problem: "expected a tenant or tenant/queue".into(),
+                    });
+                }
                 let invalid = |problem: String| ConfigError::Invalid {
                     path: path.to_path_buf(),
                     field: field.clone(),
@@ -180,16 +223,22 @@ impl ServerConfig {
                     )));
                 }
                 let engine_limit = QuotaLimit::gpus(limit.guaranteed, limit.max);
-                if model == "other" {
-                    quotas.set_other_models(tenant, engine_limit);
-                    continue;
+                match (queue, model.as_str()) {
+                    (None, "other") => quotas.set_other_models(tenant, engine_limit),
+                    (Some(queue), "other") => {
+                        quotas.set_queue_other_models(tenant, queue, engine_limit)
+                    }
+                    (queue, _) => {
+                        let parsed: GpuModel = model
+                            .parse()
+                            .map_err(|e| invalid(format!("not a GPU model name: {e}")))?;
+                        match queue {
+                            None => quotas.set(tenant, parsed, engine_limit),
+                            Some(queue) => quotas.set_queue(tenant, queue, parsed, engine_limit),
+                        }
+                        .map_err(|e| invalid(e.to_string()))?;
+                    }
                 }
-                let parsed: GpuModel = model
-                    .parse()
-                    .map_err(|e| invalid(format!("not a GPU model name: {e}")))?;
-                quotas
-                    .set(tenant, parsed, engine_limit)
-                    .map_err(|e| invalid(e.to_string()))?;
             }
         }
         Ok(quotas)
@@ -355,9 +404,13 @@ mod tests {
     fn quotas_and_domains_become_engine_tables() {
         let config = parse(
             r#"
-            [quotas.research]
+                        [quotas.research]
             H100 = { guaranteed = 32, max = 64 }
             other = { max = 8 }
+            [quotas."research/urgent"]
+            H100 = { guaranteed = 8, max = 16 }
+            [preemption]
+            min_runtime_s = 60
             [[domains]]
             cid = "cid:aws/us-east-1/a"
             price_per_gpu_hour = 2.5
@@ -385,6 +438,12 @@ mod tests {
             "`other` covers unlisted models"
         );
         assert_eq!(quotas.limit("prod", &h100), None);
+        assert_eq!(
+            quotas.queue_limit("research", "urgent", &h100),
+            Some(QuotaLimit::gpus(8, Some(16)))
+        );
+        assert!(config.preemption.enabled, "on unless turned off");
+        assert_eq!(config.preemption.min_runtime_s, 60);
         let catalog = config.domain_catalog(path).expect("valid catalog");
         assert_eq!(catalog.domains().len(), 2);
     }
@@ -404,6 +463,13 @@ mod tests {
         assert!(
             err.starts_with("config suanli.toml: quotas.research.A100 80GB: not a GPU model name"),
             "{err}"
+        );
+        let err = parse("[quotas.\"research/\"]\nH100 = { max = 8 }")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config suanli.toml: quotas.research/: expected a tenant or tenant/queue"
         );
         let err = parse("[[domains]]\ncid = \"cid:aws/us-east-1\"\nprice_per_gpu_hour = 1.0")
             .unwrap_err()

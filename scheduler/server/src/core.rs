@@ -25,6 +25,7 @@ use suanli_engine::gang::{
 };
 use suanli_engine::links::LinkState;
 use suanli_engine::policy::{Policy, PolicyKind, place};
+use suanli_engine::preempt::{Preemptor, VictimKind, VictimView, candidates};
 use suanli_engine::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, GpuModel, JobSpec, JobState, MigProfile, NodeInventory};
@@ -283,6 +284,27 @@ pub struct CoreConfig {
     pub quotas: Quotas,
     /// Domain prices and links, for the gang planner.
     pub catalog: DomainCatalog,
+    pub preemption: PreemptionConfig,
+}
+
+/// When a pending job may stop running ones to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreemptionConfig {
+    pub enabled: bool,
+    /// A job runs at least this long before it may be preempted.
+    pub min_runtime_s: u64,
+    /// Most victims one job may preempt (bounds the search).
+    pub max_victims: usize,
+}
+
+impl Default for PreemptionConfig {
+    fn default() -> Self {
+        PreemptionConfig {
+            enabled: true,
+            min_runtime_s: 300,
+            max_victims: 16,
+        }
+    }
 }
 
 struct NodeEntry {
@@ -304,6 +326,8 @@ struct LiveJob {
     allocations: Vec<AllocationId>,
     /// GPU-milli per model the job's placement charges to its tenant's quota.
     charges: Vec<(GpuModel, u64)>,
+    /// Placed above its tenant's or queue's guarantee: reclaimable.
+    borrowed: bool,
     /// Why the last attempt to place it failed.
     wait: Option<Wait>,
 }
@@ -317,6 +341,8 @@ enum Wait {
     Gang(GangWait),
     /// It fits, but its tenant's quota does not allow it.
     Quota(QuotaExceeded),
+    /// It would borrow above a guarantee, and reclaim could not undo that.
+    NoBorrowing { tenant: String },
 }
 
 impl std::fmt::Display for Wait {
@@ -325,6 +351,10 @@ impl std::fmt::Display for Wait {
             Wait::Policy(u) => write!(f, "{u}"),
             Wait::Gang(g) => write!(f, "{g}"),
             Wait::Quota(q) => write!(f, "{q}"),
+            Wait::NoBorrowing { tenant } => write!(
+                f,
+                "tenant {tenant} is at its guarantee and non-preemptible jobs may not borrow"
+            ),
         }
     }
 }
@@ -504,6 +534,7 @@ impl Core {
                     placement,
                     allocations: Vec::new(),
                     charges: Vec::new(),
+                    borrowed: false,
                     wait: None,
                 },
             );
@@ -656,6 +687,7 @@ impl Core {
                                 placement: None,
                                 allocations: Vec::new(),
                                 charges: Vec::new(),
+                                borrowed: false,
                                 wait: None,
                             },
                         );
@@ -908,6 +940,13 @@ impl Core {
     }
 
     fn release(&mut self, id: &JobId) {
+        self.release_resources(id);
+        self.capacity_changed = true;
+    }
+
+    /// Gives back a job's GPUs and quota without marking capacity as changed: for trial
+    /// releases that may be undone.
+    fn release_resources(&mut self, id: &JobId) {
         let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
@@ -920,8 +959,9 @@ impl Core {
             }
         }
         let charges = std::mem::take(&mut job.charges);
-        self.usage.remove(&job.spec.tenant, &charges);
-        self.capacity_changed = true;
+        job.borrowed = false;
+        self.usage
+            .remove_in_queue(&job.spec.tenant, &job.spec.queue, &charges);
     }
 
     /// Tells agents to stop every replica of a job that was placed.
@@ -1115,21 +1155,30 @@ impl Core {
         } else {
             self.plan_single(&gang.request)
         };
+        let mut victims = Vec::new();
         let (claims, how) = match planned {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(false),
+            Err(wait) => match self.make_room(&spec, &gang) {
+                Some((planned, taken)) => {
+                    victims = taken;
+                    planned
+                }
+                None => {
+                    self.record_wait(id, wait)?;
+                    return Ok(false);
+                }
+            },
+        };
+        let charges = self.charges(claims.iter().map(|(claim, _)| claim));
+        let borrowed = match self.admit(&spec, &charges) {
+            Ok(borrowed) => borrowed,
             Err(wait) => {
+                self.restore_victims(victims);
                 self.record_wait(id, wait)?;
                 return Ok(false);
             }
         };
-        let charges = self.charges(claims.iter().map(|(claim, _)| claim));
-        if let QuotaVerdict::Over(exceeded) =
-            self.quotas().check(&self.usage, &spec.tenant, &charges)
-        {
-            self.record_wait(id, Wait::Quota(exceeded))?;
-            return Ok(false);
-        }
         let mut allocations = Vec::with_capacity(claims.len());
         for (claim, _) in &claims {
             match self.cluster.allocate(claim) {
@@ -1137,6 +1186,7 @@ impl Core {
                 Err(e) => {
                     warn!(job = %id, error = %e, "Engine placement did not fit.");
                     self.release_allocations(&allocations);
+                    self.restore_victims(victims);
                     return Ok(false);
                 }
             }
@@ -1180,6 +1230,7 @@ impl Core {
             Some(Some(&placement)),
         ) {
             self.release_allocations(&allocations);
+            self.restore_victims(victims);
             return Err(e);
         }
         let created_ms = self.jobs.get(id).map_or(0, |j| j.created_ms);
@@ -1188,16 +1239,20 @@ impl Core {
         if self.latencies.len() > 100_000 {
             self.latencies.drain(..50_000);
         }
-        self.usage.add(&spec.tenant, &charges);
+        self.usage.add_in_queue(&spec.tenant, &spec.queue, &charges);
         if let Some(job) = self.jobs.get_mut(id) {
             self.pending
                 .remove(&(Reverse(job.spec.priority), id.clone()));
             job.allocations = allocations;
             job.charges = charges;
+            job.borrowed = borrowed;
             job.placement = Some(placement.clone());
             job.wait = None;
         }
         info!(job = %id, replicas = placed, nodes = %where_, "Placed job.");
+        for (kind, victim) in victims {
+            self.preempt(&victim, id, kind)?;
+        }
         for slot in &placement.replicas {
             self.assign(id, &spec, slot, attempt);
         }
@@ -1206,6 +1261,200 @@ impl Core {
 
     fn quotas(&self) -> &Quotas {
         &self.config.quotas
+    }
+
+    /// Judges a placement's charges against the job's queue and tenant quotas: whether it
+    /// borrows, or why it waits.
+    fn admit(&self, spec: &JobSpec, charges: &[(GpuModel, u64)]) -> Result<bool, Wait> {
+        match self
+            .quotas()
+            .check_in_queue(&self.usage, &spec.tenant, &spec.queue, charges)
+        {
+            QuotaVerdict::Within => Ok(false),
+            QuotaVerdict::Borrowing if spec.preemptible => Ok(true),
+            QuotaVerdict::Borrowing => Err(Wait::NoBorrowing {
+                tenant: spec.tenant.clone(),
+            }),
+            QuotaVerdict::Over(exceeded) => Err(Wait::Quota(exceeded)),
+        }
+    }
+
+    /// Looks for running jobs whose preemption lets `spec` run: lower priority, or work
+    /// borrowed above a guarantee that the job's tenant or queue is owed. Candidates are
+    /// released one at a time, cheapest first, until the job fits; then it returns the plan
+    /// and the victims (released, still to be told). If it never fits, everything is put back.
+    #[allow(clippy::type_complexity)]
+    fn make_room(
+        &mut self,
+        spec: &JobSpec,
+        gang: &GangRequest,
+    ) -> Option<(
+        (Vec<(Claim, Vec<ScoreItem>)>, String),
+        Vec<(VictimKind, JobId)>,
+    )> {
+        let settings = self.config.preemption;
+        if !settings.enabled {
+            return None;
+        }
+        let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let list = {
+            let views = self.jobs.iter().filter_map(|(id, job)| {
+                let placement = job.placement.as_ref()?;
+                if job.allocations.is_empty() {
+                    return None;
+                }
+                Some(VictimView {
+                    id,
+                    tenant: &job.spec.tenant,
+                    queue: &job.spec.queue,
+                    priority: job.spec.priority,
+                    preemptible: job.spec.preemptible,
+                    started_s: u64::try_from(placement.placed_ms / 1000).unwrap_or(0),
+                    submitted_s: u64::try_from(job.created_ms / 1000).unwrap_or(0),
+                    borrowed: job.borrowed,
+                    charges: &job.charges,
+                })
+            });
+            candidates(
+                views,
+                &Preemptor {
+                    tenant: &spec.tenant,
+                    queue: &spec.queue,
+                    priority: spec.priority,
+                    gpu_milli: gang.gpu_milli(gang.min_replicas),
+                    models: gang.request.models(),
+                },
+                self.quotas(),
+                &self.usage,
+                now_s,
+                settings.min_runtime_s,
+                settings.max_victims,
+            )
+        };
+        let mut taken = Vec::new();
+        for (kind, victim) in list {
+            let Some(job) = self.jobs.get(&victim) else {
+                continue;
+            };
+            // Reclaim only while the victim's tenant or queue still borrows.
+            if kind == VictimKind::Reclaim
+                && job.charges.iter().all(|(model, _)| {
+                    self.quotas().borrowed(&self.usage, &job.spec.tenant, model) == 0
+                        && self.quotas().borrowed_in_queue(
+                            &self.usage,
+                            &job.spec.tenant,
+                            &job.spec.queue,
+                            model,
+                        ) == 0
+                })
+            {
+                continue;
+            }
+            self.release_resources(&victim);
+            taken.push((kind, victim));
+            let planned = if gang.replicas > 1 {
+                self.plan_gang(gang)
+            } else {
+                self.plan_single(&gang.request)
+            };
+            if let Ok(Some(plan)) = planned {
+                let charges = self.charges(plan.0.iter().map(|(claim, _)| claim));
+                if self.admit(spec, &charges).is_ok() {
+                    return Some((plan, taken));
+                }
+            }
+        }
+        self.restore_victims(taken);
+        None
+    }
+
+    /// Puts trial-released victims back on exactly the GPUs they held.
+    fn restore_victims(&mut self, victims: Vec<(VictimKind, JobId)>) {
+        for (_, id) in victims.into_iter().rev() {
+            if let Err(e) = self.reclaim_resources(&id) {
+                // Nothing else was allocated in between, so this does not happen; should it,
+                // the job is safer back in the queue than holding nothing.
+                warn!(job = %id, error = %e, "Could not restore a trial victim; requeueing it.");
+                if let Err(e) =
+                    self.requeue(&id, "preempted", "its resources could not be restored")
+                {
+                    warn!(job = %id, error = %e, "Could not requeue.");
+                }
+            }
+        }
+    }
+
+    /// Claims a placed job's stored placement again in the cluster and charges its quota.
+    fn reclaim_resources(&mut self, id: &JobId) -> Result<(), String> {
+        let claims = self
+            .claims_of(id)
+            .ok_or_else(|| "a node or GPU of its placement is gone".to_string())?;
+        let charges = self.charges(claims.iter());
+        let mut allocations = Vec::with_capacity(claims.len());
+        for claim in &claims {
+            match self.cluster.allocate(claim) {
+                Ok(a) => allocations.push(a),
+                Err(e) => {
+                    self.release_allocations(&allocations);
+                    return Err(e.to_string());
+                }
+            }
+            self.index.refresh(&self.cluster, &self.links, claim.node);
+        }
+        let Some(job) = self.jobs.get_mut(id) else {
+            self.release_allocations(&allocations);
+            return Err("unknown job".into());
+        };
+        let verdict = self.config.quotas.check_in_queue(
+            &self.usage,
+            &job.spec.tenant,
+            &job.spec.queue,
+            &charges,
+        );
+        job.borrowed = matches!(verdict, QuotaVerdict::Borrowing | QuotaVerdict::Over(_));
+        self.usage
+            .add_in_queue(&job.spec.tenant, &job.spec.queue, &charges);
+        job.allocations = allocations;
+        job.charges = charges;
+        Ok(())
+    }
+
+    /// Stops a victim whose resources went to `for_job` and puts it back in the queue. It
+    /// keeps its submission time, so it returns to its old place.
+    fn preempt(
+        &mut self,
+        victim: &JobId,
+        for_job: &JobId,
+        kind: VictimKind,
+    ) -> Result<(), CoreError> {
+        self.stop_replicas(victim);
+        let why = match kind {
+            VictimKind::Reclaim => "reclaiming quota it borrowed",
+            VictimKind::Priority => "it has lower priority",
+        };
+        let message = format!("preempted for {for_job}: {why}");
+        info!(job = %victim, by = %for_job, "{message}");
+        self.transition(
+            victim,
+            JobState::Preempted,
+            "preempted",
+            &message,
+            Some(None),
+        )?;
+        self.transition(
+            victim,
+            JobState::Pending,
+            "requeued",
+            "back in the queue after preemption",
+            None,
+        )?;
+        if let Some(job) = self.jobs.get_mut(victim) {
+            job.placement = None;
+            self.pending
+                .insert((Reverse(job.spec.priority), victim.clone()));
+            self.untried.insert(victim.clone());
+        }
+        Ok(())
     }
 
     /// One replica by the configured policy: its claim and score, or why it fits nowhere.
@@ -1414,50 +1663,25 @@ impl Core {
             .enumerate()
             .filter_map(|(i, n)| n.cid().map(|c| (c.clone(), NodeId(i as u32))))
             .collect();
-        let holders: Vec<JobId> = self
+        self.index = FabricIndex::new(&self.cluster, &self.links, &self.config.catalog);
+        // In placement order, so quota borrowing is judged as it was when they were placed.
+        let mut holders: Vec<(i64, JobId)> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.placement.is_some())
-            .map(|(id, _)| id.clone())
+            .filter_map(|(id, j)| j.placement.as_ref().map(|p| (p.placed_ms, id.clone())))
             .collect();
+        holders.sort();
         let mut lost = Vec::new();
-        for id in holders {
-            let claims = self.claims_of(&id);
-            let charges = claims
-                .as_ref()
-                .map(|c| self.charges(c.iter()))
-                .unwrap_or_default();
-            let mut allocs = Vec::new();
-            let mut ok = claims.is_some();
-            for claim in claims.into_iter().flatten() {
-                match self.cluster.allocate(&claim) {
-                    Ok(a) => allocs.push(a),
-                    Err(e) => {
-                        warn!(job = %id, error = %e, "A job's resources are gone.");
-                        ok = false;
-                        break;
-                    }
-                }
+        for (_, id) in holders {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.allocations.clear();
+                job.charges.clear();
             }
-            if ok {
-                if let Some(job) = self.jobs.get_mut(&id) {
-                    job.allocations = allocs;
-                    self.usage.add(&job.spec.tenant, &charges);
-                    job.charges = charges;
-                }
-            } else {
-                for a in allocs {
-                    let _ = self.cluster.release(a);
-                }
-                if let Some(job) = self.jobs.get_mut(&id) {
-                    job.allocations.clear();
-                    job.charges.clear();
-                }
+            if let Err(e) = self.reclaim_resources(&id) {
+                warn!(job = %id, error = %e, "A job's resources are gone.");
                 lost.push(id);
             }
         }
-        // Built after the live jobs claimed their resources again, so it sees them.
-        self.index = FabricIndex::new(&self.cluster, &self.links, &self.config.catalog);
         for id in lost {
             if let Err(e) = self.requeue(&id, "node_lost", "its node left the cluster") {
                 warn!(job = %id, error = %e, "Could not requeue.");
@@ -1883,7 +2107,9 @@ impl Core {
                             .collect(),
                         self.cluster.len() as u32,
                     ),
-                    Wait::Gang(_) | Wait::Quota(_) => (Vec::new(), self.cluster.len() as u32),
+                    Wait::Gang(_) | Wait::Quota(_) | Wait::NoBorrowing { .. } => {
+                        (Vec::new(), self.cluster.len() as u32)
+                    }
                 };
                 Ok(Explanation {
                     state: job.state,
@@ -1891,8 +2117,8 @@ impl Core {
                     reasons,
                     nodes_considered,
                     queue_reason: match wait {
-                        Wait::Quota(q) => q.to_string(),
-                        _ => String::new(),
+                        Wait::Quota(_) | Wait::NoBorrowing { .. } => wait.to_string(),
+                        Wait::Policy(_) | Wait::Gang(_) => String::new(),
                     },
                     placement: None,
                 })

@@ -87,6 +87,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             max_attempts: config.max_attempts,
             quotas: config.quota_table(std::path::Path::new("config"))?,
             catalog: config.domain_catalog(std::path::Path::new("config"))?,
+            preemption: core::PreemptionConfig {
+                enabled: config.preemption.enabled,
+                min_runtime_s: config.preemption.min_runtime_s,
+                max_victims: config.preemption.max_victims,
+            },
         },
     )?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)

@@ -906,3 +906,129 @@ async fn gangs_stay_on_a_leaf_replicas_spread_and_quota_holds() {
     drop(agents);
     server.shutdown().await;
 }
+
+async fn history(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<pb::JobEvent> {
+    jobs.watch(authed(
+        ADMIN,
+        pb::WatchJobsRequest {
+            job_id: id.into(),
+            from_seq: None,
+            tenant: String::new(),
+            replay_only: true,
+        },
+    ))
+    .await
+    .expect("watch")
+    .into_inner()
+    .collect::<Result<Vec<_>, _>>()
+    .await
+    .expect("history")
+}
+
+/// A higher-priority job stops a lower-priority one, which goes back to the queue and runs
+/// again when room returns; a non-preemptible job is never stopped.
+#[tokio::test]
+async fn higher_priority_preempts_and_the_victim_runs_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), 60_000);
+    cfg.preemption.min_runtime_s = 0;
+    let server = start(cfg).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agent = Agent::connect(ch.clone(), inventory("n1", 4), vec![]).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+
+    let mut low: JobSpec = job("low", "research", 2).try_into().expect("valid");
+    low.priority = 0;
+    let low = submit(&mut jobs, RESEARCH, low.into(), "low").await;
+    let mut keep: JobSpec = job("keep", "prod", 1).try_into().expect("valid");
+    keep.preemptible = false;
+    keep.priority = -5;
+    let keep = submit(&mut jobs, PROD, keep.into(), "keep").await;
+    let first = agent.next_assignment().await;
+    let second = agent.next_assignment().await;
+    let mut placed = [first.job_id.clone(), second.job_id.clone()];
+    placed.sort();
+    let mut want = [low.id.clone(), keep.id.clone()];
+    want.sort();
+    assert_eq!(placed, want);
+
+    // 1 of 4 GPUs free: a priority-10 job for 3 GPUs must stop `low`, never `keep`.
+    let mut high: JobSpec = job("high", "prod", 3).try_into().expect("valid");
+    high.priority = 10;
+    let high = submit(&mut jobs, PROD, high.into(), "high").await;
+    let cancel = agent.next_cancel().await;
+    assert_eq!(cancel.job_id, low.id);
+    let assigned = agent.next_assignment().await;
+    assert_eq!(assigned.job_id, high.id);
+    wait_state(&mut jobs, &low.id, pb::JobState::Pending).await;
+    let reasons: Vec<(String, String)> = history(&mut jobs, &low.id)
+        .await
+        .into_iter()
+        .map(|e| (e.reason, e.message))
+        .collect();
+    assert!(
+        reasons.contains(&(
+            "preempted".to_string(),
+            format!("preempted for {}: it has lower priority", high.id)
+        )),
+        "{reasons:?}"
+    );
+    let kept = jobs
+        .get(authed(
+            ADMIN,
+            pb::GetJobRequest {
+                id: keep.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(kept.state, pb::JobState::Placed as i32, "non-preemptible");
+
+    // A second high-priority job finds only `keep` and `high` (equal priority) running: it
+    // waits.
+    let mut blocked: JobSpec = job("blocked", "prod", 1).try_into().expect("valid");
+    blocked.priority = 10;
+    let blocked = submit(&mut jobs, PROD, blocked.into(), "blocked").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = jobs
+        .get(authed(
+            ADMIN,
+            pb::GetJobRequest {
+                id: blocked.id.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(b.state, pb::JobState::Pending as i32);
+
+    // When `high` ends, the higher-priority `blocked` runs first, then `low` (attempt 2).
+    agent
+        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
+            job_id: high.id.clone(),
+            replica: 0,
+            pid: 42,
+            started_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    wait_state(&mut jobs, &high.id, pb::JobState::Running).await;
+    agent
+        .send(pb::agent_message::Msg::Exited(pb::WorkExited {
+            job_id: high.id.clone(),
+            replica: 0,
+            exit_code: 0,
+            signal: 0,
+            message: String::new(),
+            ended_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    let next = agent.next_assignment().await;
+    assert_eq!(next.job_id, blocked.id);
+    let again = agent.next_assignment().await;
+    assert_eq!(again.job_id, low.id);
+    assert_eq!(again.attempt, 2);
+    server.shutdown().await;
+}
