@@ -1030,5 +1030,6 @@ async fn higher_priority_preempts_and_the_victim_runs_again() {
     let again = agent.next_assignment().await;
     assert_eq!(again.job_id, low.id);
     assert_eq!(again.attempt, 2);
+    drop(agent);
     server.shutdown().await;
 }
