@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::cid::Cid;
+use crate::cid::{Cid, Level};
 use crate::cluster::{AllocationId, Claim, Cluster, ClusterError, GpuGrant, ModelId, Node, NodeId};
 use crate::domain::DomainCatalog;
 use crate::gpu::MIG_PROFILES;
@@ -652,6 +652,27 @@ impl Clone for FabricIndex {
     }
 }
 
+/// Whether two nodes intern to the same domain, spine and leaf: the same domain prefix of
+/// their CIDs and the same named (not unknown) spine and leaf.
+fn same_fabric_place(a: &Node, b: &Node) -> bool {
+    let domain_depth = Level::Domain as usize + 1;
+    let same_domain = match (a.cid(), b.cid()) {
+        (Some(x), Some(y)) => {
+            let (x, y) = (x.segments(), y.segments());
+            x.len() >= domain_depth
+                && y.len() >= domain_depth
+                && x[..domain_depth] == y[..domain_depth]
+        }
+        _ => false,
+    };
+    let (fa, fb) = (a.fabric(), b.fabric());
+    same_domain
+        && !fa.spine.is_empty()
+        && !fa.leaf.is_empty()
+        && fa.spine == fb.spine
+        && fa.leaf == fb.leaf
+}
+
 /// The lowest rank [`set_rank`] can give a set of two or more of the node's GPUs.
 fn link_floor(node: &Node) -> u16 {
     let gpus = node.gpus().len();
@@ -720,7 +741,17 @@ impl FabricIndex {
         let mut domain_ids: HashMap<Option<Cid>, u32> = HashMap::new();
         let mut spine_ids: HashMap<(u32, String), u32> = HashMap::new();
         let mut leaf_ids: HashMap<(u32, String), u32> = HashMap::new();
+        // The previous node and its ids: neighbours usually share a leaf, so most nodes skip
+        // building and hashing their names.
+        let mut previous: Option<(&Node, u32, u32, u32)> = None;
         for (i, node) in cluster.nodes().iter().enumerate() {
+            if let Some((prev, domain, spine, leaf)) = previous
+                && same_fabric_place(prev, node)
+            {
+                index.place(cluster, links, i, node, (domain, spine, leaf));
+                previous = Some((node, domain, spine, leaf));
+                continue;
+            }
             let domain_cid = node.cid().and_then(Cid::domain_cid);
             let domain = *domain_ids.entry(domain_cid.clone()).or_insert_with(|| {
                 let price = domain_cid.as_ref().and_then(|c| catalog.price(c));
@@ -750,17 +781,30 @@ impl FabricIndex {
                     index.leaves.push((spine, leaf_name));
                     (index.leaves.len() - 1) as u32
                 });
-            let mut facts = facts_of(node, links.get(node.name()));
-            facts.leaf = leaf;
-            facts.spine = spine;
-            facts.domain = domain;
-            facts.name_rank = cluster.name_rank(NodeId(i as u32));
-            index.facts.push(facts);
-            index.versions.push(node.version());
-            index.slots.push((0, 0));
-            index.bucket(i);
+            index.place(cluster, links, i, node, (domain, spine, leaf));
+            previous = Some((node, domain, spine, leaf));
         }
         index
+    }
+
+    /// Indexes node `i` at its interned (domain, spine, leaf).
+    fn place(
+        &mut self,
+        cluster: &Cluster,
+        links: &LinkState,
+        i: usize,
+        node: &Node,
+        (domain, spine, leaf): (u32, u32, u32),
+    ) {
+        let mut facts = facts_of(node, links.get(node.name()));
+        facts.leaf = leaf;
+        facts.spine = spine;
+        facts.domain = domain;
+        facts.name_rank = cluster.name_rank(NodeId(i as u32));
+        self.facts.push(facts);
+        self.versions.push(node.version());
+        self.slots.push((0, 0));
+        self.bucket(i);
     }
 
     /// Files node `i` under its current facts.
@@ -2340,6 +2384,11 @@ mod tests {
             }
         }
         (cluster, held)
+    }
+
+    #[test]
+    fn a_slot_stays_small_enough_for_bucket_walks() {
+        assert!(std::mem::size_of::<Slot>() <= 40);
     }
 
     proptest! {
