@@ -133,6 +133,8 @@ pub struct GpuUsageView {
 pub struct NodeView {
     pub inventory: NodeInventory,
     pub cordoned: bool,
+    pub cordon_reason: String,
+    pub draining: bool,
     pub lost: bool,
     pub connected: bool,
     pub last_seen_ms: i64,
@@ -228,6 +230,7 @@ pub enum Command {
     Cordon {
         node: Cid,
         cordoned: bool,
+        reason: String,
         reply: Reply<NodeView>,
     },
     Drain {
@@ -310,6 +313,8 @@ impl Default for PreemptionConfig {
 struct NodeEntry {
     inventory: NodeInventory,
     cordoned: bool,
+    cordon_reason: String,
+    draining: bool,
     lost: bool,
     last_seen: Instant,
     /// The session id the last registration was given; a hello must present it.
@@ -475,6 +480,8 @@ impl Core {
                 NodeEntry {
                     inventory: record.inventory,
                     cordoned: record.cordoned,
+                    cordon_reason: record.cordon_reason,
+                    draining: record.draining,
                     lost: record.lost,
                     // Agents get a full timeout to come back after a restart.
                     last_seen: now,
@@ -784,9 +791,10 @@ impl Core {
             Command::Cordon {
                 node,
                 cordoned,
+                reason,
                 reply,
             } => {
-                let _ = reply.send(self.cordon(&node, cordoned));
+                let _ = reply.send(self.cordon(&node, cordoned, &reason, false));
             }
             Command::Drain {
                 node,
@@ -1754,6 +1762,8 @@ impl Core {
         let entry = self.nodes.entry(cid.clone()).or_insert_with(|| NodeEntry {
             inventory: inventory.clone(),
             cordoned: false,
+            cordon_reason: String::new(),
+            draining: false,
             lost: false,
             last_seen: Instant::now(),
             issued: None,
@@ -2003,13 +2013,24 @@ impl Core {
         }
     }
 
-    fn cordon(&mut self, node: &Cid, cordoned: bool) -> Result<NodeView, CoreError> {
+    /// Cordons (or uncordons) a node: it takes no new work. Uncordoning also ends a drain.
+    fn cordon(
+        &mut self,
+        node: &Cid,
+        cordoned: bool,
+        reason: &str,
+        draining: bool,
+    ) -> Result<NodeView, CoreError> {
         self.ensure_cluster();
         let Some(entry) = self.nodes.get_mut(node) else {
             return Err(CoreError::NotFound(format!("node {node} not found")));
         };
+        let reason = if cordoned { reason } else { "" };
+        self.store
+            .set_node_cordon(node, cordoned, reason, cordoned && draining)?;
         entry.cordoned = cordoned;
-        self.store.set_node_flags(node, Some(cordoned), None)?;
+        entry.cordon_reason = reason.to_string();
+        entry.draining = cordoned && draining;
         if let Some(id) = self.node_ids.get(node) {
             let _ = self.cluster.set_cordoned(*id, cordoned);
             self.index.refresh(&self.cluster, &self.links, *id);
@@ -2026,7 +2047,7 @@ impl Core {
 
     fn drain(&mut self, node: &Cid, reason: &str) -> Result<Vec<JobId>, CoreError> {
         self.ensure_cluster();
-        self.cordon(node, true)?;
+        self.cordon(node, true, reason, true)?;
         let mut on_node: Vec<JobId> = self
             .jobs
             .iter()
@@ -2183,6 +2204,8 @@ impl Core {
                 NodeView {
                     inventory: entry.inventory.clone(),
                     cordoned: entry.cordoned,
+                    cordon_reason: entry.cordon_reason.clone(),
+                    draining: entry.draining,
                     lost: entry.lost,
                     connected: entry.session.is_some(),
                     last_seen_ms: now_ms()

@@ -188,8 +188,8 @@ pub fn node_to_wire(v: &NodeView) -> pb::NodeStatus {
         inventory: Some(v.inventory.clone().into()),
         condition: condition as i32,
         cordoned: v.cordoned,
-        draining: false,
-        cordon_reason: String::new(),
+        draining: v.draining,
+        cordon_reason: v.cordon_reason.clone(),
         last_heartbeat_unix_ms: v.last_seen_ms,
         allocated: Some(pb::Resources {
             cpu_milli: v.cpu_used,
@@ -537,6 +537,7 @@ impl Services {
         &self,
         cid: &str,
         cordoned: bool,
+        reason: String,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let node = parse_cid("cid", cid)?;
         let view = self
@@ -544,6 +545,7 @@ impl Services {
             .ask(|reply| Command::Cordon {
                 node,
                 cordoned,
+                reason,
                 reply,
             })
             .await?;
@@ -656,7 +658,9 @@ impl pb::cluster_service_server::ClusterService for Services {
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         self.auth.admin(request.metadata())?;
-        self.set_cordon(&request.get_ref().cid, true).await
+        let msg = request.into_inner();
+        self.set_cordon(&msg.cid, true, msg.reason.chars().take(512).collect())
+            .await
     }
 
     async fn uncordon(
@@ -664,7 +668,8 @@ impl pb::cluster_service_server::ClusterService for Services {
         request: Request<pb::UncordonRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         self.auth.admin(request.metadata())?;
-        self.set_cordon(&request.get_ref().cid, false).await
+        self.set_cordon(&request.get_ref().cid, false, String::new())
+            .await
     }
 
     async fn drain(

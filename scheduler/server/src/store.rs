@@ -16,7 +16,8 @@ use suanli_engine::{Cid, JobSpec, JobState, NodeInventory};
 pub const DB_FILE: &str = "suanli.db";
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     id         TEXT NOT NULL UNIQUE,
@@ -55,7 +56,12 @@ CREATE TABLE nodes (
     lost        INTEGER NOT NULL DEFAULT 0,
     last_seen_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE nodes ADD COLUMN cordon_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,6 +150,10 @@ pub struct EventRecord {
 pub struct NodeRecord {
     pub inventory: NodeInventory,
     pub cordoned: bool,
+    /// Why it was cordoned or drained, as the operator said.
+    pub cordon_reason: String,
+    /// Drained: cordoned and its jobs sent elsewhere.
+    pub draining: bool,
     pub lost: bool,
     pub last_seen_ms: i64,
 }
@@ -607,9 +617,25 @@ impl Store {
         Ok(changed > 0)
     }
 
+    /// Records a node's cordon: whether, why, and whether it is being drained.
+    pub fn set_node_cordon(
+        &mut self,
+        cid: &Cid,
+        cordoned: bool,
+        reason: &str,
+        draining: bool,
+    ) -> Result<bool, StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE nodes SET cordoned = ?1, cordon_reason = ?2, draining = ?3 WHERE cid = ?4",
+            params![cordoned, reason, draining, cid.to_string()],
+        )?;
+        Ok(changed > 0)
+    }
+
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT cid, inventory, cordoned, lost, last_seen_ms FROM nodes ORDER BY cid",
+            "SELECT cid, inventory, cordoned, lost, last_seen_ms, cordon_reason, draining
+             FROM nodes ORDER BY cid",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok((
@@ -618,14 +644,18 @@ impl Store {
                 row.get::<_, bool>(2)?,
                 row.get::<_, bool>(3)?,
                 row.get::<_, i64>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, bool>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (cid, inventory, cordoned, lost, last_seen_ms) = row?;
+            let (cid, inventory, cordoned, lost, last_seen_ms, cordon_reason, draining) = row?;
             out.push(NodeRecord {
                 inventory: from_json(&format!("inventory of node {cid}"), &inventory)?,
                 cordoned,
+                cordon_reason,
+                draining,
                 lost,
                 last_seen_ms,
             });
@@ -970,7 +1000,43 @@ mod tests {
         let err = Store::open(dir.path(), Durability::Normal).unwrap_err();
         assert!(
             err.to_string()
-                .contains("schema version 99, newer than this binary knows (1)")
+                .contains("schema version 99, newer than this binary knows (2)")
+        );
+    }
+
+    #[test]
+    fn a_first_version_database_gains_cordon_reasons() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).expect("opens");
+            conn.execute_batch(MIGRATIONS[0]).expect("first schema");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("version");
+            conn.execute(
+                "INSERT INTO nodes (cid, generation, inventory, cordoned, last_seen_ms)
+                 VALUES ('cid:a/b/c/n1', 1, ?1, 1, 0)",
+                params![
+                    r#"{"cid":"cid:a/b/c/n1","generation":1,"cpu_milli":1000,"memory_mib":1024}"#
+                ],
+            )
+            .expect("old row");
+        }
+        let mut store = Store::open(dir.path(), Durability::Normal).expect("migrates");
+        let nodes = store.nodes().expect("nodes");
+        assert_eq!(nodes.len(), 1);
+        assert!(nodes[0].cordoned, "kept from the old schema");
+        assert_eq!(
+            (nodes[0].cordon_reason.as_str(), nodes[0].draining),
+            ("", false)
+        );
+        let cid = nodes[0].inventory.cid.clone();
+        store
+            .set_node_cordon(&cid, true, "bad DIMM", true)
+            .expect("cordons");
+        let nodes = store.nodes().expect("nodes");
+        assert_eq!(
+            (nodes[0].cordon_reason.as_str(), nodes[0].draining),
+            ("bad DIMM", true)
         );
     }
 }

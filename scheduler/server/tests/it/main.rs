@@ -1033,3 +1033,83 @@ async fn higher_priority_preempts_and_the_victim_runs_again() {
     drop(agent);
     server.shutdown().await;
 }
+
+async fn node_status(cluster: &mut ClusterServiceClient<Channel>, cid: &str) -> pb::NodeStatus {
+    cluster
+        .get_node(authed(ADMIN, pb::GetNodeRequest { cid: cid.into() }))
+        .await
+        .expect("get node")
+        .into_inner()
+}
+
+/// A cordon keeps its reason, a drain shows as draining, both survive a restart, and
+/// uncordoning clears them.
+#[tokio::test]
+async fn cordon_reasons_and_drains_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let a = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
+    let b = Agent::connect(ch.clone(), inventory("n2", 1), vec![]).await;
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let cordoned = cluster
+        .cordon(authed(
+            ADMIN,
+            pb::CordonRequest {
+                cid: a.cid.clone(),
+                reason: "fan replacement".into(),
+            },
+        ))
+        .await
+        .expect("cordons")
+        .into_inner();
+    assert!(cordoned.cordoned && !cordoned.draining);
+    assert_eq!(cordoned.cordon_reason, "fan replacement");
+    let drained = cluster
+        .drain(authed(
+            ADMIN,
+            pb::DrainRequest {
+                cid: b.cid.clone(),
+                reason: "kernel upgrade".into(),
+                grace_period_ms: 0,
+            },
+        ))
+        .await
+        .expect("drains")
+        .into_inner()
+        .node
+        .expect("node");
+    assert!(drained.cordoned && drained.draining);
+    assert_eq!(drained.cordon_reason, "kernel upgrade");
+    drop((a, b));
+    server.shutdown().await;
+
+    let server = start(config(dir.path(), 60_000)).await.expect("restarts");
+    let ch = channel(&server).await;
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let a = node_status(&mut cluster, "cid:acme/cn-east-1/dc-a/n1").await;
+    assert_eq!(
+        (a.cordoned, a.draining, a.cordon_reason.as_str()),
+        (true, false, "fan replacement")
+    );
+    let b = node_status(&mut cluster, "cid:acme/cn-east-1/dc-a/n2").await;
+    assert_eq!(
+        (b.cordoned, b.draining, b.cordon_reason.as_str()),
+        (true, true, "kernel upgrade")
+    );
+    let b = cluster
+        .uncordon(authed(
+            ADMIN,
+            pb::UncordonRequest {
+                cid: "cid:acme/cn-east-1/dc-a/n2".into(),
+            },
+        ))
+        .await
+        .expect("uncordons")
+        .into_inner();
+    assert_eq!(
+        (b.cordoned, b.draining, b.cordon_reason.as_str()),
+        (false, false, "")
+    );
+    server.shutdown().await;
+}
