@@ -547,24 +547,35 @@ pub async fn resolve(
         "cid:" => String::new(),
         p => p.to_string(),
     };
-    let reply = client
-        .cluster
-        .resolve(unary(pb::ResolveRequest {
-            prefix,
-            model: args.model.clone().unwrap_or_default(),
-            min_free_gpus: args.free_gpus,
-            min_free_memory_mib: args.min_free_memory_mib,
-            mig_profile: args.mig_profile.clone().unwrap_or_default(),
-            min_rdma_rate_gbps: args.min_rdma_gbps,
-            page: Some(pb::PageRequest {
-                page_size: 0,
-                page_token: String::new(),
-            }),
-        }))
-        .await
-        .map_err(|s| client.fail(s))?
-        .into_inner();
-    let view = ResolveView::from(reply);
+    // Every match, page by page: a resolve answers a question about the whole cluster.
+    let mut all = pb::ResolveResponse::default();
+    let mut token = String::new();
+    loop {
+        let reply = client
+            .cluster
+            .resolve(unary(pb::ResolveRequest {
+                prefix: prefix.clone(),
+                model: args.model.clone().unwrap_or_default(),
+                min_free_gpus: args.free_gpus,
+                min_free_memory_mib: args.min_free_memory_mib,
+                mig_profile: args.mig_profile.clone().unwrap_or_default(),
+                min_rdma_rate_gbps: args.min_rdma_gbps,
+                page: Some(pb::PageRequest {
+                    page_size: 0,
+                    page_token: token.clone(),
+                }),
+            }))
+            .await
+            .map_err(|s| client.fail(s))?
+            .into_inner();
+        all.nodes.extend(reply.nodes);
+        let next = reply.page.map(|p| p.next_page_token).unwrap_or_default();
+        if next.is_empty() || next == token {
+            break;
+        }
+        token = next;
+    }
+    let view = ResolveView::from(all);
     show(format, &view, || {
         if view.nodes.is_empty() {
             "No node matches.\n".to_string()

@@ -630,14 +630,34 @@ impl pb::cluster_service_server::ClusterService for Services {
         self.auth.user(request.metadata())?;
         let msg = request.into_inner();
         let query = crate::resolve::Query::from_wire(&msg)?;
+        let limit = page_size(msg.page.as_ref());
+        // The token is the last CID returned: nodes come in CID order.
+        let after = match msg.page.as_ref().map(|p| p.page_token.as_str()) {
+            None | Some("") => None,
+            Some(token) => Some(parse_cid("page.page_token", token)?),
+        };
         let views = self.node_views().await?;
         let nodes = crate::resolve::resolve(&views, &query);
-        let limit = page_size(msg.page.as_ref());
         let total = nodes.len() as u64;
+        let mut rest: Vec<pb::ResolvedNode> = nodes
+            .into_iter()
+            .filter(|n| {
+                after
+                    .as_ref()
+                    .is_none_or(|a| n.cid.parse::<Cid>().is_ok_and(|c| &c > a))
+            })
+            .collect();
+        let more = rest.len() > limit;
+        rest.truncate(limit);
+        let next = if more {
+            rest.last().map(|n| n.cid.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ResolveResponse {
-            nodes: nodes.into_iter().take(limit).collect(),
+            nodes: rest,
             page: Some(pb::PageInfo {
-                next_page_token: String::new(),
+                next_page_token: next,
                 total_size: total,
             }),
         }))

@@ -1113,3 +1113,56 @@ async fn cordon_reasons_and_drains_are_kept() {
     );
     server.shutdown().await;
 }
+
+/// Resolve answers in pages whose tokens lead through every match exactly once.
+#[tokio::test]
+async fn resolve_pages_through_every_match() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agents = Vec::new();
+    for node in ["n1", "n2", "n3"] {
+        agents.push(Agent::connect(ch.clone(), inventory(node, 2), vec![]).await);
+    }
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let reply = cluster
+            .resolve(authed(
+                RESEARCH,
+                pb::ResolveRequest {
+                    prefix: "cid:acme/cn-east-1".into(),
+                    min_free_gpus: 2,
+                    page: Some(pb::PageRequest {
+                        page_size: 2,
+                        page_token: token.clone(),
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("resolves")
+            .into_inner();
+        pages += 1;
+        let page = reply.page.expect("page info");
+        assert_eq!(page.total_size, 3);
+        seen.extend(reply.nodes.into_iter().map(|n| n.cid));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(
+        seen,
+        [
+            "cid:acme/cn-east-1/dc-a/n1",
+            "cid:acme/cn-east-1/dc-a/n2",
+            "cid:acme/cn-east-1/dc-a/n3"
+        ]
+    );
+    drop(agents);
+    server.shutdown().await;
+}
