@@ -1166,3 +1166,54 @@ async fn resolve_pages_through_every_match() {
     drop(agents);
     server.shutdown().await;
 }
+
+/// An elastic job starts with its minimum when the whole of it does not fit.
+#[tokio::test]
+async fn an_elastic_job_starts_at_its_minimum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agents = Vec::new();
+    for node in ["n1", "n2"] {
+        agents.push(Agent::connect(ch.clone(), inventory(node, 2), vec![]).await);
+    }
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut elastic: JobSpec = job("elastic", "research", 2).try_into().expect("valid");
+    elastic.replicas = 4;
+    elastic.min_replicas = Some(2);
+    let elastic = submit(&mut jobs, RESEARCH, elastic.into(), "e").await;
+    let placed = wait_state(&mut jobs, &elastic.id, pb::JobState::Placed).await;
+    assert_eq!(placed_nodes(&placed), ["n1", "n2"]);
+    let events = history(&mut jobs, &elastic.id).await;
+    let placed_event = events
+        .iter()
+        .find(|e| e.reason == "placed")
+        .expect("a placed event");
+    assert_eq!(
+        placed_event.message,
+        "2 of 4 replica(s) (elastic minimum 2) on n1, n2"
+    );
+
+    // Without a minimum the same shape waits: all or nothing.
+    let whole = submit(
+        &mut jobs,
+        RESEARCH,
+        {
+            let mut s: JobSpec = job("whole", "research", 2).try_into().expect("valid");
+            s.replicas = 4;
+            s.into()
+        },
+        "w",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let whole = jobs
+        .get(authed(ADMIN, pb::GetJobRequest { id: whole.id }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(whole.state, pb::JobState::Pending as i32);
+    assert!(whole.placement.is_none());
+    drop(agents);
+    server.shutdown().await;
+}
