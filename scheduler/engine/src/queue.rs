@@ -545,23 +545,14 @@ impl Scheduler {
         first.map(WaitReason::Quota)
     }
 
-    /// A job held back by its tenant's maximum while its queue is still owed its guarantee:
-    /// sibling queues borrowing the tenant's share give it back. Reclaims only (lower
-    /// priority work of other tenants would not lower the tenant's use); `None` when there
-    /// is nothing to reclaim or it would not let the job start.
-    fn reclaim_from_siblings(
-        &mut self,
-        job: &QueuedJob,
-        reason: &WaitReason,
-        now_s: u64,
-    ) -> Option<Vec<Decision>> {
-        let WaitReason::Quota(QuotaExceeded { queue: None, .. }) = reason else {
-            return None;
-        };
-        if !self.config.preemption || !self.owed_by_queue(job) {
-            return None;
-        }
-        self.preempt_for(job, now_s, true)
+    /// Whether a job held back by its tenant's maximum may take back what sibling queues
+    /// borrow of the tenant's share: its queue is still owed its own guarantee. Only
+    /// reclaims can help it (lower-priority work of other tenants would not lower its
+    /// tenant's use), so the caller preempts with `reclaim_only`.
+    fn may_reclaim_from_siblings(&self, job: &QueuedJob, reason: &WaitReason) -> bool {
+        matches!(reason, WaitReason::Quota(QuotaExceeded { queue: None, .. }))
+            && self.config.preemption
+            && self.owed_by_queue(job)
     }
 
     /// Whether the job's queue, with the job, stays within its own guarantee for a model
@@ -601,8 +592,9 @@ impl Scheduler {
                 continue;
             };
             if let Some(reason) = self.quota_precheck(job) {
-                let job = job.clone();
-                if let Some(mut made) = self.reclaim_from_siblings(&job, &reason, now_s) {
+                if self.may_reclaim_from_siblings(job, &reason)
+                    && let Some(mut made) = self.preempt_for(&job.clone(), now_s, true)
+                {
                     failed.clear();
                     free_gpus = self.index.free_gpus_total();
                     decisions.append(&mut made);
@@ -667,7 +659,8 @@ impl Scheduler {
                             }
                         }
                         Err(reason) => {
-                            if let Some(mut made) = self.reclaim_from_siblings(&job, &reason, now_s)
+                            if self.may_reclaim_from_siblings(&job, &reason)
+                                && let Some(mut made) = self.preempt_for(&job, now_s, true)
                             {
                                 failed.clear();
                                 free_gpus = self.index.free_gpus_total();
