@@ -236,6 +236,8 @@ fn queue_limits_are_checked_beside_the_tenant_limits() {
         Some(QuotaLimit::gpus(4, Some(32)))
     );
     assert_eq!(quotas.queue_limit("research", "batch", &h100()), None);
+    assert!(quotas.has_queue_limits());
+    assert!(!Quotas::new().has_queue_limits());
     let mut usage = Usage::default();
     usage.add_in_queue("research", "urgent", &[(h100(), 20_000)]);
     // The queue could take 8 more, the tenant only 4: the tenant's maximum decides.
