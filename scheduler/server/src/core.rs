@@ -358,11 +358,15 @@ impl std::fmt::Display for Wait {
             Wait::Quota(q) => write!(f, "{q}"),
             Wait::NoBorrowing { tenant } => write!(
                 f,
-                "tenant {tenant} is at its guarantee and non-preemptible jobs may not borrow"
+                "it would borrow above a guarantee of tenant {tenant} (or of its queue), and \
+                 non-preemptible jobs may not borrow"
             ),
         }
     }
 }
+
+/// A job's replicas, each a claim with the score that chose it, and what chose them.
+type Plan = (Vec<(Claim, Vec<ScoreItem>)>, String);
 
 /// A scheduling pass in progress: the jobs still to try, and request shapes that did not fit
 /// during this pass (the cluster only fills up within a pass, so they would not fit again).
@@ -1053,15 +1057,19 @@ impl Core {
             if job.state != JobState::Pending && job.state != JobState::Preempted {
                 continue;
             }
-            // The tenant is part of the shape: a quota refusal is the tenant's alone.
+            // Tenant, queue and preemptibility are part of the shape: quota refusals depend
+            // on them. Priority is not: later jobs in the pass never have a higher one.
             let shape = format!(
-                "{:?}|{:?}|{:?}|{:?}|{}|{}",
+                "{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}/{}|{}",
                 job.spec.gpu,
                 job.spec.resources,
                 job.spec.placement,
                 job.spec.topology,
                 job.spec.replicas,
-                job.spec.tenant
+                job.spec.min_replicas,
+                job.spec.tenant,
+                job.spec.queue,
+                job.spec.preemptible
             );
             if self
                 .pass
@@ -1158,11 +1166,7 @@ impl Core {
                 return Ok(false);
             }
         };
-        let planned = if gang.replicas > 1 {
-            self.plan_gang(&gang)
-        } else {
-            self.plan_single(&gang.request)
-        };
+        let planned = self.plan(&gang);
         let mut victims = Vec::new();
         let (claims, how) = match planned {
             Ok(Some(p)) => p,
@@ -1291,15 +1295,11 @@ impl Core {
     /// borrowed above a guarantee that the job's tenant or queue is owed. Candidates are
     /// released one at a time, cheapest first, until the job fits; then it returns the plan
     /// and the victims (released, still to be told). If it never fits, everything is put back.
-    #[allow(clippy::type_complexity)]
     fn make_room(
         &mut self,
         spec: &JobSpec,
         gang: &GangRequest,
-    ) -> Option<(
-        (Vec<(Claim, Vec<ScoreItem>)>, String),
-        Vec<(VictimKind, JobId)>,
-    )> {
+    ) -> Option<(Plan, Vec<(VictimKind, JobId)>)> {
         let settings = self.config.preemption;
         if !settings.enabled {
             return None;
@@ -1360,12 +1360,7 @@ impl Core {
             }
             self.release_resources(&victim);
             taken.push((kind, victim));
-            let planned = if gang.replicas > 1 {
-                self.plan_gang(gang)
-            } else {
-                self.plan_single(&gang.request)
-            };
-            if let Ok(Some(plan)) = planned {
+            if let Ok(Some(plan)) = self.plan(gang) {
                 let charges = self.charges(plan.0.iter().map(|(claim, _)| claim));
                 if self.admit(spec, &charges).is_ok() {
                     return Some((plan, taken));
@@ -1465,13 +1460,19 @@ impl Core {
         Ok(())
     }
 
+    /// Plans a job without allocating: one replica by the configured policy, several by
+    /// the gang planner.
+    fn plan(&mut self, gang: &GangRequest) -> Result<Option<Plan>, Wait> {
+        if gang.replicas > 1 {
+            self.plan_gang(gang)
+        } else {
+            self.plan_single(&gang.request)
+        }
+    }
+
     /// One replica by the configured policy: its claim and score, or why it fits nowhere.
     /// `Ok(None)` while the policy cannot be built yet (FGD before any workload is known).
-    #[allow(clippy::type_complexity)]
-    fn plan_single(
-        &mut self,
-        request: &Request,
-    ) -> Result<Option<(Vec<(Claim, Vec<ScoreItem>)>, String)>, Wait> {
+    fn plan_single(&mut self, request: &Request) -> Result<Option<Plan>, Wait> {
         let Some(policy) = self.policy.as_ref() else {
             return Ok(None);
         };
@@ -1489,11 +1490,7 @@ impl Core {
 
     /// Several replicas by the gang planner: one claim per replica, or why they do not fit
     /// together.
-    #[allow(clippy::type_complexity)]
-    fn plan_gang(
-        &self,
-        gang: &GangRequest,
-    ) -> Result<Option<(Vec<(Claim, Vec<ScoreItem>)>, String)>, Wait> {
+    fn plan_gang(&self, gang: &GangRequest) -> Result<Option<Plan>, Wait> {
         let placement = place_gang(
             &self.cluster,
             &self.index,
