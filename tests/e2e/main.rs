@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use suanli_tests::{
     ADMIN_TOKEN, PROD_TOKEN, RESEARCH_TOKEN, Scheduler, start_agent, start_scheduler, suanli,
-    suanli_json, wait_for, write_scheduler_config,
+    suanli_json, wait_for, write_scheduler_config, write_scheduler_config_with,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -244,4 +244,111 @@ fn jobs_run_on_real_agents_and_survive_faults() {
         .map(|id| state(&get_job(&scheduler, ADMIN_TOKEN, id)))
         .collect();
     assert_eq!(states, BTreeSet::from(["cancelled".to_string()]));
+}
+
+fn write_yaml(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, body).expect("job file written");
+    path.display().to_string()
+}
+
+/// Pids a command appended to `file`, one per line.
+fn pids(file: &Path) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A reaped process has no /proc entry; a zombie awaiting its reaper is not running.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// A training gang spans two real agents; a higher-priority job preempts it, its processes
+/// stop, it goes back to pending, and it runs again (attempt 2) once room returns.
+#[test]
+fn a_gang_is_preempted_on_real_agents_and_runs_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config =
+        write_scheduler_config_with(dir.path(), 10_000, "\n[preemption]\nmin_runtime_s = 0\n");
+    let data = dir.path().join("scheduler-data");
+    let scheduler = start_scheduler(&config, &data, None);
+    let _agents: Vec<_> = ["n1", "n2"]
+        .iter()
+        .map(|node| {
+            let agent_dir = dir.path().join(format!("agent-{node}"));
+            start_agent(&scheduler.grpc, node, "hgx-h100.json", &agent_dir)
+        })
+        .collect();
+    wait_for("two connected nodes", MINUTE, || {
+        let nodes = items(suanli_json(&scheduler.grpc, ADMIN_TOKEN, &["get", "nodes"]));
+        (nodes.iter().filter(|n| n["condition"] == "ready").count() == 2).then_some(())
+    });
+
+    // Each node has 7 whole GPUs (the fixture's GPU 7 is in MIG mode).
+    let gang_pids = dir.path().join("gang-pids.txt");
+    let gang = write_yaml(
+        dir.path(),
+        "gang",
+        &format!(
+            "name: gang\nkind: training\nreplicas: 2\ntenant: research\npriority: 0\n\
+             gpu: {{policy: exclusive, count: 4}}\n\
+             resources: {{cpu_milli: 100, memory_mib: 256}}\n\
+             command: [sh, -c, \"echo $$ >> {}; sleep 120\"]\n",
+            gang_pids.display()
+        ),
+    );
+    let gang_id = submit(&scheduler, &gang);
+    let running = wait_state(&scheduler, &gang_id, "running");
+    let nodes: BTreeSet<String> = placement(&running).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(nodes.len(), 2, "4 + 4 GPUs do not fit one 7-GPU node");
+    let first = wait_for("both replicas to report their pids", MINUTE, || {
+        let p = pids(&gang_pids);
+        (p.len() == 2).then_some(p)
+    });
+
+    // 3 GPUs free per node: a 7-GPU job with a higher priority needs the gang's GPUs.
+    let urgent = write_yaml(
+        dir.path(),
+        "urgent",
+        "name: urgent\nkind: training\nreplicas: 1\ntenant: research\npriority: 10\n\
+         gpu: {policy: exclusive, count: 7}\n\
+         resources: {cpu_milli: 100, memory_mib: 256}\n\
+         command: [sh, -c, \"sleep 120\"]\n",
+    );
+    let urgent_id = submit(&scheduler, &urgent);
+    wait_state(&scheduler, &urgent_id, "running");
+    let preempted = wait_state(&scheduler, &gang_id, "pending");
+    assert!(
+        placement(&preempted).is_empty(),
+        "a pending job holds no GPUs"
+    );
+    wait_for("the gang's processes to stop", MINUTE, || {
+        first.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+    let events = suanli(&scheduler.grpc, ADMIN_TOKEN, &["describe", "job", &gang_id]);
+    let described = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        described.contains(&format!("preempted for {urgent_id}: it has lower priority")),
+        "{described}"
+    );
+    assert_no_gpu_double_allocated(&scheduler);
+
+    // When the urgent job ends, the gang runs again.
+    let out = suanli(&scheduler.grpc, RESEARCH_TOKEN, &["cancel", &urgent_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = wait_state(&scheduler, &gang_id, "running");
+    assert_eq!(attempts(&again), 2);
+    wait_for("the second attempt's processes", MINUTE, || {
+        (pids(&gang_pids).len() == 4).then_some(())
+    });
+    assert_no_gpu_double_allocated(&scheduler);
+    let out = suanli(&scheduler.grpc, RESEARCH_TOKEN, &["cancel", &gang_id]);
+    assert!(out.status.success());
 }

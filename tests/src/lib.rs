@@ -91,8 +91,13 @@ pub struct Scheduler {
 }
 
 pub fn write_scheduler_config(dir: &Path, heartbeat_timeout_ms: u64) -> PathBuf {
+    write_scheduler_config_with(dir, heartbeat_timeout_ms, "")
+}
+
+/// The test scheduler config with `extra` TOML appended (quotas, preemption, ...).
+pub fn write_scheduler_config_with(dir: &Path, heartbeat_timeout_ms: u64, extra: &str) -> PathBuf {
     let path = dir.join("scheduler.toml");
-    let text = format!(
+    let mut text = format!(
         r#"policy = "fgd"
 heartbeat_timeout_ms = {heartbeat_timeout_ms}
 heartbeat_interval_ms = 200
@@ -107,6 +112,7 @@ research = ["{RESEARCH_TOKEN}"]
 prod = ["{PROD_TOKEN}"]
 "#
     );
+    text.push_str(extra);
     std::fs::write(&path, text).expect("config written");
     path
 }
