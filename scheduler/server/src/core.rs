@@ -365,8 +365,15 @@ impl std::fmt::Display for Wait {
     }
 }
 
-/// A job's replicas, each a claim with the score that chose it, and what chose them.
-type Plan = (Vec<(Claim, Vec<ScoreItem>)>, String);
+/// Where a job's replicas would go, before anything is allocated.
+struct Plan {
+    /// Each replica's claim, with the score that chose its node (single placements).
+    replicas: Vec<(Claim, Vec<ScoreItem>)>,
+    /// What chose them: the policy's name, or `gang`.
+    how: String,
+    /// Why the replicas sit where they do together (gang placements).
+    score: Vec<ScoreItem>,
+}
 
 /// A scheduling pass in progress: the jobs still to try, and request shapes that did not fit
 /// during this pass (the cluster only fills up within a pass, so they would not fit again).
@@ -1168,7 +1175,11 @@ impl Core {
         };
         let planned = self.plan(&gang);
         let mut victims = Vec::new();
-        let (claims, how) = match planned {
+        let Plan {
+            replicas: claims,
+            how,
+            score,
+        } = match planned {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(false),
             Err(wait) => match self.make_room(&spec, &gang) {
@@ -1217,6 +1228,7 @@ impl Core {
             placed_ms: now_ms(),
             attempt,
             replicas: slots,
+            score,
         };
         let where_ = placement
             .nodes()
@@ -1361,7 +1373,7 @@ impl Core {
             self.release_resources(&victim);
             taken.push((kind, victim));
             if let Ok(Some(plan)) = self.plan(gang) {
-                let charges = self.charges(plan.0.iter().map(|(claim, _)| claim));
+                let charges = self.charges(plan.replicas.iter().map(|(claim, _)| claim));
                 if self.admit(spec, &charges).is_ok() {
                     return Some((plan, taken));
                 }
@@ -1479,10 +1491,11 @@ impl Core {
         match place(&self.cluster, request, policy, &mut self.rng) {
             Ok(placement) => {
                 let score = score_items(&placement.breakdown);
-                Ok(Some((
-                    vec![(placement.claim, score)],
-                    self.policy_kind.name().to_string(),
-                )))
+                Ok(Some(Plan {
+                    replicas: vec![(placement.claim, score)],
+                    how: self.policy_kind.name().to_string(),
+                    score: Vec::new(),
+                }))
             }
             Err(unplaceable) => Err(Wait::Policy(unplaceable)),
         }
@@ -1499,16 +1512,15 @@ impl Core {
             &GangOptions::default(),
         )
         .map_err(Wait::Gang)?;
-        let score = gang_score_items(&placement);
-        let how = "gang".to_string();
-        Ok(Some((
-            placement
+        Ok(Some(Plan {
+            score: gang_score_items(&placement),
+            replicas: placement
                 .replicas
                 .into_iter()
-                .map(|r| (r.claim, score.clone()))
+                .map(|r| (r.claim, Vec::new()))
                 .collect(),
-            how,
-        )))
+            how: "gang".to_string(),
+        }))
     }
 
     /// GPU-milli per model that a set of claims charges to a quota.

@@ -140,20 +140,20 @@ pub fn placement_to_wire(p: &StoredPlacement) -> pb::Placement {
                         mig_profile: g.mig.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
                     })
                     .collect(),
-                score: r
-                    .score
-                    .iter()
-                    .map(|s| pb::ScoreComponent {
-                        name: s.name.clone(),
-                        value: s.value,
-                        detail: s.detail.clone(),
-                    })
-                    .collect(),
+                score: r.score.iter().map(score_to_wire).collect(),
             })
             .collect(),
-        score: Vec::new(),
+        score: p.score.iter().map(score_to_wire).collect(),
         policy: p.policy.clone(),
         placed_unix_ms: p.placed_ms,
+    }
+}
+
+fn score_to_wire(s: &crate::placement::ScoreItem) -> pb::ScoreComponent {
+    pb::ScoreComponent {
+        name: s.name.clone(),
+        value: s.value,
+        detail: s.detail.clone(),
     }
 }
 

@@ -54,6 +54,9 @@ pub struct StoredPlacement {
     /// Which attempt of the job this placement is (1 for the first).
     pub attempt: u32,
     pub replicas: Vec<ReplicaSlot>,
+    /// Why the replicas sit where they do together (gang placements only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub score: Vec<ScoreItem>,
 }
 
 impl StoredPlacement {

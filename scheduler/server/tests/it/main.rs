@@ -854,7 +854,8 @@ async fn gangs_stay_on_a_leaf_replicas_spread_and_quota_holds() {
     };
     let placement = placed.placement.expect("placement");
     assert_eq!(placement.policy, "gang");
-    let hop = placement.replicas[0]
+    assert!(placement.replicas.iter().all(|r| r.score.is_empty()));
+    let hop = placement
         .score
         .iter()
         .find(|s| s.name == "worst_hop")
