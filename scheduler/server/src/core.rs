@@ -1173,7 +1173,7 @@ impl Core {
                 return Ok(false);
             }
         };
-        let planned = self.plan(&gang);
+        let planned = self.plan(&spec, &gang);
         let mut victims = Vec::new();
         let Plan {
             replicas: claims,
@@ -1372,7 +1372,7 @@ impl Core {
             }
             self.release_resources(&victim);
             taken.push((kind, victim));
-            if let Ok(Some(plan)) = self.plan(gang) {
+            if let Ok(Some(plan)) = self.plan(spec, gang) {
                 let charges = self.charges(plan.replicas.iter().map(|(claim, _)| claim));
                 if self.admit(spec, &charges).is_ok() {
                     return Some((plan, taken));
@@ -1472,10 +1472,16 @@ impl Core {
         Ok(())
     }
 
-    /// Plans a job without allocating: one replica by the configured policy, several by
-    /// the gang planner.
-    fn plan(&mut self, gang: &GangRequest) -> Result<Option<Plan>, Wait> {
-        if gang.replicas > 1 {
+    /// Plans a job without allocating. A plain single replica goes by the configured
+    /// policy; several replicas, or one with RDMA, NVLink, price or data-location demands
+    /// that only the gang planner weighs, go by the gang planner.
+    fn plan(&mut self, spec: &JobSpec, gang: &GangRequest) -> Result<Option<Plan>, Wait> {
+        let needs_planner = gang.replicas > 1
+            || spec.topology.rdma_required
+            || spec.topology.nvlink == Some(suanli_engine::job::Requirement::Required)
+            || spec.placement.max_price_per_gpu_hour.is_some()
+            || !spec.placement.data.is_empty();
+        if needs_planner {
             self.plan_gang(gang)
         } else {
             self.plan_single(&gang.request)

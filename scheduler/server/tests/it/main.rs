@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use suanli_engine::inventory::{
-    FabricPosition, GpuInfo, Health, MigState, NodeInventory, NvmlStatus, PcieLink, Versions,
+    FabricPosition, GpuInfo, GpuNicPair, Health, LinkLayer, LinkPath, MigState, NicPort,
+    NodeInventory, NvmlStatus, PcieLink, PortState, RdmaNic, Versions,
 };
 use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
 use suanli_engine::{GpuModel, JobSpec};
@@ -1216,5 +1217,126 @@ async fn an_elastic_job_starts_at_its_minimum() {
     assert_eq!(whole.state, pb::JobState::Pending as i32);
     assert!(whole.placement.is_none());
     drop(agents);
+    server.shutdown().await;
+}
+
+/// One 400 Gb/s NIC, GPUDirect-local to every GPU, with its port in `state`.
+fn with_nic(mut inv: NodeInventory, state: PortState) -> NodeInventory {
+    inv.nics = vec![RdmaNic {
+        name: "mlx5_0".into(),
+        pci_bus_id: "0000:1a:00.0".into(),
+        numa_node: None,
+        node_guid: String::new(),
+        firmware: String::new(),
+        netdevs: vec![],
+        ports: vec![NicPort {
+            port: 1,
+            state,
+            link_layer: LinkLayer::Infiniband,
+            rate_gbps: if state == PortState::Active {
+                400.0
+            } else {
+                0.0
+            },
+            gid_type: String::new(),
+        }],
+        health: Health::Healthy,
+    }];
+    inv.gpu_nic_pairs = inv
+        .gpus
+        .iter()
+        .map(|g| GpuNicPair {
+            gpu: g.index,
+            nic: "mlx5_0".into(),
+            path: LinkPath::Pix,
+            gdr_local: true,
+        })
+        .collect();
+    inv
+}
+
+/// A NIC that goes down (reported in an inventory update) takes its node out of the running
+/// for `rdma: required` work; with every NIC down the job waits and says why.
+#[tokio::test]
+async fn rdma_jobs_follow_live_nic_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let n1 = Agent::connect(
+        ch.clone(),
+        with_nic(inventory("n1", 2), PortState::Active),
+        vec![],
+    )
+    .await;
+    let n2 = Agent::connect(
+        ch.clone(),
+        with_nic(inventory("n2", 2), PortState::Active),
+        vec![],
+    )
+    .await;
+    // n1's port goes down: the agent's rediscovery sends a new generation.
+    let mut down = with_nic(inventory("n1", 2), PortState::Down);
+    down.generation = 2;
+    n1.send(pb::agent_message::Msg::Inventory(pb::InventoryUpdate {
+        inventory: Some(down.into()),
+    }))
+    .await;
+    let mut cluster = ClusterServiceClient::new(ch.clone());
+    for _ in 0..100 {
+        let node = node_status(&mut cluster, &n1.cid).await;
+        if node.inventory.is_some_and(|i| i.generation == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut rdma: JobSpec = job("rdma", "research", 1).try_into().expect("valid");
+    rdma.topology.rdma_required = true;
+    let first = submit(&mut jobs, RESEARCH, rdma.clone().into(), "r1").await;
+    let first = wait_state(&mut jobs, &first.id, pb::JobState::Placed).await;
+    assert_eq!(
+        placed_nodes(&first),
+        ["n2"],
+        "n1 sorts first but its NIC is down"
+    );
+
+    // n2 loses its NIC as well: the next RDMA job waits, with the reason counted per node.
+    let mut down = with_nic(inventory("n2", 2), PortState::Down);
+    down.generation = 2;
+    n2.send(pb::agent_message::Msg::Inventory(pb::InventoryUpdate {
+        inventory: Some(down.into()),
+    }))
+    .await;
+    let second = submit(&mut jobs, RESEARCH, rdma.into(), "r2").await;
+    let mut reasons = Vec::new();
+    for _ in 0..100 {
+        let why = jobs
+            .explain(authed(
+                RESEARCH,
+                pb::ExplainJobRequest {
+                    id: second.id.clone(),
+                },
+            ))
+            .await
+            .expect("explains")
+            .into_inner();
+        if let Some(pb::explain_job_response::Explanation::Pending(p)) = why.explanation
+            && !p.reasons.is_empty()
+        {
+            reasons = p
+                .reasons
+                .into_iter()
+                .map(|r| (r.reason, r.node_count, r.message))
+                .collect();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reasons.contains(&("rdma_down".to_string(), 2, "no usable RDMA NIC".to_string())),
+        "{reasons:?}"
+    );
+    drop((n1, n2));
     server.shutdown().await;
 }
