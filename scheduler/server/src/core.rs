@@ -1173,25 +1173,20 @@ impl Core {
                 return Ok(false);
             }
         };
-        let planned = self.plan(&spec, &gang);
-        let mut victims = Vec::new();
-        let Plan {
-            replicas: claims,
-            how,
-            score,
-        } = match planned {
-            Ok(Some(p)) => p,
-            Ok(None) => return Ok(false),
-            Err(wait) => match self.make_room(&spec, &gang) {
-                Some((planned, taken)) => {
-                    victims = taken;
-                    planned
-                }
-                None => {
-                    self.record_wait(id, wait)?;
-                    return Ok(false);
-                }
+        let (
+            Plan {
+                replicas: claims,
+                how,
+                score,
             },
+            victims,
+        ) = match self.plan_with_room(&spec, &gang) {
+            Ok(Some(planned)) => planned,
+            Ok(None) => return Ok(false),
+            Err(wait) => {
+                self.record_wait(id, wait)?;
+                return Ok(false);
+            }
         };
         let charges = self.charges(claims.iter().map(|(claim, _)| claim));
         let borrowed = match self.admit(&spec, &charges) {
@@ -1303,14 +1298,41 @@ impl Core {
         }
     }
 
+    /// Plans a job, preempting if that is what it takes: when it fits nowhere, or when its
+    /// tenant is at its maximum while its queue is still owed its guarantee (then only
+    /// sibling queues' borrowed work may go). Returns the plan and the victims, already
+    /// released but not yet told; or why the job waits.
+    fn plan_with_room(
+        &mut self,
+        spec: &JobSpec,
+        gang: &GangRequest,
+    ) -> Result<Option<(Plan, Vec<(VictimKind, JobId)>)>, Wait> {
+        let plan = match self.plan(spec, gang) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return Ok(None),
+            Err(wait) => return self.make_room(spec, gang, false).map(Some).ok_or(wait),
+        };
+        let charges = self.charges(plan.replicas.iter().map(|(claim, _)| claim));
+        match self.admit(spec, &charges) {
+            Ok(_) => Ok(Some((plan, Vec::new()))),
+            Err(Wait::Quota(exceeded)) if exceeded.queue.is_none() => self
+                .make_room(spec, gang, true)
+                .map(Some)
+                .ok_or(Wait::Quota(exceeded)),
+            Err(wait) => Err(wait),
+        }
+    }
+
     /// Looks for running jobs whose preemption lets `spec` run: lower priority, or work
-    /// borrowed above a guarantee that the job's tenant or queue is owed. Candidates are
-    /// released one at a time, cheapest first, until the job fits; then it returns the plan
+    /// borrowed above a guarantee that the job's tenant or queue is owed (`siblings_only`:
+    /// only the borrowed work of the tenant's other queues). Candidates are released one at a
+    /// time, cheapest first, until the job fits within its quota; then it returns the plan
     /// and the victims (released, still to be told). If it never fits, everything is put back.
     fn make_room(
         &mut self,
         spec: &JobSpec,
         gang: &GangRequest,
+        siblings_only: bool,
     ) -> Option<(Plan, Vec<(VictimKind, JobId)>)> {
         let settings = self.config.preemption;
         if !settings.enabled {
@@ -1319,6 +1341,11 @@ impl Core {
         let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let list = {
             let views = self.jobs.iter().filter_map(|(id, job)| {
+                // Only a sibling queue's work lowers the tenant's use for a sibling.
+                if siblings_only && (job.spec.tenant != spec.tenant || job.spec.queue == spec.queue)
+                {
+                    return None;
+                }
                 let placement = job.placement.as_ref()?;
                 if job.allocations.is_empty() {
                     return None;
@@ -1356,6 +1383,9 @@ impl Core {
             let Some(job) = self.jobs.get(&victim) else {
                 continue;
             };
+            if siblings_only && kind != VictimKind::Reclaim {
+                continue;
+            }
             // Reclaim only while the victim's tenant or queue still borrows.
             if kind == VictimKind::Reclaim
                 && job.charges.iter().all(|(model, _)| {

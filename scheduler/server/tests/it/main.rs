@@ -1340,3 +1340,97 @@ async fn rdma_jobs_follow_live_nic_state() {
     drop((n1, n2));
     server.shutdown().await;
 }
+
+/// A tenant at its maximum: a queue still owed its guarantee takes back what a sibling
+/// queue borrowed, and no more.
+#[tokio::test]
+async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), 60_000);
+    cfg.preemption.min_runtime_s = 0;
+    let limit = |guaranteed, max| {
+        BTreeMap::from([(
+            "H100".to_string(),
+            QuotaGpus {
+                guaranteed,
+                max: Some(max),
+            },
+        )])
+    };
+    cfg.quotas = BTreeMap::from([
+        ("research".to_string(), limit(4, 4)),
+        ("research/a".to_string(), limit(2, 4)),
+        ("research/b".to_string(), limit(2, 4)),
+    ]);
+    let server = start(cfg).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agent = Agent::connect(ch.clone(), inventory("n1", 8), vec![]).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+
+    // Queue b takes the tenant's whole maximum: 2 GPUs of its own and 2 borrowed.
+    let mut borrowers = Vec::new();
+    for i in 0..4 {
+        let mut spec: JobSpec = job(&format!("b-{i}"), "research", 1)
+            .try_into()
+            .expect("valid");
+        spec.queue = "b".into();
+        borrowers.push(
+            submit(&mut jobs, RESEARCH, spec.into(), format!("b{i}"))
+                .await
+                .id,
+        );
+    }
+    for _ in 0..4 {
+        agent.next_assignment().await;
+    }
+
+    // Queue a is owed 2: its 2-GPU job reclaims two of b's jobs, though 4 GPUs stand idle.
+    let mut owed: JobSpec = job("a-0", "research", 2).try_into().expect("valid");
+    owed.queue = "a".into();
+    let owed = submit(&mut jobs, RESEARCH, owed.into(), "a0").await;
+    let mut cancelled = Vec::new();
+    for _ in 0..2 {
+        cancelled.push(agent.next_cancel().await.job_id);
+    }
+    let assigned = agent.next_assignment().await;
+    assert_eq!(assigned.job_id, owed.id);
+    let mut pending = 0;
+    for id in &borrowers {
+        let j = jobs
+            .get(authed(ADMIN, pb::GetJobRequest { id: id.clone() }))
+            .await
+            .expect("get")
+            .into_inner();
+        if j.state == pb::JobState::Pending as i32 {
+            pending += 1;
+            assert!(cancelled.contains(id));
+            let reasons: Vec<String> = history(&mut jobs, id)
+                .await
+                .into_iter()
+                .map(|e| e.message)
+                .collect();
+            assert!(
+                reasons.contains(&format!(
+                    "preempted for {}: reclaiming quota it borrowed",
+                    owed.id
+                )),
+                "{reasons:?}"
+            );
+        }
+    }
+    assert_eq!(pending, 2, "b keeps its guarantee");
+
+    // A third job in queue a would pass a's guarantee: it waits on the tenant's maximum.
+    let mut more: JobSpec = job("a-1", "research", 1).try_into().expect("valid");
+    more.queue = "a".into();
+    let more = submit(&mut jobs, RESEARCH, more.into(), "a1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let more = jobs
+        .get(authed(ADMIN, pb::GetJobRequest { id: more.id }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(more.state, pb::JobState::Pending as i32);
+    drop(agent);
+    server.shutdown().await;
+}
