@@ -375,6 +375,9 @@ struct Plan {
     score: Vec<ScoreItem>,
 }
 
+/// Running jobs released to make room for another, and why each may go.
+type Victims = Vec<(VictimKind, JobId)>;
+
 /// A scheduling pass in progress: the jobs still to try, and request shapes that did not fit
 /// during this pass (the cluster only fills up within a pass, so they would not fit again).
 struct Pass {
@@ -1306,7 +1309,7 @@ impl Core {
         &mut self,
         spec: &JobSpec,
         gang: &GangRequest,
-    ) -> Result<Option<(Plan, Vec<(VictimKind, JobId)>)>, Wait> {
+    ) -> Result<Option<(Plan, Victims)>, Wait> {
         let plan = match self.plan(spec, gang) {
             Ok(Some(plan)) => plan,
             Ok(None) => return Ok(None),
@@ -1333,7 +1336,7 @@ impl Core {
         spec: &JobSpec,
         gang: &GangRequest,
         siblings_only: bool,
-    ) -> Option<(Plan, Vec<(VictimKind, JobId)>)> {
+    ) -> Option<(Plan, Victims)> {
         let settings = self.config.preemption;
         if !settings.enabled {
             return None;
@@ -1414,7 +1417,7 @@ impl Core {
     }
 
     /// Puts trial-released victims back on exactly the GPUs they held.
-    fn restore_victims(&mut self, victims: Vec<(VictimKind, JobId)>) {
+    fn restore_victims(&mut self, victims: Victims) {
         for (_, id) in victims.into_iter().rev() {
             if let Err(e) = self.reclaim_resources(&id) {
                 // Nothing else was allocated in between, so this does not happen; should it,
