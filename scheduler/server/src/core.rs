@@ -236,6 +236,8 @@ pub enum Command {
     Drain {
         node: Cid,
         reason: String,
+        /// Between SIGTERM and SIGKILL for each evicted replica; 0 for the default.
+        grace_ms: u32,
         reply: Reply<Vec<JobId>>,
     },
     Explain {
@@ -813,9 +815,15 @@ impl Core {
             Command::Drain {
                 node,
                 reason,
+                grace_ms,
                 reply,
             } => {
-                let _ = reply.send(self.drain(&node, &reason));
+                let grace_ms = if grace_ms == 0 {
+                    CANCEL_GRACE_MS
+                } else {
+                    grace_ms
+                };
+                let _ = reply.send(self.drain(&node, &reason, grace_ms));
             }
             Command::Explain { id, by, reply } => {
                 self.ensure_cluster();
@@ -988,6 +996,11 @@ impl Core {
 
     /// Tells agents to stop every replica of a job that was placed.
     fn stop_replicas(&mut self, id: &JobId) {
+        self.stop_replicas_within(id, CANCEL_GRACE_MS);
+    }
+
+    /// Stops every replica, each with `grace_ms` between SIGTERM and SIGKILL.
+    fn stop_replicas_within(&mut self, id: &JobId, grace_ms: u32) {
         let Some(job) = self.jobs.get(id) else {
             return;
         };
@@ -1004,7 +1017,7 @@ impl Core {
                     job_id: id.clone(),
                     replica: slot.replica,
                     attempt: placement.attempt,
-                    grace_period_ms: CANCEL_GRACE_MS,
+                    grace_period_ms: grace_ms,
                 },
             );
         }
@@ -1013,7 +1026,18 @@ impl Core {
     /// Sends a job that held resources back to pending (node lost, drained), or fails it once
     /// it has used all its attempts.
     fn requeue(&mut self, id: &JobId, reason: &str, message: &str) -> Result<(), CoreError> {
-        self.stop_replicas(id);
+        self.requeue_within(id, reason, message, CANCEL_GRACE_MS)
+    }
+
+    /// [`Core::requeue`], giving the stopped replicas `grace_ms` before SIGKILL.
+    fn requeue_within(
+        &mut self,
+        id: &JobId,
+        reason: &str,
+        message: &str,
+        grace_ms: u32,
+    ) -> Result<(), CoreError> {
+        self.stop_replicas_within(id, grace_ms);
         self.release(id);
         let Some(job) = self.jobs.get(id) else {
             return Ok(());
@@ -2093,7 +2117,7 @@ impl Core {
             .ok_or_else(|| CoreError::NotFound(format!("node {node} not found")))
     }
 
-    fn drain(&mut self, node: &Cid, reason: &str) -> Result<Vec<JobId>, CoreError> {
+    fn drain(&mut self, node: &Cid, reason: &str, grace_ms: u32) -> Result<Vec<JobId>, CoreError> {
         self.ensure_cluster();
         self.cordon(node, true, reason, true)?;
         let mut on_node: Vec<JobId> = self
@@ -2113,7 +2137,7 @@ impl Core {
             format!("node {node} drained: {reason}")
         };
         for id in &on_node {
-            self.requeue(id, "drained", &message)?;
+            self.requeue_within(id, "drained", &message, grace_ms)?;
         }
         Ok(on_node)
     }

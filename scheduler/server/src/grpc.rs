@@ -704,6 +704,7 @@ impl pb::cluster_service_server::ClusterService for Services {
             .ask(|reply| Command::Drain {
                 node: cid.clone(),
                 reason: msg.reason.chars().take(512).collect(),
+                grace_ms: msg.grace_period_ms,
                 reply,
             })
             .await?;

@@ -1052,7 +1052,7 @@ async fn cordon_reasons_and_drains_are_kept() {
     let server = start(config(dir.path(), 60_000)).await.expect("starts");
     let ch = channel(&server).await;
     let a = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
-    let b = Agent::connect(ch.clone(), inventory("n2", 1), vec![]).await;
+    let mut b = Agent::connect(ch.clone(), inventory("n2", 1), vec![]).await;
     let mut cluster = ClusterServiceClient::new(ch.clone());
     let cordoned = cluster
         .cordon(authed(
@@ -1067,13 +1067,17 @@ async fn cordon_reasons_and_drains_are_kept() {
         .into_inner();
     assert!(cordoned.cordoned && !cordoned.draining);
     assert_eq!(cordoned.cordon_reason, "fan replacement");
+    // n1 is cordoned, so this job runs on n2, until n2 is drained with a short grace period.
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let evicted = submit(&mut jobs, RESEARCH, job("evicted", "research", 1), "ev").await;
+    assert_eq!(b.next_assignment().await.job_id, evicted.id);
     let drained = cluster
         .drain(authed(
             ADMIN,
             pb::DrainRequest {
                 cid: b.cid.clone(),
                 reason: "kernel upgrade".into(),
-                grace_period_ms: 0,
+                grace_period_ms: 1234,
             },
         ))
         .await
@@ -1083,6 +1087,11 @@ async fn cordon_reasons_and_drains_are_kept() {
         .expect("node");
     assert!(drained.cordoned && drained.draining);
     assert_eq!(drained.cordon_reason, "kernel upgrade");
+    let cancel = b.next_cancel().await;
+    assert_eq!(
+        (cancel.job_id.as_str(), cancel.grace_period_ms),
+        (evicted.id.as_str(), 1234)
+    );
     drop((a, b));
     server.shutdown().await;
 
