@@ -350,6 +350,8 @@ enum Wait {
     Quota(QuotaExceeded),
     /// It would borrow above a guarantee, and reclaim could not undo that.
     NoBorrowing { tenant: String },
+    /// It fits only on nodes held for a blocked job that comes before it.
+    Reserved { holder: JobId },
 }
 
 impl std::fmt::Display for Wait {
@@ -362,6 +364,10 @@ impl std::fmt::Display for Wait {
                 f,
                 "it would borrow above a guarantee of tenant {tenant} (or of its queue), and \
                  non-preemptible jobs may not borrow"
+            ),
+            Wait::Reserved { holder } => write!(
+                f,
+                "it fits only on nodes held for {holder}, which waits ahead of it"
             ),
         }
     }
@@ -379,6 +385,18 @@ struct Plan {
 
 /// Running jobs released to make room for another, and why each may go.
 type Victims = Vec<(VictimKind, JobId)>;
+
+/// Nodes held for the first job that could not be placed: later jobs of no higher priority
+/// may not take them, so that job is not starved by a stream of smaller ones.
+struct Reservation {
+    holder: JobId,
+    priority: i32,
+    /// `true` at the position of each held node in the cluster.
+    nodes: Arc<[bool]>,
+}
+
+/// Most trial placements when looking for the nodes a blocked job will get.
+const RESERVATION_TRIALS: usize = 32;
 
 /// A scheduling pass in progress: the jobs still to try, and request shapes that did not fit
 /// during this pass (the cluster only fills up within a pass, so they would not fit again).
@@ -409,6 +427,8 @@ struct Core {
     links: LinkState,
     /// The gang planner's view of `cluster`; refreshed on every allocation and release.
     index: FabricIndex,
+    /// Nodes held for the first blocked job, if any.
+    reservation: Option<Reservation>,
     /// GPU-milli each tenant's placed jobs hold, per model.
     usage: Usage,
     /// Cluster positions of the nodes in `cluster`, by CID.
@@ -462,6 +482,7 @@ pub fn start(
         cluster,
         links,
         index,
+        reservation: None,
         usage: Usage::default(),
         node_ids: HashMap::new(),
         jobs: HashMap::new(),
@@ -1084,6 +1105,15 @@ impl Core {
                 failed_shapes: HashSet::new(),
             });
         }
+        // A holder that left the queue (placed elsewhere, cancelled) holds nothing.
+        let holder_waits = |r: &Reservation| {
+            self.jobs
+                .get(&r.holder)
+                .is_some_and(|j| j.placement.is_none())
+        };
+        if self.reservation.as_ref().is_some_and(|r| !holder_waits(r)) {
+            self.reservation = None;
+        }
         while let Some(id) = self.pass.as_mut().and_then(|p| p.order.pop_front()) {
             let Some(job) = self.jobs.get(&id) else {
                 continue;
@@ -1091,10 +1121,16 @@ impl Core {
             if job.state != JobState::Pending && job.state != JobState::Preempted {
                 continue;
             }
+            // Nodes held for a blocked job ahead of this one are off limits.
+            let avoid = self
+                .reservation
+                .as_ref()
+                .filter(|r| r.holder != id && job.spec.priority <= r.priority)
+                .map(|r| Arc::clone(&r.nodes));
             // Tenant, queue and preemptibility are part of the shape: quota refusals depend
             // on them. Priority is not: later jobs in the pass never have a higher one.
             let shape = format!(
-                "{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}/{}|{}",
+                "{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}/{}|{}|{}",
                 job.spec.gpu,
                 job.spec.resources,
                 job.spec.placement,
@@ -1103,7 +1139,8 @@ impl Core {
                 job.spec.min_replicas,
                 job.spec.tenant,
                 job.spec.queue,
-                job.spec.preemptible
+                job.spec.preemptible,
+                avoid.is_some()
             );
             if self
                 .pass
@@ -1112,7 +1149,7 @@ impl Core {
             {
                 continue;
             }
-            match self.try_place(&id) {
+            match self.try_place(&id, avoid.as_deref()) {
                 Ok(true) => {}
                 Ok(false) => {
                     if let Some(pass) = self.pass.as_mut() {
@@ -1187,7 +1224,7 @@ impl Core {
     /// One replica goes where the configured policy (FGD by default) scores best; several go
     /// through the gang planner, which keeps a training gang close on the fabric and spreads
     /// inference replicas over nodes and leaves.
-    fn try_place(&mut self, id: &JobId) -> Result<bool, CoreError> {
+    fn try_place(&mut self, id: &JobId, avoid: Option<&[bool]>) -> Result<bool, CoreError> {
         let Some(job) = self.jobs.get(id) else {
             return Ok(false);
         };
@@ -1207,10 +1244,11 @@ impl Core {
                 score,
             },
             victims,
-        ) = match self.plan_with_room(&spec, &gang) {
+        ) = match self.plan_with_room(&spec, &gang, avoid) {
             Ok(Some(planned)) => planned,
             Ok(None) => return Ok(false),
             Err(wait) => {
+                let wait = self.blocked(id, &spec, &gang, avoid, wait);
                 self.record_wait(id, wait)?;
                 return Ok(false);
             }
@@ -1286,6 +1324,9 @@ impl Core {
             self.latencies.drain(..50_000);
         }
         self.usage.add_in_queue(&spec.tenant, &spec.queue, &charges);
+        if self.reservation.as_ref().is_some_and(|r| &r.holder == id) {
+            self.reservation = None;
+        }
         if let Some(job) = self.jobs.get_mut(id) {
             self.pending
                 .remove(&(Reverse(job.spec.priority), id.clone()));
@@ -1333,17 +1374,23 @@ impl Core {
         &mut self,
         spec: &JobSpec,
         gang: &GangRequest,
+        avoid: Option<&[bool]>,
     ) -> Result<Option<(Plan, Victims)>, Wait> {
-        let plan = match self.plan(spec, gang) {
+        let plan = match self.plan(spec, gang, avoid) {
             Ok(Some(plan)) => plan,
             Ok(None) => return Ok(None),
-            Err(wait) => return self.make_room(spec, gang, false).map(Some).ok_or(wait),
+            Err(wait) => {
+                return self
+                    .make_room(spec, gang, false, avoid)
+                    .map(Some)
+                    .ok_or(wait);
+            }
         };
         let charges = self.charges(plan.replicas.iter().map(|(claim, _)| claim));
         match self.admit(spec, &charges) {
             Ok(_) => Ok(Some((plan, Vec::new()))),
             Err(Wait::Quota(exceeded)) if exceeded.queue.is_none() => self
-                .make_room(spec, gang, true)
+                .make_room(spec, gang, true, avoid)
                 .map(Some)
                 .ok_or(Wait::Quota(exceeded)),
             Err(wait) => Err(wait),
@@ -1360,6 +1407,7 @@ impl Core {
         spec: &JobSpec,
         gang: &GangRequest,
         siblings_only: bool,
+        avoid: Option<&[bool]>,
     ) -> Option<(Plan, Victims)> {
         let settings = self.config.preemption;
         if !settings.enabled {
@@ -1429,7 +1477,7 @@ impl Core {
             }
             self.release_resources(&victim);
             taken.push((kind, victim));
-            if let Ok(Some(plan)) = self.plan(spec, gang) {
+            if let Ok(Some(plan)) = self.plan(spec, gang, avoid) {
                 let charges = self.charges(plan.replicas.iter().map(|(claim, _)| claim));
                 if self.admit(spec, &charges).is_ok() {
                     return Some((plan, taken));
@@ -1532,17 +1580,115 @@ impl Core {
     /// Plans a job without allocating. A plain single replica goes by the configured
     /// policy; several replicas, or one with RDMA, NVLink, price or data-location demands
     /// that only the gang planner weighs, go by the gang planner.
-    fn plan(&mut self, spec: &JobSpec, gang: &GangRequest) -> Result<Option<Plan>, Wait> {
+    ///
+    /// Nodes marked in `avoid` are not used. The policy does not know about them, so when it
+    /// picks one the gang planner, which does, places the replica instead.
+    fn plan(
+        &mut self,
+        spec: &JobSpec,
+        gang: &GangRequest,
+        avoid: Option<&[bool]>,
+    ) -> Result<Option<Plan>, Wait> {
         let needs_planner = gang.replicas > 1
             || spec.topology.rdma_required
             || spec.topology.nvlink == Some(suanli_engine::job::Requirement::Required)
             || spec.placement.max_price_per_gpu_hour.is_some()
             || !spec.placement.data.is_empty();
         if needs_planner {
-            self.plan_gang(gang)
-        } else {
-            self.plan_single(&gang.request)
+            return self.plan_gang(gang, avoid);
         }
+        let single = self.plan_single(&gang.request)?;
+        let held = |plan: &Plan| {
+            plan.replicas.iter().any(|(claim, _)| {
+                avoid.is_some_and(|nodes| nodes.get(claim.node.index()).copied().unwrap_or(false))
+            })
+        };
+        match single {
+            Some(plan) if held(&plan) => self.plan_gang(gang, avoid),
+            other => Ok(other),
+        }
+    }
+
+    /// Why a job that could not be placed waits, and, if it is the first blocked job,
+    /// the nodes held for it from now on. A job that fits only on nodes held for another
+    /// waits for that one.
+    fn blocked(
+        &mut self,
+        id: &JobId,
+        spec: &JobSpec,
+        gang: &GangRequest,
+        avoid: Option<&[bool]>,
+        wait: Wait,
+    ) -> Wait {
+        if avoid.is_some() {
+            if matches!(self.plan(spec, gang, None), Ok(Some(_)))
+                && let Some(r) = &self.reservation
+            {
+                return Wait::Reserved {
+                    holder: r.holder.clone(),
+                };
+            }
+            return wait;
+        }
+        // Quota waits are the tenant's business; holding nodes would not end them. A
+        // higher-priority blocked job takes the reservation over.
+        if matches!(wait, Wait::Policy(_) | Wait::Gang(_))
+            && self
+                .reservation
+                .as_ref()
+                .is_none_or(|r| &r.holder == id || spec.priority > r.priority)
+        {
+            self.reservation = self.reserve(gang).map(|nodes| Reservation {
+                holder: id.clone(),
+                priority: spec.priority,
+                nodes,
+            });
+        }
+        wait
+    }
+
+    /// The nodes `gang` would get as running jobs end, oldest placement first (the best
+    /// guess without run-time limits): the first fit among a bounded number of trials.
+    fn reserve(&self, gang: &GangRequest) -> Option<Arc<[bool]>> {
+        let mut holders: Vec<(i64, &JobId, &[AllocationId])> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.allocations.is_empty())
+            .map(|(id, j)| {
+                (
+                    j.placement.as_ref().map_or(0, |p| p.placed_ms),
+                    id,
+                    j.allocations.as_slice(),
+                )
+            })
+            .collect();
+        holders.sort();
+        let mut future = self.cluster.clone();
+        let mut index = self.index.clone();
+        let chunk = holders.len().div_ceil(RESERVATION_TRIALS).max(1);
+        for batch in holders.chunks(chunk) {
+            for (_, _, allocations) in batch {
+                for alloc in *allocations {
+                    if let Ok(released) = future.release(*alloc) {
+                        index.refresh(&future, &self.links, released.node);
+                    }
+                }
+            }
+            if let Ok(p) = place_gang(
+                &future,
+                &index,
+                &self.config.catalog,
+                gang,
+                &GangOptions::default(),
+            ) {
+                let mut nodes = vec![false; self.cluster.len()];
+                for node in p.nodes() {
+                    nodes[node.index()] = true;
+                }
+                return Some(nodes.into());
+            }
+        }
+        None
     }
 
     /// One replica by the configured policy: its claim and score, or why it fits nowhere.
@@ -1566,13 +1712,13 @@ impl Core {
 
     /// Several replicas by the gang planner: one claim per replica, or why they do not fit
     /// together.
-    fn plan_gang(&self, gang: &GangRequest) -> Result<Option<Plan>, Wait> {
+    fn plan_gang(&self, gang: &GangRequest, avoid: Option<&[bool]>) -> Result<Option<Plan>, Wait> {
         let placement = place_gang(
             &self.cluster,
             &self.index,
             &self.config.catalog,
             gang,
-            &GangOptions::default(),
+            &GangOptions { avoid },
         )
         .map_err(Wait::Gang)?;
         Ok(Some(Plan {
@@ -1744,6 +1890,8 @@ impl Core {
             .filter_map(|(i, n)| n.cid().map(|c| (c.clone(), NodeId(i as u32))))
             .collect();
         self.index = FabricIndex::new(&self.cluster, &self.links, &self.config.catalog);
+        // Node positions may have moved; the next full pass reserves again.
+        self.reservation = None;
         // In placement order, so quota borrowing is judged as it was when they were placed.
         let mut holders: Vec<(i64, JobId)> = self
             .jobs
@@ -2200,9 +2348,10 @@ impl Core {
                             .collect(),
                         self.cluster.len() as u32,
                     ),
-                    Wait::Gang(_) | Wait::Quota(_) | Wait::NoBorrowing { .. } => {
-                        (Vec::new(), self.cluster.len() as u32)
-                    }
+                    Wait::Gang(_)
+                    | Wait::Quota(_)
+                    | Wait::NoBorrowing { .. }
+                    | Wait::Reserved { .. } => (Vec::new(), self.cluster.len() as u32),
                 };
                 Ok(Explanation {
                     state: job.state,
@@ -2210,7 +2359,9 @@ impl Core {
                     reasons,
                     nodes_considered,
                     queue_reason: match wait {
-                        Wait::Quota(_) | Wait::NoBorrowing { .. } => wait.to_string(),
+                        Wait::Quota(_) | Wait::NoBorrowing { .. } | Wait::Reserved { .. } => {
+                            wait.to_string()
+                        }
                         Wait::Policy(_) | Wait::Gang(_) => String::new(),
                     },
                     placement: None,

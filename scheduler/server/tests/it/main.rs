@@ -1443,3 +1443,111 @@ async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
     drop(agent);
     server.shutdown().await;
 }
+
+impl Agent {
+    /// Reports an assignment's replica as started and then as exited with `code`.
+    async fn run_to_exit(&self, a: &pb::Assignment, code: i32) {
+        self.send(pb::agent_message::Msg::Started(pb::WorkStarted {
+            job_id: a.job_id.clone(),
+            replica: a.replica,
+            pid: 42,
+            started_unix_ms: 0,
+            attempt: a.attempt,
+        }))
+        .await;
+        self.send(pb::agent_message::Msg::Exited(pb::WorkExited {
+            job_id: a.job_id.clone(),
+            replica: a.replica,
+            exit_code: code,
+            signal: 0,
+            message: String::new(),
+            ended_unix_ms: 0,
+            attempt: a.attempt,
+        }))
+        .await;
+    }
+}
+
+/// A gang that does not fit yet holds the nodes it will get: later jobs of its priority
+/// cannot trickle onto them and starve it, a higher-priority job still can, and the gang
+/// starts as soon as the running work ends.
+#[tokio::test]
+async fn a_blocked_gang_holds_its_nodes_against_smaller_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut n1 = Agent::connect(ch.clone(), inventory("n1", 4), vec![]).await;
+    let mut n2 = Agent::connect(ch.clone(), inventory("n2", 4), vec![]).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+
+    // One GPU busy on each node (pinned there: the policy would pack both on one).
+    for (name, node) in [("long-1", &n1.cid), ("long-2", &n2.cid)] {
+        let mut pinned: JobSpec = job(name, "research", 1).try_into().expect("valid");
+        pinned.placement.allowed = vec![node.parse().expect("node cid")];
+        submit(&mut jobs, RESEARCH, pinned.into(), name).await;
+    }
+    let long1 = n1.next_assignment().await;
+    let long2 = n2.next_assignment().await;
+
+    // The 2 × 4 gang needs both nodes whole; it waits and holds them.
+    let mut gang: JobSpec = job("gang", "research", 4).try_into().expect("valid");
+    gang.replicas = 2;
+    let gang = submit(&mut jobs, RESEARCH, gang.into(), "g").await;
+    let small = submit(&mut jobs, RESEARCH, job("small", "research", 1), "s").await;
+    let mut summary = String::new();
+    for _ in 0..100 {
+        summary = jobs
+            .explain(authed(
+                RESEARCH,
+                pb::ExplainJobRequest {
+                    id: small.id.clone(),
+                },
+            ))
+            .await
+            .expect("explains")
+            .into_inner()
+            .summary;
+        if summary.contains("held for") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        summary,
+        format!(
+            "it fits only on nodes held for {}, which waits ahead of it",
+            gang.id
+        )
+    );
+
+    // A higher-priority job is not held back.
+    let mut urgent: JobSpec = job("urgent", "research", 1).try_into().expect("valid");
+    urgent.priority = 5;
+    let urgent = submit(&mut jobs, RESEARCH, urgent.into(), "u").await;
+    let urgent = wait_state(&mut jobs, &urgent.id, pb::JobState::Placed).await;
+    let urgent_on = placed_nodes(&urgent);
+    let urgent_assignment = if urgent_on == ["n1"] {
+        n1.next_assignment().await
+    } else {
+        n2.next_assignment().await
+    };
+
+    // Everything running ends: the gang starts before the small job.
+    n1.run_to_exit(&long1, 0).await;
+    n2.run_to_exit(&long2, 0).await;
+    if urgent_on == ["n1"] {
+        n1.run_to_exit(&urgent_assignment, 0).await;
+    } else {
+        n2.run_to_exit(&urgent_assignment, 0).await;
+    }
+    let placed = wait_state(&mut jobs, &gang.id, pb::JobState::Placed).await;
+    assert_eq!(placed_nodes(&placed), ["n1", "n2"]);
+    let small = jobs
+        .get(authed(ADMIN, pb::GetJobRequest { id: small.id }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(small.state, pb::JobState::Pending as i32, "no room left");
+    drop((n1, n2));
+    server.shutdown().await;
+}
