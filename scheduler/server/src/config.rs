@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub domain_links: Vec<DomainLinkConfig>,
 }
 
+/// The largest quota, in GPUs, a config may set.
+pub const MAX_QUOTA_GPUS: u64 = 1_000_000_000;
+
 /// When running jobs may be stopped for others.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,6 +217,16 @@ impl ServerConfig {
                     field: field.clone(),
                     problem,
                 };
+                // Limits are kept in GPU-milli; a bound keeps that product in range.
+                if let Some(big) = [Some(limit.guaranteed), limit.max]
+                    .into_iter()
+                    .flatten()
+                    .find(|n| *n > MAX_QUOTA_GPUS)
+                {
+                    return Err(invalid(format!(
+                        "{big} GPUs is more than the {MAX_QUOTA_GPUS} a quota may name"
+                    )));
+                }
                 if let Some(max) = limit.max
                     && limit.guaranteed > max
                 {
@@ -463,6 +476,14 @@ mod tests {
         assert!(
             err.starts_with("config suanli.toml: quotas.research.A100 80GB: not a GPU model name"),
             "{err}"
+        );
+        let err = parse("[quotas.research]\nH100 = { max = 18446744073709551615 }")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config suanli.toml: quotas.research.H100: 18446744073709551615 GPUs is more than \
+             the 1000000000 a quota may name"
         );
         let err = parse("[quotas.\"research/\"]\nH100 = { max = 8 }")
             .unwrap_err()
