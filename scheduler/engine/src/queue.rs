@@ -576,10 +576,11 @@ impl Scheduler {
     /// One pass over the queue at time `now_s`. Decisions are already applied to the
     /// scheduler's state: placed jobs are running, preempted ones pending again.
     pub fn queue_pass(&mut self, now_s: u64) -> Vec<Decision> {
-        let mut order: Vec<(i32, u64, JobId)> = self
+        // `Reverse`, not negation: `-i32::MIN` overflows.
+        let mut order: Vec<(std::cmp::Reverse<i32>, u64, JobId)> = self
             .pending
             .values()
-            .map(|j| (-j.priority, j.submitted_s, j.id.clone()))
+            .map(|j| (std::cmp::Reverse(j.priority), j.submitted_s, j.id.clone()))
             .collect();
         order.sort();
         let mut decisions = Vec::new();

@@ -361,3 +361,34 @@ proptest! {
         }
     }
 }
+
+/// The extreme priorities order like any others (no overflow at `i32::MIN`).
+#[test]
+fn extreme_priorities_keep_their_order() {
+    let mut s = scheduler(
+        &leaf("a", "s1", "l1", "n", 1),
+        Quotas::new(),
+        QueueConfig::default(),
+    );
+    for (i, (id, priority)) in [("lowest", i32::MIN), ("highest", i32::MAX), ("zero", 0)]
+        .into_iter()
+        .enumerate()
+    {
+        s.submit(job(id, "t", gang(1, 8), priority, i as u64))
+            .expect("new");
+    }
+    assert_eq!(placed(&s.queue_pass(0)), ["highest"]);
+    let mut order = Vec::new();
+    for _ in 0..2 {
+        let running = placed_ids(&s);
+        for id in &running {
+            s.finish(&JobId(id.clone())).expect("running");
+        }
+        order.extend(placed(&s.queue_pass(0)));
+    }
+    assert_eq!(order, ["zero", "lowest"]);
+}
+
+fn placed_ids(s: &suanli_engine::queue::Scheduler) -> Vec<String> {
+    s.running().map(|r| r.job.id.0.clone()).collect()
+}
