@@ -207,6 +207,7 @@ pub fn full_job_spec() -> JobSpec {
         queue: "large".to_string(),
         priority: 50,
         preemptible: false,
+        time_limit_s: Some(7 * 24 * 3600),
         command: vec![
             "torchrun".to_string(),
             "--nproc-per-node=8".to_string(),

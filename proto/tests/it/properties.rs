@@ -111,6 +111,7 @@ prop_compose! {
         queue in "[a-z][a-z0-9-]{0,20}",
         priority in any::<i32>(),
         preemptible in any::<bool>(),
+        time_limit_s in proptest::option::of(1u64..=315_360_000),
         command in proptest::collection::vec(".{0,20}", 0..5),
         env in proptest::collection::btree_map("[A-Z_][A-Z0-9_]{0,10}", ".{0,20}", 0..5),
         mounts in proptest::collection::btree_map("/[a-z]{1,10}", ("[a-z]{1,10}", any::<bool>()), 0..4),
@@ -137,6 +138,7 @@ prop_compose! {
             queue,
             priority,
             preemptible,
+            time_limit_s,
             command,
             env,
             volumes: mounts

@@ -129,7 +129,11 @@ pub fn age(now_ms: i64, then_ms: i64) -> String {
     if then_ms <= 0 {
         return "-".to_string();
     }
-    let s = (now_ms - then_ms).max(0) / 1000;
+    seconds_text(u64::try_from((now_ms - then_ms).max(0) / 1000).unwrap_or(0))
+}
+
+/// `90s`, `5m`, `3h`, `2d`: a span in its largest sensible unit, rounded down.
+pub fn seconds_text(s: u64) -> String {
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
@@ -367,6 +371,9 @@ pub fn describe_text(d: &DescribeView, now_ms: i64) -> String {
             }
         ),
     );
+    if let Some(limit) = spec.time_limit_s {
+        field("Time limit", format!("{limit} s ({})", seconds_text(limit)));
+    }
     if !spec.command.is_empty() {
         field("Command", spec.command.join(" "));
     }

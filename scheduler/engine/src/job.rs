@@ -279,6 +279,9 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
+/// The longest time limit a job may ask for: ten years, in seconds.
+pub const MAX_TIME_LIMIT_S: i64 = 10 * 365 * 24 * 3600;
+
 /// What a user submits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +311,10 @@ pub struct JobSpec {
     pub priority: i32,
     #[serde(default = "yes")]
     pub preemptible: bool,
+    /// Longest the job may run; it is stopped after that. Known end times let shorter jobs
+    /// run ahead of a blocked gang without delaying it. `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -348,6 +355,7 @@ impl JobSpec {
             queue: default_queue(),
             priority: 0,
             preemptible: true,
+            time_limit_s: None,
             command: Vec::new(),
             env: BTreeMap::new(),
             volumes: Vec::new(),
@@ -372,6 +380,14 @@ impl JobSpec {
             1,
             i64::from(MAX_REPLICAS),
         )?;
+        if let Some(limit) = self.time_limit_s {
+            check_range(
+                "time_limit_s",
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                1,
+                MAX_TIME_LIMIT_S,
+            )?;
+        }
         if let Some(min) = self.min_replicas {
             check_range("min_replicas", i64::from(min), 1, i64::from(self.replicas))?;
         }
@@ -635,6 +651,23 @@ mod tests {
         let mut spec = JobSpec::new("j", JobKind::Training);
         spec.replicas = 0;
         assert_eq!(err(&spec), "replicas: must be between 1 and 100000, got 0");
+    }
+
+    #[test]
+    fn time_limits_are_positive_and_bounded() {
+        let mut spec = JobSpec::new("t", JobKind::Training);
+        spec.time_limit_s = Some(0);
+        assert_eq!(
+            err(&spec),
+            "time_limit_s: must be between 1 and 315360000, got 0"
+        );
+        spec.time_limit_s = Some(400_000_000);
+        assert_eq!(
+            err(&spec),
+            "time_limit_s: must be between 1 and 315360000, got 400000000"
+        );
+        spec.time_limit_s = Some(3600);
+        assert!(spec.validate().is_ok());
     }
 
     #[test]

@@ -393,6 +393,9 @@ struct Reservation {
     priority: i32,
     /// `true` at the position of each held node in the cluster.
     nodes: Arc<[bool]>,
+    /// When the nodes are expected to be free (ms since the epoch), if every job they wait
+    /// for has a time limit. Jobs sure to end by then may still use them (backfill).
+    start_ms: Option<i64>,
 }
 
 /// Most trial placements when looking for the nodes a blocked job will get.
@@ -681,6 +684,7 @@ impl Core {
             if last_tick.elapsed() >= tick {
                 last_tick = Instant::now();
                 self.check_heartbeats();
+                self.check_time_limits();
             }
             // With no jobs nothing depends on the cluster yet: a burst of registrations then
             // costs one rebuild when the first job arrives, not one per agent.
@@ -1121,11 +1125,21 @@ impl Core {
             if job.state != JobState::Pending && job.state != JobState::Preempted {
                 continue;
             }
-            // Nodes held for a blocked job ahead of this one are off limits.
+            // Nodes held for a blocked job ahead of this one are off limits, unless this job
+            // is sure to end before they are expected free (backfill).
+            let now = now_ms();
+            let ends_in_time = |r: &Reservation| match (job.spec.time_limit_s, r.start_ms) {
+                (Some(limit), Some(start)) => {
+                    now.saturating_add(
+                        i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX),
+                    ) <= start
+                }
+                _ => false,
+            };
             let avoid = self
                 .reservation
                 .as_ref()
-                .filter(|r| r.holder != id && job.spec.priority <= r.priority)
+                .filter(|r| r.holder != id && job.spec.priority <= r.priority && !ends_in_time(r))
                 .map(|r| Arc::clone(&r.nodes));
             // Tenant, queue and preemptibility are part of the shape: quota refusals depend
             // on them. Priority is not: later jobs in the pass never have a higher one.
@@ -1638,36 +1652,51 @@ impl Core {
                 .as_ref()
                 .is_none_or(|r| &r.holder == id || spec.priority > r.priority)
         {
-            self.reservation = self.reserve(gang).map(|nodes| Reservation {
+            self.reservation = self.reserve(gang).map(|(nodes, start_ms)| Reservation {
                 holder: id.clone(),
                 priority: spec.priority,
                 nodes,
+                start_ms,
             });
         }
         wait
     }
 
-    /// The nodes `gang` would get as running jobs end, oldest placement first (the best
-    /// guess without run-time limits): the first fit among a bounded number of trials.
-    fn reserve(&self, gang: &GangRequest) -> Option<Arc<[bool]>> {
-        let mut holders: Vec<(i64, &JobId, &[AllocationId])> = self
+    /// The nodes `gang` would get as running jobs end, and when, if that is known: jobs with
+    /// a time limit end by it, soonest first; then the others, oldest placement first (the
+    /// best guess without a limit). The first fit among a bounded number of trials.
+    fn reserve(&self, gang: &GangRequest) -> Option<(Arc<[bool]>, Option<i64>)> {
+        // (no limit, expected end or placement time, id, allocations)
+        let mut holders: Vec<(bool, i64, &JobId, &[AllocationId])> = self
             .jobs
             .iter()
             .filter(|(_, j)| !j.allocations.is_empty())
             .map(|(id, j)| {
+                let placed = j.placement.as_ref().map_or(0, |p| p.placed_ms);
+                let end = j.spec.time_limit_s.map(|limit| {
+                    placed.saturating_add(
+                        i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX),
+                    )
+                });
                 (
-                    j.placement.as_ref().map_or(0, |p| p.placed_ms),
+                    end.is_none(),
+                    end.unwrap_or(placed),
                     id,
                     j.allocations.as_slice(),
                 )
             })
             .collect();
         holders.sort();
+        let mut start_ms = Some(now_ms());
         let mut future = self.cluster.clone();
         let mut index = self.index.clone();
         let chunk = holders.len().div_ceil(RESERVATION_TRIALS).max(1);
         for batch in holders.chunks(chunk) {
-            for (_, _, allocations) in batch {
+            for (unlimited, end, _, allocations) in batch {
+                start_ms = match (start_ms, unlimited) {
+                    (Some(s), false) => Some(s.max(*end)),
+                    _ => None,
+                };
                 for alloc in *allocations {
                     if let Ok(released) = future.release(*alloc) {
                         index.refresh(&future, &self.links, released.node);
@@ -1685,7 +1714,7 @@ impl Core {
                 for node in p.nodes() {
                     nodes[node.index()] = true;
                 }
-                return Some(nodes.into());
+                return Some((nodes.into(), start_ms));
             }
         }
         None
@@ -2136,6 +2165,31 @@ impl Core {
             }
         }
         self.cluster_dirty = true;
+    }
+
+    /// Stops jobs that have run past their time limit (counted from placement) and fails
+    /// them with that reason.
+    fn check_time_limits(&mut self) {
+        let now = now_ms();
+        let mut over: Vec<(JobId, u64)> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, job)| {
+                let limit = job.spec.time_limit_s?;
+                let placed = job.placement.as_ref()?.placed_ms;
+                let limit_ms = i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX);
+                (now.saturating_sub(placed) > limit_ms).then(|| (id.clone(), limit))
+            })
+            .collect();
+        over.sort();
+        for (id, limit) in over {
+            self.stop_replicas(&id);
+            let message = format!("ran past its time limit of {limit} s");
+            info!(job = %id, "{message}");
+            if let Err(e) = self.finish(&id, JobState::Failed, "time_limit", &message) {
+                warn!(job = %id, error = %e, "Could not end a job past its time limit.");
+            }
+        }
     }
 
     fn work_started(&mut self, node: &Cid, id: &JobId, replica: u32, attempt: u32) {

@@ -1551,3 +1551,92 @@ async fn a_blocked_gang_holds_its_nodes_against_smaller_jobs() {
     drop((n1, n2));
     server.shutdown().await;
 }
+
+/// A job past its time limit is stopped and fails with that reason.
+#[tokio::test]
+async fn a_job_past_its_time_limit_is_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut spec: JobSpec = job("bounded", "research", 1).try_into().expect("valid");
+    spec.time_limit_s = Some(1);
+    let bounded = submit(&mut jobs, RESEARCH, spec.into(), "b").await;
+    let assigned = agent.next_assignment().await;
+    agent
+        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
+            job_id: assigned.job_id.clone(),
+            replica: 0,
+            pid: 42,
+            started_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    let cancel = agent.next_cancel().await;
+    assert_eq!(cancel.job_id, bounded.id);
+    let failed = wait_state(&mut jobs, &bounded.id, pb::JobState::Failed).await;
+    assert_eq!(failed.last_reason, "ran past its time limit of 1 s");
+    drop(agent);
+    server.shutdown().await;
+}
+
+/// With time limits known, a blocked gang's reservation has a start time: a job sure to
+/// end before it may run on the held nodes (backfill); one that is not, or has no limit,
+/// may not.
+#[tokio::test]
+async fn short_jobs_backfill_ahead_of_a_blocked_gang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path(), 60_000)).await.expect("starts");
+    let ch = channel(&server).await;
+    let mut n1 = Agent::connect(ch.clone(), inventory("n1", 4), vec![]).await;
+    let mut n2 = Agent::connect(ch.clone(), inventory("n2", 4), vec![]).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    for (name, node) in [("long-1", &n1.cid), ("long-2", &n2.cid)] {
+        let mut pinned: JobSpec = job(name, "research", 1).try_into().expect("valid");
+        pinned.placement.allowed = vec![node.parse().expect("node cid")];
+        pinned.time_limit_s = Some(600);
+        submit(&mut jobs, RESEARCH, pinned.into(), name).await;
+    }
+    n1.next_assignment().await;
+    n2.next_assignment().await;
+    let mut gang: JobSpec = job("gang", "research", 4).try_into().expect("valid");
+    gang.replicas = 2;
+    let gang = submit(&mut jobs, RESEARCH, gang.into(), "g").await;
+
+    let with_limit = |name: &str, limit: Option<u64>| {
+        let mut spec: JobSpec = job(name, "research", 1).try_into().expect("valid");
+        spec.time_limit_s = limit;
+        pb::JobSpec::from(spec)
+    };
+    // Ends within the 600 s the held nodes stay busy anyway: it runs now.
+    let short = submit(&mut jobs, RESEARCH, with_limit("short", Some(60)), "s").await;
+    wait_state(&mut jobs, &short.id, pb::JobState::Placed).await;
+    // Would outlast them, or cannot say: they wait behind the gang.
+    let long = submit(&mut jobs, RESEARCH, with_limit("long", Some(3600)), "l").await;
+    let open = submit(&mut jobs, RESEARCH, with_limit("open", None), "o").await;
+    for id in [&long.id, &open.id] {
+        let mut summary = String::new();
+        for _ in 0..100 {
+            summary = jobs
+                .explain(authed(RESEARCH, pb::ExplainJobRequest { id: id.clone() }))
+                .await
+                .expect("explains")
+                .into_inner()
+                .summary;
+            if summary.contains("held for") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            summary,
+            format!(
+                "it fits only on nodes held for {}, which waits ahead of it",
+                gang.id
+            )
+        );
+    }
+    drop((n1, n2));
+    server.shutdown().await;
+}
