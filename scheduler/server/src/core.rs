@@ -1129,11 +1129,7 @@ impl Core {
             // is sure to end before they are expected free (backfill).
             let now = now_ms();
             let ends_in_time = |r: &Reservation| match (job.spec.time_limit_s, r.start_ms) {
-                (Some(limit), Some(start)) => {
-                    now.saturating_add(
-                        i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX),
-                    ) <= start
-                }
+                (Some(limit), Some(start)) => now.saturating_add(seconds_to_ms(limit)) <= start,
                 _ => false,
             };
             let avoid = self
@@ -1673,11 +1669,10 @@ impl Core {
             .filter(|(_, j)| !j.allocations.is_empty())
             .map(|(id, j)| {
                 let placed = j.placement.as_ref().map_or(0, |p| p.placed_ms);
-                let end = j.spec.time_limit_s.map(|limit| {
-                    placed.saturating_add(
-                        i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX),
-                    )
-                });
+                let end = j
+                    .spec
+                    .time_limit_s
+                    .map(|limit| placed.saturating_add(seconds_to_ms(limit)));
                 (
                     end.is_none(),
                     end.unwrap_or(placed),
@@ -2177,7 +2172,7 @@ impl Core {
             .filter_map(|(id, job)| {
                 let limit = job.spec.time_limit_s?;
                 let placed = job.placement.as_ref()?.placed_ms;
-                let limit_ms = i64::try_from(limit.saturating_mul(1000)).unwrap_or(i64::MAX);
+                let limit_ms = seconds_to_ms(limit);
                 (now.saturating_sub(placed) > limit_ms).then(|| (id.clone(), limit))
             })
             .collect();
@@ -2592,6 +2587,11 @@ fn score_items(b: &ScoreBreakdown) -> Vec<ScoreItem> {
         detail: format!("{} input", b.policy.name()),
     }));
     items
+}
+
+/// A time limit in milliseconds, saturating rather than overflowing.
+fn seconds_to_ms(seconds: u64) -> i64 {
+    i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// `FewerFreeGpus` → `fewer_free_gpus`.
