@@ -25,7 +25,7 @@ use suanli_engine::gang::{
 };
 use suanli_engine::links::LinkState;
 use suanli_engine::policy::{Policy, PolicyKind, place};
-use suanli_engine::preempt::{Preemptor, VictimKind, VictimView, candidates};
+use suanli_engine::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
 use suanli_engine::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, GpuModel, JobSpec, JobState, MigProfile, NodeInventory};
@@ -1072,13 +1072,19 @@ impl Core {
             return self.finish(id, JobState::Failed, reason, &msg);
         }
         self.transition(id, JobState::Pending, reason, message, Some(None))?;
+        self.back_in_queue(id);
+        Ok(())
+    }
+
+    /// A job that held resources and is pending again: it forgets its placement and is
+    /// tried in the next pass.
+    fn back_in_queue(&mut self, id: &JobId) {
         if let Some(job) = self.jobs.get_mut(id) {
             job.placement = None;
             self.pending
                 .insert((Reverse(job.spec.priority), id.clone()));
             self.untried.insert(id.clone());
         }
-        Ok(())
     }
 
     // ---- placement ----------------------------------------------------------------------
@@ -1424,6 +1430,13 @@ impl Core {
             return None;
         }
         let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let preemptor = Preemptor {
+            tenant: &spec.tenant,
+            queue: &spec.queue,
+            priority: spec.priority,
+            gpu_milli: gang.gpu_milli(gang.min_replicas),
+            models: gang.request.models(),
+        };
         let list = {
             let views = self.jobs.iter().filter_map(|(id, job)| {
                 // Only a sibling queue's work lowers the tenant's use for a sibling.
@@ -1431,31 +1444,11 @@ impl Core {
                 {
                     return None;
                 }
-                let placement = job.placement.as_ref()?;
-                if job.allocations.is_empty() {
-                    return None;
-                }
-                Some(VictimView {
-                    id,
-                    tenant: &job.spec.tenant,
-                    queue: &job.spec.queue,
-                    priority: job.spec.priority,
-                    preemptible: job.spec.preemptible,
-                    started_s: u64::try_from(placement.placed_ms / 1000).unwrap_or(0),
-                    submitted_s: u64::try_from(job.created_ms / 1000).unwrap_or(0),
-                    borrowed: job.borrowed,
-                    charges: &job.charges,
-                })
+                victim_view(id, job)
             });
             candidates(
                 views,
-                &Preemptor {
-                    tenant: &spec.tenant,
-                    queue: &spec.queue,
-                    priority: spec.priority,
-                    gpu_milli: gang.gpu_milli(gang.min_replicas),
-                    models: gang.request.models(),
-                },
+                &preemptor,
                 self.quotas(),
                 &self.usage,
                 now_s,
@@ -1471,17 +1464,11 @@ impl Core {
             if siblings_only && kind != VictimKind::Reclaim {
                 continue;
             }
-            // Reclaim only while the victim's tenant or queue still borrows.
+            // Reclaim only while the victim still borrows what the job is owed: earlier
+            // victims may have ended that.
             if kind == VictimKind::Reclaim
-                && job.charges.iter().all(|(model, _)| {
-                    self.quotas().borrowed(&self.usage, &job.spec.tenant, model) == 0
-                        && self.quotas().borrowed_in_queue(
-                            &self.usage,
-                            &job.spec.tenant,
-                            &job.spec.queue,
-                            model,
-                        ) == 0
-                })
+                && !victim_view(&victim, job)
+                    .is_some_and(|v| reclaimable(&v, &preemptor, self.quotas(), &self.usage))
             {
                 continue;
             }
@@ -1578,12 +1565,7 @@ impl Core {
             "back in the queue after preemption",
             None,
         )?;
-        if let Some(job) = self.jobs.get_mut(victim) {
-            job.placement = None;
-            self.pending
-                .insert((Reverse(job.spec.priority), victim.clone()));
-            self.untried.insert(victim.clone());
-        }
+        self.back_in_queue(victim);
         Ok(())
     }
 
@@ -2587,6 +2569,26 @@ fn score_items(b: &ScoreBreakdown) -> Vec<ScoreItem> {
         detail: format!("{} input", b.policy.name()),
     }));
     items
+}
+
+/// What the engine's victim search needs to know about a job holding resources; `None`
+/// for a job that holds none.
+fn victim_view<'a>(id: &'a JobId, job: &'a LiveJob) -> Option<VictimView<'a>> {
+    let placement = job.placement.as_ref()?;
+    if job.allocations.is_empty() {
+        return None;
+    }
+    Some(VictimView {
+        id,
+        tenant: &job.spec.tenant,
+        queue: &job.spec.queue,
+        priority: job.spec.priority,
+        preemptible: job.spec.preemptible,
+        started_s: u64::try_from(placement.placed_ms / 1000).unwrap_or(0),
+        submitted_s: u64::try_from(job.created_ms / 1000).unwrap_or(0),
+        borrowed: job.borrowed,
+        charges: &job.charges,
+    })
 }
 
 /// A time limit in milliseconds, saturating rather than overflowing.
