@@ -788,6 +788,27 @@ impl Cluster {
         &self.models[usize::from(id.0)]
     }
 
+    /// GPU-milli per model that `claims` take on this cluster: what they charge to a quota.
+    /// Grants on nodes or GPUs the cluster does not have charge nothing.
+    pub fn gpu_milli_by_model<'a>(
+        &self,
+        claims: impl IntoIterator<Item = &'a Claim>,
+    ) -> Vec<(GpuModel, u64)> {
+        let mut by_model: BTreeMap<GpuModel, u64> = BTreeMap::new();
+        for claim in claims {
+            let Some(node) = self.node(claim.node) else {
+                continue;
+            };
+            for grant in &claim.gpus {
+                if let Some(gpu) = node.gpus().get(grant.gpu as usize) {
+                    *by_model.entry(self.model(gpu.model).clone()).or_default() +=
+                        u64::from(grant.milli);
+                }
+            }
+        }
+        by_model.into_iter().collect()
+    }
+
     pub fn model_id(&self, model: &GpuModel) -> Option<ModelId> {
         self.models
             .iter()

@@ -446,20 +446,8 @@ impl Scheduler {
 
     /// GPU-milli per model a placement charges.
     fn charges(&self, placement: &GangPlacement) -> Vec<(GpuModel, u64)> {
-        let mut by_model: BTreeMap<GpuModel, u64> = BTreeMap::new();
-        for r in &placement.replicas {
-            let Some(node) = self.cluster.node(r.claim.node) else {
-                continue;
-            };
-            for g in &r.claim.gpus {
-                if let Some(gpu) = node.gpus().get(g.gpu as usize) {
-                    *by_model
-                        .entry(self.cluster.model(gpu.model).clone())
-                        .or_default() += u64::from(g.milli);
-                }
-            }
-        }
-        by_model.into_iter().collect()
+        self.cluster
+            .gpu_milli_by_model(placement.replicas.iter().map(|r| &r.claim))
     }
 
     /// Allocates a placement for a job and records it as running.

@@ -1269,7 +1269,9 @@ impl Core {
                 return Ok(false);
             }
         };
-        let charges = self.charges(claims.iter().map(|(claim, _)| claim));
+        let charges = self
+            .cluster
+            .gpu_milli_by_model(claims.iter().map(|(claim, _)| claim));
         let borrowed = match self.admit(&spec, &charges) {
             Ok(borrowed) => borrowed,
             Err(wait) => {
@@ -1402,7 +1404,9 @@ impl Core {
                     .ok_or(wait);
             }
         };
-        let charges = self.charges(plan.replicas.iter().map(|(claim, _)| claim));
+        let charges = self
+            .cluster
+            .gpu_milli_by_model(plan.replicas.iter().map(|(claim, _)| claim));
         match self.admit(spec, &charges) {
             Ok(_) => Ok(Some((plan, Vec::new()))),
             Err(Wait::Quota(exceeded)) if exceeded.queue.is_none() => self
@@ -1475,7 +1479,9 @@ impl Core {
             self.release_resources(&victim);
             taken.push((kind, victim));
             if let Ok(Some(plan)) = self.plan(spec, gang, avoid) {
-                let charges = self.charges(plan.replicas.iter().map(|(claim, _)| claim));
+                let charges = self
+                    .cluster
+                    .gpu_milli_by_model(plan.replicas.iter().map(|(claim, _)| claim));
                 if self.admit(spec, &charges).is_ok() {
                     return Some((plan, taken));
                 }
@@ -1506,7 +1512,7 @@ impl Core {
         let claims = self
             .claims_of(id)
             .ok_or_else(|| "a node or GPU of its placement is gone".to_string())?;
-        let charges = self.charges(claims.iter());
+        let charges = self.cluster.gpu_milli_by_model(claims.iter());
         let mut allocations = Vec::with_capacity(claims.len());
         for claim in &claims {
             match self.cluster.allocate(claim) {
@@ -1736,24 +1742,6 @@ impl Core {
                 .collect(),
             how: "gang".to_string(),
         }))
-    }
-
-    /// GPU-milli per model that a set of claims charges to a quota.
-    fn charges<'a>(&self, claims: impl IntoIterator<Item = &'a Claim>) -> Vec<(GpuModel, u64)> {
-        let mut by_model: BTreeMap<GpuModel, u64> = BTreeMap::new();
-        for claim in claims {
-            let Some(node) = self.cluster.node(claim.node) else {
-                continue;
-            };
-            for grant in &claim.gpus {
-                if let Some(gpu) = node.gpus().get(grant.gpu as usize) {
-                    *by_model
-                        .entry(self.cluster.model(gpu.model).clone())
-                        .or_default() += u64::from(grant.milli);
-                }
-            }
-        }
-        by_model.into_iter().collect()
     }
 
     fn release_allocations(&mut self, allocations: &[AllocationId]) {
