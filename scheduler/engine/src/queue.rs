@@ -483,26 +483,14 @@ impl Scheduler {
     /// Checks a placement against the quotas of the job's queue and tenant: `Ok(borrowed)` or
     /// why it waits.
     fn admit(&self, job: &QueuedJob, charges: &[(GpuModel, u64)]) -> Result<bool, WaitReason> {
-        match self
-            .quotas
-            .check_in_queue(&self.usage, &job.tenant, &job.queue, charges)
-        {
-            QuotaVerdict::Within => Ok(false),
-            QuotaVerdict::Borrowing if job.preemptible => Ok(true),
-            QuotaVerdict::Borrowing => {
-                // Name the tenant when its own guarantee is passed, else the queue's.
-                let by_tenant = charges.iter().any(|(model, milli)| {
-                    self.quotas.limit(&job.tenant, model).is_some_and(|l| {
-                        self.usage.get(&job.tenant, model) + milli > l.guaranteed_milli
-                    })
-                });
-                Err(WaitReason::NoBorrowing {
-                    tenant: job.tenant.clone(),
-                    queue: (!by_tenant).then(|| job.queue.clone()),
-                })
-            }
-            QuotaVerdict::Over(q) => Err(WaitReason::Quota(q)),
-        }
+        admit(
+            &self.quotas,
+            &self.usage,
+            &job.tenant,
+            &job.queue,
+            job.preemptible,
+            charges,
+        )
     }
 
     /// A quota check before any placement work: a job whose every allowed model is already
@@ -892,6 +880,36 @@ impl Scheduler {
                 }
             }
         }
+    }
+}
+
+/// Judges `charges` for work of `tenant`'s `queue` against both quotas: `Ok(borrowed)`, or
+/// why it waits. Borrowing is refused to non-preemptible work, since reclaim could not undo
+/// it.
+pub fn admit(
+    quotas: &Quotas,
+    usage: &Usage,
+    tenant: &str,
+    queue: &str,
+    preemptible: bool,
+    charges: &[(GpuModel, u64)],
+) -> Result<bool, WaitReason> {
+    match quotas.check_in_queue(usage, tenant, queue, charges) {
+        QuotaVerdict::Within => Ok(false),
+        QuotaVerdict::Borrowing if preemptible => Ok(true),
+        QuotaVerdict::Borrowing => {
+            // Name the tenant when its own guarantee is passed, else the queue's.
+            let by_tenant = charges.iter().any(|(model, milli)| {
+                quotas
+                    .limit(tenant, model)
+                    .is_some_and(|l| usage.get(tenant, model) + milli > l.guaranteed_milli)
+            });
+            Err(WaitReason::NoBorrowing {
+                tenant: tenant.to_string(),
+                queue: (!by_tenant).then(|| queue.to_string()),
+            })
+        }
+        QuotaVerdict::Over(q) => Err(WaitReason::Quota(q)),
     }
 }
 

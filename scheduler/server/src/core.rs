@@ -26,7 +26,8 @@ use suanli_engine::gang::{
 use suanli_engine::links::LinkState;
 use suanli_engine::policy::{Policy, PolicyKind, place};
 use suanli_engine::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
-use suanli_engine::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
+use suanli_engine::queue::{WaitReason, admit};
+use suanli_engine::quota::{QuotaVerdict, Quotas, Usage};
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, GpuModel, JobSpec, JobState, MigProfile, NodeInventory};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -346,10 +347,9 @@ enum Wait {
     Policy(Unplaceable),
     /// Replicas the gang planner could not place together.
     Gang(GangWait),
-    /// It fits, but its tenant's quota does not allow it.
-    Quota(QuotaExceeded),
-    /// It would borrow above a guarantee, and reclaim could not undo that.
-    NoBorrowing { tenant: String },
+    /// It fits, but its quota does not allow it: a maximum, or borrowing by
+    /// non-preemptible work.
+    Quota(WaitReason),
     /// It fits only on nodes held for a blocked job that comes before it.
     Reserved { holder: JobId },
 }
@@ -360,11 +360,6 @@ impl std::fmt::Display for Wait {
             Wait::Policy(u) => write!(f, "{u}"),
             Wait::Gang(g) => write!(f, "{g}"),
             Wait::Quota(q) => write!(f, "{q}"),
-            Wait::NoBorrowing { tenant } => write!(
-                f,
-                "it would borrow above a guarantee of tenant {tenant} (or of its queue), and \
-                 non-preemptible jobs may not borrow"
-            ),
             Wait::Reserved { holder } => write!(
                 f,
                 "it fits only on nodes held for {holder}, which waits ahead of it"
@@ -1371,17 +1366,15 @@ impl Core {
     /// Judges a placement's charges against the job's queue and tenant quotas: whether it
     /// borrows, or why it waits.
     fn admit(&self, spec: &JobSpec, charges: &[(GpuModel, u64)]) -> Result<bool, Wait> {
-        match self
-            .quotas()
-            .check_in_queue(&self.usage, &spec.tenant, &spec.queue, charges)
-        {
-            QuotaVerdict::Within => Ok(false),
-            QuotaVerdict::Borrowing if spec.preemptible => Ok(true),
-            QuotaVerdict::Borrowing => Err(Wait::NoBorrowing {
-                tenant: spec.tenant.clone(),
-            }),
-            QuotaVerdict::Over(exceeded) => Err(Wait::Quota(exceeded)),
-        }
+        admit(
+            self.quotas(),
+            &self.usage,
+            &spec.tenant,
+            &spec.queue,
+            spec.preemptible,
+            charges,
+        )
+        .map_err(Wait::Quota)
     }
 
     /// Plans a job, preempting if that is what it takes: when it fits nowhere, or when its
@@ -1409,10 +1402,10 @@ impl Core {
             .gpu_milli_by_model(plan.replicas.iter().map(|(claim, _)| claim));
         match self.admit(spec, &charges) {
             Ok(_) => Ok(Some((plan, Vec::new()))),
-            Err(Wait::Quota(exceeded)) if exceeded.queue.is_none() => self
+            Err(Wait::Quota(WaitReason::Quota(exceeded))) if exceeded.queue.is_none() => self
                 .make_room(spec, gang, true, avoid)
                 .map(Some)
-                .ok_or(Wait::Quota(exceeded)),
+                .ok_or(Wait::Quota(WaitReason::Quota(exceeded))),
             Err(wait) => Err(wait),
         }
     }
@@ -2367,10 +2360,9 @@ impl Core {
                             .collect(),
                         self.cluster.len() as u32,
                     ),
-                    Wait::Gang(_)
-                    | Wait::Quota(_)
-                    | Wait::NoBorrowing { .. }
-                    | Wait::Reserved { .. } => (Vec::new(), self.cluster.len() as u32),
+                    Wait::Gang(_) | Wait::Quota(_) | Wait::Reserved { .. } => {
+                        (Vec::new(), self.cluster.len() as u32)
+                    }
                 };
                 Ok(Explanation {
                     state: job.state,
@@ -2378,9 +2370,7 @@ impl Core {
                     reasons,
                     nodes_considered,
                     queue_reason: match wait {
-                        Wait::Quota(_) | Wait::NoBorrowing { .. } | Wait::Reserved { .. } => {
-                            wait.to_string()
-                        }
+                        Wait::Quota(_) | Wait::Reserved { .. } => wait.to_string(),
                         Wait::Policy(_) | Wait::Gang(_) => String::new(),
                     },
                     placement: None,
