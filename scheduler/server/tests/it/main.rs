@@ -245,13 +245,45 @@ async fn submit(
     .expect("job")
 }
 
+async fn get_job(jobs: &mut JobServiceClient<Channel>, id: &str) -> pb::Job {
+    jobs.get(authed(ADMIN, pb::GetJobRequest { id: id.into() }))
+        .await
+        .expect("get")
+        .into_inner()
+}
+
+/// Explains a research job until `done` holds (or 5 s pass); returns the last answer.
+async fn explain_until(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+    done: impl Fn(&pb::ExplainJobResponse) -> bool,
+) -> pb::ExplainJobResponse {
+    let mut why = pb::ExplainJobResponse::default();
+    for _ in 0..100 {
+        why = jobs
+            .explain(authed(RESEARCH, pb::ExplainJobRequest { id: id.into() }))
+            .await
+            .expect("explains")
+            .into_inner();
+        if done(&why) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    why
+}
+
+/// The pending explanation of an Explain answer, if it has one.
+fn pending_of(why: &pb::ExplainJobResponse) -> Option<&pb::PendingExplanation> {
+    match &why.explanation {
+        Some(pb::explain_job_response::Explanation::Pending(p)) => Some(p),
+        _ => None,
+    }
+}
+
 async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, want: pb::JobState) -> pb::Job {
     for _ in 0..200 {
-        let j = jobs
-            .get(authed(ADMIN, pb::GetJobRequest { id: id.into() }))
-            .await
-            .expect("get")
-            .into_inner();
+        let j = get_job(jobs, id).await;
         if j.state == want as i32 {
             return j;
         }
@@ -869,28 +901,13 @@ async fn gangs_stay_on_a_leaf_replicas_spread_and_quota_holds() {
 
     // research now holds 8 H100, its maximum: one more GPU waits, with that reason.
     let over = submit(&mut jobs, RESEARCH, job("over", "research", 1), "o").await;
-    let mut reason = String::new();
-    for _ in 0..100 {
-        let why = jobs
-            .explain(authed(
-                RESEARCH,
-                pb::ExplainJobRequest {
-                    id: over.id.clone(),
-                },
-            ))
-            .await
-            .expect("explains")
-            .into_inner();
-        if let Some(pb::explain_job_response::Explanation::Pending(p)) = why.explanation
-            && !p.queue_reason.is_empty()
-        {
-            assert_eq!(why.summary, p.queue_reason);
-            reason = p.queue_reason;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = explain_until(&mut jobs, &over.id, |w| {
+        pending_of(w).is_some_and(|p| !p.queue_reason.is_empty())
+    })
+    .await;
+    let reason = pending_of(&why).map_or("", |p| p.queue_reason.as_str());
     assert_eq!(reason, "tenant research at quota 8/8 H100 (needs 1 more)");
+    assert_eq!(why.summary, reason);
 
     // prod has no quota: its two inference replicas run, one per node.
     let mut serve: JobSpec = job("serve", "prod", 1).try_into().expect("valid");
@@ -899,11 +916,7 @@ async fn gangs_stay_on_a_leaf_replicas_spread_and_quota_holds() {
     let serve = submit(&mut jobs, PROD, serve.into(), "s").await;
     let serve = wait_state(&mut jobs, &serve.id, pb::JobState::Placed).await;
     assert_eq!(placed_nodes(&serve), ["n1", "n2"], "spread over two nodes");
-    let over = jobs
-        .get(authed(ADMIN, pb::GetJobRequest { id: over.id }))
-        .await
-        .expect("get")
-        .into_inner();
+    let over = get_job(&mut jobs, &over.id).await;
     assert_eq!(over.state, pb::JobState::Pending as i32);
     drop(agents);
     server.shutdown().await;
@@ -975,16 +988,7 @@ async fn higher_priority_preempts_and_the_victim_runs_again() {
         )),
         "{reasons:?}"
     );
-    let kept = jobs
-        .get(authed(
-            ADMIN,
-            pb::GetJobRequest {
-                id: keep.id.clone(),
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner();
+    let kept = get_job(&mut jobs, &keep.id).await;
     assert_eq!(kept.state, pb::JobState::Placed as i32, "non-preemptible");
 
     // A second high-priority job finds only `keep` and `high` (equal priority) running: it
@@ -993,16 +997,7 @@ async fn higher_priority_preempts_and_the_victim_runs_again() {
     blocked.priority = 10;
     let blocked = submit(&mut jobs, PROD, blocked.into(), "blocked").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let b = jobs
-        .get(authed(
-            ADMIN,
-            pb::GetJobRequest {
-                id: blocked.id.clone(),
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner();
+    let b = get_job(&mut jobs, &blocked.id).await;
     assert_eq!(b.state, pb::JobState::Pending as i32);
 
     // When `high` ends, the higher-priority `blocked` runs first, then `low` (attempt 2).
@@ -1218,11 +1213,7 @@ async fn an_elastic_job_starts_at_its_minimum() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let whole = jobs
-        .get(authed(ADMIN, pb::GetJobRequest { id: whole.id }))
-        .await
-        .expect("get")
-        .into_inner();
+    let whole = get_job(&mut jobs, &whole.id).await;
     assert_eq!(whole.state, pb::JobState::Pending as i32);
     assert!(whole.placement.is_none());
     drop(agents);
@@ -1318,30 +1309,16 @@ async fn rdma_jobs_follow_live_nic_state() {
     }))
     .await;
     let second = submit(&mut jobs, RESEARCH, rdma.into(), "r2").await;
-    let mut reasons = Vec::new();
-    for _ in 0..100 {
-        let why = jobs
-            .explain(authed(
-                RESEARCH,
-                pb::ExplainJobRequest {
-                    id: second.id.clone(),
-                },
-            ))
-            .await
-            .expect("explains")
-            .into_inner();
-        if let Some(pb::explain_job_response::Explanation::Pending(p)) = why.explanation
-            && !p.reasons.is_empty()
-        {
-            reasons = p
-                .reasons
-                .into_iter()
-                .map(|r| (r.reason, r.node_count, r.message))
-                .collect();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = explain_until(&mut jobs, &second.id, |w| {
+        pending_of(w).is_some_and(|p| !p.reasons.is_empty())
+    })
+    .await;
+    let reasons: Vec<(String, u32, String)> = pending_of(&why)
+        .map(|p| p.reasons.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.reason, r.node_count, r.message))
+        .collect();
     assert!(
         reasons.contains(&("rdma_down".to_string(), 2, "no usable RDMA NIC".to_string())),
         "{reasons:?}"
@@ -1405,11 +1382,7 @@ async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
     assert_eq!(assigned.job_id, owed.id);
     let mut pending = 0;
     for id in &borrowers {
-        let j = jobs
-            .get(authed(ADMIN, pb::GetJobRequest { id: id.clone() }))
-            .await
-            .expect("get")
-            .into_inner();
+        let j = get_job(&mut jobs, id).await;
         if j.state == pb::JobState::Pending as i32 {
             pending += 1;
             assert!(cancelled.contains(id));
@@ -1434,11 +1407,7 @@ async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
     more.queue = "a".into();
     let more = submit(&mut jobs, RESEARCH, more.into(), "a1").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let more = jobs
-        .get(authed(ADMIN, pb::GetJobRequest { id: more.id }))
-        .await
-        .expect("get")
-        .into_inner();
+    let more = get_job(&mut jobs, &more.id).await;
     assert_eq!(more.state, pb::JobState::Pending as i32);
     drop(agent);
     server.shutdown().await;
@@ -1494,24 +1463,9 @@ async fn a_blocked_gang_holds_its_nodes_against_smaller_jobs() {
     gang.replicas = 2;
     let gang = submit(&mut jobs, RESEARCH, gang.into(), "g").await;
     let small = submit(&mut jobs, RESEARCH, job("small", "research", 1), "s").await;
-    let mut summary = String::new();
-    for _ in 0..100 {
-        summary = jobs
-            .explain(authed(
-                RESEARCH,
-                pb::ExplainJobRequest {
-                    id: small.id.clone(),
-                },
-            ))
-            .await
-            .expect("explains")
-            .into_inner()
-            .summary;
-        if summary.contains("held for") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let summary = explain_until(&mut jobs, &small.id, |w| w.summary.contains("held for"))
+        .await
+        .summary;
     assert_eq!(
         summary,
         format!(
@@ -1542,11 +1496,7 @@ async fn a_blocked_gang_holds_its_nodes_against_smaller_jobs() {
     }
     let placed = wait_state(&mut jobs, &gang.id, pb::JobState::Placed).await;
     assert_eq!(placed_nodes(&placed), ["n1", "n2"]);
-    let small = jobs
-        .get(authed(ADMIN, pb::GetJobRequest { id: small.id }))
-        .await
-        .expect("get")
-        .into_inner();
+    let small = get_job(&mut jobs, &small.id).await;
     assert_eq!(small.state, pb::JobState::Pending as i32, "no room left");
     drop((n1, n2));
     server.shutdown().await;
@@ -1616,19 +1566,9 @@ async fn short_jobs_backfill_ahead_of_a_blocked_gang() {
     let long = submit(&mut jobs, RESEARCH, with_limit("long", Some(3600)), "l").await;
     let open = submit(&mut jobs, RESEARCH, with_limit("open", None), "o").await;
     for id in [&long.id, &open.id] {
-        let mut summary = String::new();
-        for _ in 0..100 {
-            summary = jobs
-                .explain(authed(RESEARCH, pb::ExplainJobRequest { id: id.clone() }))
-                .await
-                .expect("explains")
-                .into_inner()
-                .summary;
-            if summary.contains("held for") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let summary = explain_until(&mut jobs, id, |w| w.summary.contains("held for"))
+            .await
+            .summary;
         assert_eq!(
             summary,
             format!(
