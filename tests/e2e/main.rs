@@ -73,6 +73,14 @@ fn placement(v: &Value) -> Vec<(String, Vec<String>)> {
         .unwrap_or_default()
 }
 
+/// Waits until `count` nodes report ready.
+fn wait_for_ready(s: &Scheduler, count: usize, what: &str) {
+    wait_for(what, MINUTE, || {
+        let nodes = items(suanli_json(&s.grpc, ADMIN_TOKEN, &["get", "nodes"]));
+        (nodes.iter().filter(|n| n["condition"] == "ready").count() == count).then_some(())
+    });
+}
+
 fn submit(s: &Scheduler, file: &str) -> String {
     let v = suanli_json(&s.grpc, RESEARCH_TOKEN, &["submit", "-f", file]);
     let job = if v.get("items").is_some() || v.is_array() {
@@ -149,10 +157,7 @@ fn jobs_run_on_real_agents_and_survive_faults() {
         )
     })
     .collect();
-    wait_for("three connected nodes", MINUTE, || {
-        let nodes = items(suanli_json(&scheduler.grpc, ADMIN_TOKEN, &["get", "nodes"]));
-        (nodes.iter().filter(|n| n["condition"] == "ready").count() == 3).then_some(())
-    });
+    wait_for_ready(&scheduler, 3, "three connected nodes");
 
     // 1. A job runs on a real agent, sees exactly its GPU, and succeeds.
     let out_file = dir.path().join("visible.txt");
@@ -202,10 +207,7 @@ fn jobs_run_on_real_agents_and_survive_faults() {
             "job {id} survived the crash: {v}"
         );
     }
-    wait_for("agents to reconnect", MINUTE, || {
-        let nodes = items(suanli_json(&scheduler.grpc, ADMIN_TOKEN, &["get", "nodes"]));
-        (nodes.iter().filter(|n| n["condition"] == "ready").count() == 3).then_some(())
-    });
+    wait_for_ready(&scheduler, 3, "agents to reconnect");
     for id in &acknowledged {
         wait_state(&scheduler, id, "running");
     }
@@ -282,10 +284,7 @@ fn a_gang_is_preempted_on_real_agents_and_runs_again() {
             start_agent(&scheduler.grpc, node, "hgx-h100.json", &agent_dir)
         })
         .collect();
-    wait_for("two connected nodes", MINUTE, || {
-        let nodes = items(suanli_json(&scheduler.grpc, ADMIN_TOKEN, &["get", "nodes"]));
-        (nodes.iter().filter(|n| n["condition"] == "ready").count() == 2).then_some(())
-    });
+    wait_for_ready(&scheduler, 2, "two connected nodes");
 
     // Each node has 7 whole GPUs (the fixture's GPU 7 is in MIG mode).
     let gang_pids = dir.path().join("gang-pids.txt");
