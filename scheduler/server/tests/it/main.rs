@@ -1437,6 +1437,22 @@ impl Agent {
     }
 }
 
+/// Submits a 1-GPU job pinned to each agent's node (`long-1`, `long-2`, ...), with `limit`
+/// as its time limit.
+async fn occupy_one_gpu_each<const N: usize>(
+    jobs: &mut JobServiceClient<Channel>,
+    agents: [&Agent; N],
+    limit: Option<u64>,
+) {
+    for (i, agent) in agents.into_iter().enumerate() {
+        let name = format!("long-{}", i + 1);
+        let mut pinned: JobSpec = job(&name, "research", 1).try_into().expect("valid");
+        pinned.placement.allowed = vec![agent.cid.parse().expect("node cid")];
+        pinned.time_limit_s = limit;
+        submit(jobs, RESEARCH, pinned.into(), name).await;
+    }
+}
+
 /// A gang that does not fit yet holds the nodes it will get: later jobs of its priority
 /// cannot trickle onto them and starve it, a higher-priority job still can, and the gang
 /// starts as soon as the running work ends.
@@ -1450,11 +1466,7 @@ async fn a_blocked_gang_holds_its_nodes_against_smaller_jobs() {
     let mut jobs = JobServiceClient::new(ch.clone());
 
     // One GPU busy on each node (pinned there: the policy would pack both on one).
-    for (name, node) in [("long-1", &n1.cid), ("long-2", &n2.cid)] {
-        let mut pinned: JobSpec = job(name, "research", 1).try_into().expect("valid");
-        pinned.placement.allowed = vec![node.parse().expect("node cid")];
-        submit(&mut jobs, RESEARCH, pinned.into(), name).await;
-    }
+    occupy_one_gpu_each(&mut jobs, [&n1, &n2], None).await;
     let long1 = n1.next_assignment().await;
     let long2 = n2.next_assignment().await;
 
@@ -1542,12 +1554,7 @@ async fn short_jobs_backfill_ahead_of_a_blocked_gang() {
     let mut n1 = Agent::connect(ch.clone(), inventory("n1", 4), vec![]).await;
     let mut n2 = Agent::connect(ch.clone(), inventory("n2", 4), vec![]).await;
     let mut jobs = JobServiceClient::new(ch.clone());
-    for (name, node) in [("long-1", &n1.cid), ("long-2", &n2.cid)] {
-        let mut pinned: JobSpec = job(name, "research", 1).try_into().expect("valid");
-        pinned.placement.allowed = vec![node.parse().expect("node cid")];
-        pinned.time_limit_s = Some(600);
-        submit(&mut jobs, RESEARCH, pinned.into(), name).await;
-    }
+    occupy_one_gpu_each(&mut jobs, [&n1, &n2], Some(600)).await;
     n1.next_assignment().await;
     n2.next_assignment().await;
     let mut gang: JobSpec = job("gang", "research", 4).try_into().expect("valid");
