@@ -1119,6 +1119,7 @@ impl Core {
         if self.reservation.as_ref().is_some_and(|r| !holder_waits(r)) {
             self.reservation = None;
         }
+        let now = now_ms();
         while let Some(id) = self.pass.as_mut().and_then(|p| p.order.pop_front()) {
             let Some(job) = self.jobs.get(&id) else {
                 continue;
@@ -1128,7 +1129,6 @@ impl Core {
             }
             // Nodes held for a blocked job ahead of this one are off limits, unless this job
             // is sure to end before they are expected free (backfill).
-            let now = now_ms();
             let ends_in_time = |r: &Reservation| match (job.spec.time_limit_s, r.start_ms) {
                 (Some(limit), Some(start)) => now.saturating_add(seconds_to_ms(limit)) <= start,
                 _ => false,
