@@ -463,7 +463,16 @@ pub struct WatchArgs {
     pub tenant: Option<String>,
 }
 
+/// Listens for Ctrl-C from the moment it is called. `tokio::signal::ctrl_c()` only installs
+/// its handler when first polled, so a Ctrl-C that came before that poll killed the process
+/// instead of ending the command cleanly.
+pub fn listen_for_interrupt() -> Result<tokio::signal::unix::Signal, CliError> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| CliError::Failed(format!("cannot listen for Ctrl-C: {e}")))
+}
+
 pub async fn watch(client: &mut Client, args: &WatchArgs, format: Format) -> Result<(), CliError> {
+    let mut interrupt = listen_for_interrupt()?;
     let mut stream = client
         .jobs
         .watch(pb::WatchJobsRequest {
@@ -476,11 +485,9 @@ pub async fn watch(client: &mut Client, args: &WatchArgs, format: Format) -> Res
         .map_err(|s| client.fail(s))?
         .into_inner();
     let mut names: HashMap<String, Option<String>> = HashMap::new();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         let message = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             m = stream.message() => m,
         };
         let event = match message {
@@ -624,14 +631,13 @@ pub async fn top(client: &mut Client, args: &TopArgs, format: Format) -> Result<
             "--interval: must be at least 1 second".into(),
         ));
     }
+    let mut interrupt = listen_for_interrupt()?;
     let clear = std::io::stdout().is_terminal();
     let mut previous: Option<TelemetryView> = None;
     let mut ticker = tokio::time::interval(Duration::from_secs(args.interval));
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             _ = ticker.tick() => {}
         }
         let view = fetch_telemetry(client, &prefix).await?;

@@ -344,6 +344,7 @@ pub async fn run(args: &DemoArgs, format: Format) -> Result<(), CliError> {
     }
     let narrate = !format.is_data();
     let say = |text: &str| if narrate { emit(text) } else { Ok(()) };
+    let mut interrupt = crate::commands::listen_for_interrupt()?;
     say("Suanli demo: a scheduler and three node agents in this process, on 127.0.0.1.\n\n")?;
     let cluster = Cluster::start(&args.policy).await?;
     let deadline = Duration::from_secs(args.timeout.max(5));
@@ -360,7 +361,7 @@ pub async fn run(args: &DemoArgs, format: Format) -> Result<(), CliError> {
             r = timeout(deadline, scenario) => r.unwrap_or_else(|_| Err(CliError::Failed(format!(
                 "the demo did not finish within {} s", deadline.as_secs()
             )))),
-            _ = tokio::signal::ctrl_c() => Err(CliError::Failed("interrupted".into())),
+            _ = interrupt.recv() => Err(CliError::Failed("interrupted".into())),
         }
     };
     if outcome.is_err() {
