@@ -85,6 +85,14 @@ impl Unplaceable {
         }
     }
 
+    /// One node that cannot take `request`, for `reason`: for callers that judge nodes
+    /// one at a time (see [`crate::policy::evaluate`]).
+    pub fn one_node(reason: Reason, request: &Request) -> Unplaceable {
+        let mut raw = [0u32; 10];
+        raw[reason as usize] = 1;
+        Unplaceable::new(1, &raw, request)
+    }
+
     /// Nodes that failed for `reason`.
     pub fn count(&self, reason: Reason) -> u32 {
         self.counts

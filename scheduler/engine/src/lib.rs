@@ -56,6 +56,6 @@ pub use fgd::{MixError, MixShape, WorkloadMix};
 pub use gpu::{GpuModel, MigProfile};
 pub use inventory::NodeInventory;
 pub use job::{JobSpec, JobState};
-pub use policy::{Placement, Policy, PolicyError, PolicyKind, Score, TieBreak, place};
+pub use policy::{Placement, Policy, PolicyError, PolicyKind, Score, TieBreak, evaluate, place};
 pub use request::{AffinityTag, GpuDemand, Request, RequestError};
 pub use validation::{Problem, ValidationError};

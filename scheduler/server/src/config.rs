@@ -37,6 +37,13 @@
 //! b = "cid:gcp/us-central1/b"
 //! bandwidth_gbps = 100
 //! latency_ms = 20
+//!
+//! # The kube-scheduler extender (POST /extender/filter, ... on http_addr) and the API it
+//! # binds pods through: "in-cluster" (the pod's service account) or a URL; "" for none.
+//! [kubernetes]
+//! api = "in-cluster"
+//! reconcile_interval_s = 10
+//! gpu_resource = "nvidia.com/gpu"
 //! ```
 
 use std::collections::BTreeMap;
@@ -72,6 +79,30 @@ pub struct ServerConfig {
     pub preemption: PreemptionSettings,
     pub domains: Vec<DomainPrice>,
     pub domain_links: Vec<DomainLinkConfig>,
+    pub kubernetes: KubernetesSettings,
+}
+
+/// The Kubernetes side: where the API is, and how pods ask for GPUs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSettings {
+    /// `""`: no API (the extender filters and prioritizes, but cannot bind);
+    /// `"in-cluster"`: the service account of the pod the scheduler runs in; or a URL.
+    pub api: String,
+    /// How often pods bound by the scheduler are checked; ended pods' GPUs are freed.
+    pub reconcile_interval_s: u64,
+    /// The extended resource pods count whole GPUs in.
+    pub gpu_resource: String,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            api: String::new(),
+            reconcile_interval_s: 10,
+            gpu_resource: "nvidia.com/gpu".to_string(),
+        }
+    }
 }
 
 /// The largest quota, in GPUs, a config may set.
@@ -143,6 +174,7 @@ impl Default for ServerConfig {
             preemption: PreemptionSettings::default(),
             domains: Vec::new(),
             domain_links: Vec::new(),
+            kubernetes: KubernetesSettings::default(),
         }
     }
 }
@@ -321,6 +353,32 @@ impl ServerConfig {
                     "{} must exceed heartbeat_interval_ms ({})",
                     self.heartbeat_timeout_ms, self.heartbeat_interval_ms
                 ),
+            ));
+        }
+        let k8s = &self.kubernetes;
+        if !(k8s.api.is_empty()
+            || k8s.api == "in-cluster"
+            || k8s.api.starts_with("http://")
+            || k8s.api.starts_with("https://"))
+        {
+            return Err(invalid(
+                "kubernetes.api",
+                format!(
+                    "{:?} is not \"\", \"in-cluster\" or an http(s) URL",
+                    k8s.api
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(&k8s.reconcile_interval_s) {
+            return Err(invalid(
+                "kubernetes.reconcile_interval_s",
+                format!("{} is not within 1..=86400", k8s.reconcile_interval_s),
+            ));
+        }
+        if k8s.gpu_resource.trim().is_empty() {
+            return Err(invalid(
+                "kubernetes.gpu_resource",
+                "must name an extended resource, e.g. nvidia.com/gpu".into(),
             ));
         }
         let mut seen = BTreeMap::new();

@@ -33,8 +33,12 @@ use suanli_engine::{Cid, GpuModel, JobSpec, JobState, MigProfile, NodeInventory}
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+mod pods;
+
+pub use pods::{BoundPod, NodeVerdict, PodJobView};
+
 use crate::auth::Identity;
-use crate::placement::{GrantRecord, ReplicaSlot, ScoreItem, StoredPlacement};
+use crate::placement::{GrantRecord, PodRef, ReplicaSlot, ScoreItem, StoredPlacement};
 use crate::store::{EventRecord, JobRecord, NewJob, Store, StoreError, now_ms};
 
 /// Longest stretch the core spends placing before it looks at new commands again.
@@ -251,6 +255,37 @@ pub enum Command {
     },
     Metrics {
         reply: Reply<MetricsView>,
+    },
+    /// The extender's filter and prioritize: how each named node could take a pod.
+    ScorePod {
+        spec: Box<JobSpec>,
+        nodes: Vec<String>,
+        reply: Reply<Vec<NodeVerdict>>,
+    },
+    /// The extender's bind: hold GPUs on `node` for the pod.
+    BindPod {
+        pod: PodRef,
+        spec: Box<JobSpec>,
+        node: String,
+        reply: Reply<BoundPod>,
+    },
+    /// A pod's job ends: the pod finished or is gone, or its binding failed.
+    EndPod {
+        job_id: JobId,
+        state: JobState,
+        reason: String,
+        message: String,
+        reply: Reply<()>,
+    },
+    /// The extender's preempt: nodes where the pod fits once the named pods are evicted.
+    PreemptPod {
+        spec: Box<JobSpec>,
+        /// Node name, and the UIDs of the pods kube-scheduler would evict there.
+        candidates: Vec<(String, Vec<String>)>,
+        reply: Reply<Vec<NodeVerdict>>,
+    },
+    PodJobs {
+        reply: Reply<Vec<PodJobView>>,
     },
     Shutdown,
 }
@@ -856,6 +891,36 @@ impl Core {
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
+            Command::ScorePod { spec, nodes, reply } => {
+                let _ = reply.send(self.score_pod(&spec, &nodes));
+            }
+            Command::BindPod {
+                pod,
+                spec,
+                node,
+                reply,
+            } => {
+                let _ = reply.send(self.bind_pod(&pod, *spec, &node));
+            }
+            Command::EndPod {
+                job_id,
+                state,
+                reason,
+                message,
+                reply,
+            } => {
+                let _ = reply.send(self.end_pod(&job_id, state, &reason, &message));
+            }
+            Command::PreemptPod {
+                spec,
+                candidates,
+                reply,
+            } => {
+                let _ = reply.send(self.preempt_pod(&spec, &candidates));
+            }
+            Command::PodJobs { reply } => {
+                let _ = reply.send(Ok(self.pod_jobs()));
+            }
             Command::Shutdown => {}
         }
     }
@@ -884,6 +949,12 @@ impl Core {
                 stored.state
             )));
         }
+        if let Some(pod) = self.pod_of(id) {
+            return Err(CoreError::FailedPrecondition(format!(
+                "job {id} is Kubernetes pod {pod}; delete the pod (kubectl delete pod -n {} {}) and its GPUs are freed",
+                pod.namespace, pod.name
+            )));
+        }
         let message = if reason.is_empty() {
             format!("cancelled by {}", by.describe())
         } else {
@@ -902,6 +973,14 @@ impl Core {
         preemptible: Option<bool>,
         queue: Option<String>,
     ) -> Result<JobRecord, CoreError> {
+        self.visible(id, by)?;
+        if preemptible == Some(true)
+            && let Some(pod) = self.pod_of(id)
+        {
+            return Err(CoreError::FailedPrecondition(format!(
+                "job {id} is Kubernetes pod {pod}, which Suanli cannot stop: it stays non-preemptible"
+            )));
+        }
         let job = self.visible(id, by)?;
         let mut spec = job.spec.clone();
         let mut changes = Vec::new();
@@ -1057,6 +1136,10 @@ impl Core {
         message: &str,
         grace_ms: u32,
     ) -> Result<(), CoreError> {
+        if self.pod_of(id).is_some() {
+            // Kubernetes reschedules a pod, not Suanli: the job ends and frees its GPUs.
+            return self.finish(id, JobState::Failed, reason, message);
+        }
         self.stop_replicas_within(id, grace_ms);
         self.release(id);
         let Some(job) = self.jobs.get(id) else {
@@ -1302,6 +1385,7 @@ impl Core {
             attempt,
             replicas: slots,
             score,
+            pod: None,
         };
         let where_ = placement
             .nodes()
@@ -2046,7 +2130,10 @@ impl Core {
         let mut vanished = Vec::new();
         let mut resend = Vec::new();
         for (id, job) in &self.jobs {
-            let Some(p) = &job.placement else { continue };
+            // Pods run under kubelet; the agent does not report them.
+            let Some(p) = job.placement.as_ref().filter(|p| p.pod.is_none()) else {
+                continue;
+            };
             for slot in p.replicas.iter().filter(|s| &s.node == node) {
                 if slot.exit_code.is_some() || reported.contains(&(id.clone(), slot.replica)) {
                     continue;

@@ -57,6 +57,25 @@ pub struct StoredPlacement {
     /// Why the replicas sit where they do together (gang placements only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub score: Vec<ScoreItem>,
+    /// The Kubernetes pod this placement was made for through the extender; kubelet, not a
+    /// Suanli agent, runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+/// A Kubernetes pod by namespace, name and UID (the UID tells a recreated pod of the same
+/// name apart).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 impl StoredPlacement {

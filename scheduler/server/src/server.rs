@@ -15,8 +15,10 @@ use tracing::{debug, info, warn};
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::core::{self, Command, CoreConfig, CoreHandle};
+use crate::extender::{ExtenderSettings, ExtenderState};
 use crate::grpc::Services;
 use crate::http::{HttpState, router};
+use crate::kubernetes::KubeApi;
 use crate::store::{Durability, Store};
 
 /// Largest gRPC message accepted: a hostile client cannot make the server buffer more.
@@ -30,6 +32,8 @@ pub enum ServerError {
     Core(#[from] crate::core::CoreError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Kube(#[from] crate::kubernetes::KubeError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -130,11 +134,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (grpc_stop_tx, grpc_stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-    let fanout = tokio::spawn(async move {
-        let _ = stop_rx.await;
-        let _ = grpc_stop_tx.send(());
-        let _ = http_stop_tx.send(());
-    });
+    let mut stop_others: Vec<oneshot::Sender<()>> = Vec::new();
 
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -170,10 +170,32 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             warn!(error = %e, "gRPC server stopped with an error.");
         }
     });
+    let kube = match config.kubernetes.api.as_str() {
+        "" => None,
+        api => Some(KubeApi::connect(api)?),
+    };
     let app = router(HttpState {
         core: core.clone(),
         latency: Arc::new(Mutex::new(crate::http::Histogram::default())),
-    });
+    })
+    .merge(crate::extender::router(ExtenderState {
+        core: core.clone(),
+        settings: Arc::new(ExtenderSettings {
+            gpu_resource: config.kubernetes.gpu_resource.clone(),
+        }),
+        kube: kube.clone(),
+    }));
+    let mut tasks = Vec::new();
+    if let Some(kube) = kube {
+        let (reconcile_stop_tx, reconcile_stop_rx) = oneshot::channel::<()>();
+        stop_others.push(reconcile_stop_tx);
+        tasks.push(tokio::spawn(crate::kubernetes::reconcile_loop(
+            core.clone(),
+            kube,
+            Duration::from_secs(config.kubernetes.reconcile_interval_s),
+            reconcile_stop_rx,
+        )));
+    }
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app)
             .with_graceful_shutdown(async {
@@ -184,13 +206,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             warn!(error = %e, "HTTP server stopped with an error.");
         }
     });
+    let fanout = tokio::spawn(async move {
+        let _ = stop_rx.await;
+        let _ = grpc_stop_tx.send(());
+        let _ = http_stop_tx.send(());
+        for stop in stop_others {
+            let _ = stop.send(());
+        }
+    });
+    tasks.extend([grpc_task, http_task, fanout]);
     info!(grpc = %grpc_addr, http = %http_addr, data_dir = %config.data_dir.display(), "Scheduler serving.");
     Ok(RunningServer {
         grpc_addr,
         http_addr,
         core,
         stop: Some(stop_tx),
-        tasks: vec![grpc_task, http_task, fanout],
+        tasks,
         core_thread: Some(core_thread),
     })
 }

@@ -1173,6 +1173,39 @@ pub fn place<R: RngCore + ?Sized>(
     place_by(cluster, request, policy, rng, true)
 }
 
+/// How each of `nodes` could take `request` under `policy`: its policy points (higher is
+/// better), or the first reason it cannot. For callers that pick among nodes chosen
+/// elsewhere, such as the Kubernetes extender, whose nodes kube-scheduler has already
+/// filtered. Ids outside the cluster are reported as `OutsideAllowed`.
+pub fn evaluate(
+    cluster: &Cluster,
+    request: &Request,
+    policy: &Policy,
+    nodes: &[NodeId],
+) -> Vec<Result<i64, Reason>> {
+    let mut scorer = Scorer {
+        kind: policy.kind,
+        ctx: Ctx::new(cluster, request),
+        mix: policy.mix.as_ref().map(|m| m.resolve(cluster)),
+        positions: Vec::with_capacity(MAX_GPUS),
+        cache: None,
+        shape_key: 0,
+        slots: Vec::new(),
+    };
+    let hot = cluster.hot();
+    nodes
+        .iter()
+        .map(|id| {
+            let i = id.index();
+            let (Some(node), Some(h)) = (cluster.nodes().get(i), hot.get(i)) else {
+                return Err(Reason::OutsideAllowed);
+            };
+            filter(&scorer.ctx, node)?;
+            Ok(scorer.points(i, node, h, false).0)
+        })
+        .collect()
+}
+
 /// [`place`], with the lean scan allowed or not: both scans must pick the same placement.
 fn place_by<R: RngCore + ?Sized>(
     cluster: &Cluster,

@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use suanli_engine::{
-    Cluster, GpuDemand, NodeId, NodeShape, Policy, PolicyKind, Request, WorkloadMix, place,
+    Cluster, GpuDemand, NodeId, NodeShape, Policy, PolicyKind, Request, WorkloadMix, evaluate,
+    place,
 };
 
 use crate::common::rng;
@@ -170,6 +171,34 @@ proptest! {
                 c.allocate(&p.claim).expect("a fresh placement fits");
             }
             check_invariants(&c)?;
+        }
+    }
+
+    /// Scoring chosen nodes (the Kubernetes extender's filter and prioritize) agrees with the
+    /// policy's own choice: the same nodes fit, and the chosen node has the best points.
+    #[test]
+    fn evaluating_nodes_agrees_with_placing(
+        cluster in cluster_strategy(),
+        requests in prop::collection::vec(request_strategy(), 1..30),
+        kind in prop::sample::select(PolicyKind::ALL.to_vec()),
+        seed in any::<u64>(),
+    ) {
+        let mut c = cluster;
+        let policy = policy_for(kind, &requests);
+        let mut r = rng(seed);
+        let all: Vec<NodeId> = (0..c.len() as u32).map(NodeId).collect();
+        for request in &requests {
+            let verdicts = evaluate(&c, request, &policy, &all);
+            let best = verdicts.iter().filter_map(|v| v.as_ref().ok()).max().copied();
+            match place(&c, request, &policy, &mut r) {
+                Ok(p) => {
+                    let chosen = verdicts[p.claim.node.index()];
+                    prop_assert_eq!(chosen, Ok(p.score.points));
+                    prop_assert_eq!(best, Some(p.score.points));
+                    c.allocate(&p.claim).expect("a fresh placement fits");
+                }
+                Err(_) => prop_assert_eq!(best, None),
+            }
         }
     }
 
