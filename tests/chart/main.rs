@@ -5,15 +5,16 @@
 //!
 //! Several checks read a template with its simple actions substituted (`{{ .Values.x }}`,
 //! `{{ .Release.Namespace }}`, `{{ include "x" . }}`, `{{ toYaml .Values.x | nindent N }}`)
-//! and parse the result. The substitution knows no control flow and refuses any action it does
-//! not know, so a template it reads whole must keep to those actions; templates with `if`,
-//! `range` or `with` are checked line by line instead.
+//! and parse the result. The substitution refuses any action it does not know. Of control flow
+//! it knows one case: an `if`, `range` or `with` over a value that is empty in values.yaml
+//! renders nothing. Templates that need more are checked line by line instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
+use suanli_scheduler::config::ServerConfig;
 
 /// The extender endpoints the scheduler serves (`POST`), on its HTTP port.
 const EXTENDER_ENDPOINTS: [(&str, &str); 4] = [
@@ -269,7 +270,18 @@ fn evaluate(action: &Action, values: &Value) -> Result<String, String> {
             .ok_or_else(|| format!("values.yaml has no {}", path.join(".")))
     };
     let mut from_helper = None;
-    let mut current = match words.as_slice() {
+    // `required "message" .Values.x`: the message may hold spaces, so it is cut off first.
+    if let Some(rest) = first.strip_prefix("required \"") {
+        let (message, reference) = rest
+            .split_once('"')
+            .ok_or_else(|| format!("unclosed message in `{}`", action.body))?;
+        let value = value_at(reference.trim())?;
+        if is_empty(&value) {
+            return Err(format!("required: {message}"));
+        }
+        return pipe(action, value, None, commands);
+    }
+    let current = match words.as_slice() {
         [".Release.Namespace"] => Value::String(NAMESPACE.to_string()),
         [".Release.Name"] => Value::String("release-name".to_string()),
         [reference] if reference.starts_with(".Values.") => value_at(reference)?,
@@ -285,6 +297,16 @@ fn evaluate(action: &Action, values: &Value) -> Result<String, String> {
         }
         _ => return Err(format!("unsupported action `{}`", action.body)),
     };
+    pipe(action, current, from_helper, commands)
+}
+
+/// The rest of a pipeline applied to its first command's value.
+fn pipe<'c>(
+    action: &Action,
+    mut current: Value,
+    mut from_helper: Option<String>,
+    commands: impl Iterator<Item = &'c str>,
+) -> Result<String, String> {
     for command in commands {
         let words: Vec<&str> = command.split_whitespace().collect();
         current = match words.as_slice() {
@@ -320,12 +342,46 @@ fn evaluate(action: &Action, values: &Value) -> Result<String, String> {
     scalar_text(&current).ok_or_else(|| format!("`{}` is not a scalar", action.body))
 }
 
+/// Go templates' falsehood: false, zero, nil, and empty strings, lists and maps.
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Sequence(items) => items.is_empty(),
+        Value::Mapping(map) => map.is_empty(),
+        Value::Tagged(_) => false,
+    }
+}
+
+/// For `if .Values.x`, `with .Values.x` and `range $k, $v := .Values.x`, whether `.Values.x`
+/// is empty; an error for any other block or condition.
+fn block_is_empty(action: &Action, values: &Value) -> Result<bool, String> {
+    let words: Vec<&str> = action.body.split_whitespace().collect();
+    let subject = match words.as_slice() {
+        ["if" | "with" | "range", subject] => subject,
+        ["range", .., ":=", subject] => subject,
+        _ => return Err(format!("unsupported block `{}`", action.body)),
+    };
+    let path: Vec<String> = subject
+        .strip_prefix(".Values.")
+        .ok_or_else(|| format!("unsupported block subject `{subject}`"))?
+        .split('.')
+        .map(str::to_string)
+        .collect();
+    let value = lookup(values, &path).ok_or_else(|| format!("values.yaml has no {subject}"))?;
+    Ok(is_empty(value))
+}
+
 /// `text` with every action replaced by its output, honouring `{{-` and `-}}`.
 fn substitute(file: &str, text: &str, values: &Value) -> Result<String, String> {
+    let found = actions(file, text)?;
     let mut out = String::new();
     let mut at = 0;
     let mut trim_next = false;
-    for action in actions(file, text)? {
+    let mut index = 0;
+    while let Some(action) = found.get(index) {
         let mut between = &text[at..action.start];
         if trim_next {
             between = between.trim_start();
@@ -334,15 +390,58 @@ fn substitute(file: &str, text: &str, values: &Value) -> Result<String, String> 
         if action.trim_left {
             out.truncate(out.trim_end().len());
         }
-        let output =
-            evaluate(&action, values).map_err(|e| format!("{file}:{}: {e}", action.line))?;
-        out.push_str(&output);
-        trim_next = action.trim_right;
-        at = action.end;
+        let at_line = |e: String| format!("{file}:{}: {e}", action.line);
+        let skip_to = if !action.is_comment() && matches!(action.keyword(), "if" | "with" | "range")
+        {
+            if !block_is_empty(action, values).map_err(at_line)? {
+                return Err(at_line(format!(
+                    "`{}` is not empty in values.yaml; only empty blocks are skipped",
+                    action.body
+                )));
+            }
+            Some(matching_end(file, &found, index)?)
+        } else {
+            None
+        };
+        let last = match skip_to {
+            // The whole block renders nothing; its `end` still trims what follows it.
+            Some(end) => end,
+            None => {
+                out.push_str(&evaluate(action, values).map_err(at_line)?);
+                index
+            }
+        };
+        trim_next = found[last].trim_right;
+        at = found[last].end;
+        index = last + 1;
     }
     let rest = &text[at..];
     out.push_str(if trim_next { rest.trim_start() } else { rest });
     Ok(out)
+}
+
+/// The index of the `end` that closes the block opened by `found[open]`.
+fn matching_end(file: &str, found: &[Action], open: usize) -> Result<usize, String> {
+    let mut depth = 0usize;
+    for (index, action) in found.iter().enumerate().skip(open) {
+        if action.is_comment() {
+            continue;
+        }
+        match action.keyword() {
+            "if" | "range" | "with" | "define" | "block" => depth += 1,
+            "end" => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(index);
+                }
+            }
+            _ => {}
+        }
+    }
+    Err(format!(
+        "{file}:{}: `{}` is never ended",
+        found[open].line, found[open].body
+    ))
 }
 
 /// A template without control flow, substituted and parsed: one value per YAML document.
@@ -852,6 +951,52 @@ fn agents_dial_the_grpc_port_as_their_kubernetes_node() {
     );
 }
 
+#[test]
+fn the_scheduler_accepts_the_suanli_toml_the_chart_writes() {
+    let file = "scheduler-secret.yaml";
+    let template = template(file);
+    let without_token = substitute(file, &template, &values());
+    assert!(
+        without_token
+            .as_ref()
+            .is_err_and(|e| e.contains("auth.joinToken is required")),
+        "an install without a join token fails: {without_token:?}"
+    );
+
+    let token = "chart-test-join-token";
+    let mut values = values();
+    *values
+        .get_mut("auth")
+        .and_then(|auth| auth.get_mut("joinToken"))
+        .expect("values.yaml has auth.joinToken") = Value::String(token.to_string());
+    let text = substitute(file, &template, &values).unwrap_or_else(|e| panic!("{e}"));
+    let secret = parse_yaml(file, &text);
+    assert_eq!(secret["stringData"]["join-token"].as_str(), Some(token));
+    let config_text = secret["stringData"]["suanli.toml"]
+        .as_str()
+        .expect("the Secret holds suanli.toml");
+    let config = ServerConfig::parse(Path::new("suanli.toml"), config_text)
+        .unwrap_or_else(|e| panic!("{e}\n{config_text}"));
+    assert_eq!(config.http_addr.to_string(), "0.0.0.0:7080");
+    assert_eq!(config.grpc_addr.to_string(), "0.0.0.0:7070");
+    assert_eq!(
+        config.data_dir,
+        Path::new(str_at(&values, "scheduler.dataDir"))
+    );
+    assert_eq!(config.auth.join_tokens, [token]);
+    assert_eq!(config.policy, str_at(&values, "scheduler.policy"));
+    assert_eq!(config.kubernetes.api, "in-cluster");
+    assert_eq!(config.kubernetes.reconcile_interval_s, 10);
+    assert_eq!(
+        config.kubernetes.gpu_resource,
+        str_at(&values, "gpuResource")
+    );
+    assert_eq!(
+        config.preemption.min_runtime_s,
+        u64_at(&values, "scheduler.preemption.minRuntimeSeconds")
+    );
+}
+
 // ---- permissions --------------------------------------------------------------------------
 
 fn grants(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
@@ -1019,5 +1164,15 @@ fn substitution_honours_trim_markers_and_refuses_what_it_cannot_do() {
         )
         .is_err()
     );
+    assert_eq!(
+        substitute(
+            "t",
+            "a\n{{- if .Values.agent.fixture }}\nb\n{{- end }}\nc",
+            &values
+        ),
+        Ok("a\nc".to_string()),
+        "an empty block renders nothing"
+    );
+    assert!(substitute("t", "{{ if .Values.scheduler.logJson }}x{{ end }}", &values).is_err());
     assert!(substitute("t", "{{ if .Values.agent.fixture }}", &values).is_err());
 }
