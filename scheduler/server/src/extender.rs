@@ -663,7 +663,18 @@ async fn bind_pod(
             args.pod_uid
         ));
     }
+    // kube-scheduler retries a bind it did not hear back from: one already done is done.
+    let assigned = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    if let Some(node) = assigned.as_ref().filter(|n| **n != args.node) {
+        return Err(format!(
+            "pod {}/{} is already assigned to {node}",
+            args.pod_namespace, args.pod_name
+        ));
+    }
     let Some((pod_ref, spec)) = pod_job(&pod, &state.settings)? else {
+        if assigned.is_some() {
+            return Ok(());
+        }
         kube.bind(
             &args.pod_namespace,
             &args.pod_name,
@@ -686,11 +697,17 @@ async fn bind_pod(
         .map_err(|e| e.to_string())?;
     let written = async {
         kube.annotate(&pod_ref, &bound).await?;
+        if assigned.is_some() {
+            return Ok(());
+        }
         kube.bind(&pod_ref.namespace, &pod_ref.name, &pod_ref.uid, &args.node)
             .await
     }
     .await;
     if let Err(e) = written {
+        if assigned.is_some() {
+            return Err(format!("cannot write the pod's GPUs to it: {e}"));
+        }
         let message = format!("Kubernetes refused the binding: {e}");
         let _ = state
             .core

@@ -23,6 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+mod extender;
+mod kube_api;
+
 const JOIN: &str = "join-token-1";
 const ADMIN: &str = "admin-token-1";
 const RESEARCH: &str = "research-token";

@@ -1,0 +1,449 @@
+//! The kube-scheduler extender over real HTTP: filter, prioritize, bind and preempt as
+//! kube-scheduler sends them, binding through a Kubernetes API that speaks its wire format.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use suanli_proto::pb;
+use suanli_proto::pb::job_service_client::JobServiceClient;
+use suanli_scheduler::config::{KubernetesSettings, ServerConfig};
+use suanli_scheduler::server::{RunningServer, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tonic::Code;
+
+use crate::kube_api::FakeKube;
+use crate::{ADMIN, Agent, authed, channel, config, inventory};
+
+fn with_kube(dir: &std::path::Path, kube: Option<&FakeKube>) -> ServerConfig {
+    ServerConfig {
+        kubernetes: KubernetesSettings {
+            api: kube.map(|k| k.url.clone()).unwrap_or_default(),
+            reconcile_interval_s: 1,
+            ..KubernetesSettings::default()
+        },
+        ..config(dir, 60_000)
+    }
+}
+
+/// A pod asking for `gpus` whole GPUs, with extra annotations.
+fn pod(name: &str, uid: &str, gpus: &str, annotations: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "uid": uid,
+            "annotations": annotations,
+        },
+        "spec": {
+            "schedulerName": "suanli",
+            "containers": [{
+                "name": "main",
+                "image": "trainer:1",
+                "resources": {
+                    "requests": { "cpu": "500m", "memory": "1Gi" },
+                    "limits": { "nvidia.com/gpu": gpus },
+                },
+            }],
+        },
+        "status": { "phase": "Pending" },
+    }))
+    .expect("a valid Pod")
+}
+
+/// One HTTP/1.1 request; returns the status code and the body as JSON (or a string).
+async fn post(server: &RunningServer, path: &str, body: &str) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .expect("connects");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: suanli\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("reads");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    (code, body)
+}
+
+/// Agents that stay connected and heartbeat until [`leave`].
+async fn join(
+    ch: &tonic::transport::Channel,
+    nodes: &[(&str, u32)],
+) -> Vec<(Agent, JoinHandle<()>)> {
+    let mut joined = Vec::new();
+    for (name, gpus) in nodes {
+        let agent = Agent::connect(ch.clone(), inventory(name, *gpus), vec![]).await;
+        let beat = agent.keep_alive();
+        joined.push((agent, beat));
+    }
+    joined
+}
+
+/// Closes the agents' sessions, so a server shutdown need not wait for them.
+fn leave(agents: Vec<(Agent, JoinHandle<()>)>) {
+    for (agent, beat) in agents {
+        beat.abort();
+        drop(agent);
+    }
+}
+
+fn args(pod: &Pod, nodes: &[&str]) -> String {
+    json!({ "Pod": pod, "Nodes": null, "NodeNames": nodes }).to_string()
+}
+
+fn bind_args(pod: &Pod, node: &str) -> String {
+    json!({
+        "PodName": pod.metadata.name,
+        "PodNamespace": pod.metadata.namespace,
+        "PodUID": pod.metadata.uid,
+        "Node": node,
+    })
+    .to_string()
+}
+
+async fn pod_jobs(jobs: &mut JobServiceClient<tonic::transport::Channel>) -> Vec<pb::Job> {
+    jobs.list(authed(
+        ADMIN,
+        pb::ListJobsRequest {
+            tenant: "ml".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("lists")
+    .into_inner()
+    .jobs
+}
+
+#[tokio::test]
+async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(with_kube(dir.path(), Some(&kube)))
+        .await
+        .expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("small", 2), ("big", 8)]).await;
+
+    // Filter by names: the 2-GPU node and a node without an agent fail, each with why.
+    let four = pod("train-a", "uid-a", "4", json!({}));
+    let (code, out) = post(
+        &server,
+        "/extender/filter",
+        &args(&four, &["small", "big", "cpu-only"]),
+    )
+    .await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(out["NodeNames"], json!(["big"]));
+    assert_eq!(out["Error"], "");
+    let small_why = out["FailedNodes"]["small"].as_str().expect("reason");
+    assert!(small_why.contains("fewer than 4 free GPUs"), "{small_why}");
+    let none_why = out["FailedNodes"]["cpu-only"].as_str().expect("reason");
+    assert!(none_why.contains("no Suanli agent"), "{none_why}");
+
+    // Filter with full Node objects: the passing ones come back exactly as sent.
+    let node = |name: &str| json!({"metadata": {"name": name, "labels": {"zone": "a"}}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}});
+    let full = json!({
+        "Pod": four,
+        "Nodes": {"metadata": {"resourceVersion": "9"}, "items": [node("small"), node("big")]},
+        "NodeNames": null,
+    });
+    let (code, out) = post(&server, "/extender/filter", &full.to_string()).await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(out["Nodes"]["items"], json!([node("big")]));
+    assert_eq!(out["NodeNames"], Value::Null);
+
+    // Prioritize: scores within 0–10, best node 10, a node that cannot take it 0.
+    let one = pod("infer-b", "uid-b", "1", json!({}));
+    let (code, out) = post(
+        &server,
+        "/extender/prioritize",
+        &args(&one, &["small", "big", "cpu-only"]),
+    )
+    .await;
+    assert_eq!(code, 200, "{out}");
+    let scores = out.as_array().expect("a HostPriorityList");
+    assert_eq!(scores.len(), 3);
+    assert!(
+        scores
+            .iter()
+            .all(|s| (0..=10).contains(&s["Score"].as_i64().expect("score")))
+    );
+    assert_eq!(scores[2], json!({"Host": "cpu-only", "Score": 0}));
+    assert!(scores.iter().any(|s| s["Score"] == 10), "{out}");
+
+    // Bind: the pod's GPUs are written to it, then its Binding is created.
+    kube.add(four.clone());
+    let (code, out) = post(&server, "/extender/bind", &bind_args(&four, "big")).await;
+    assert_eq!((code, &out), (200, &json!({"Error": ""})));
+    assert_eq!(
+        kube.bindings(),
+        [("ml".to_string(), "train-a".to_string(), "big".to_string())]
+    );
+    let bound = kube.pod("ml", "train-a").expect("pod");
+    let notes = bound.metadata.annotations.expect("annotations");
+    let uuids: Vec<&str> = notes["suanli.io/gpu-uuids"].split(',').collect();
+    assert_eq!(uuids.len(), 4);
+    assert!(uuids.iter().all(|u| u.starts_with("GPU-big-")), "{uuids:?}");
+    assert_eq!(
+        notes["suanli.io/device-cids"].split(',').count(),
+        4,
+        "{notes:?}"
+    );
+    let job_id = notes["suanli.io/job-id"].clone();
+    assert_eq!(
+        bound.metadata.labels.expect("labels")["suanli.io/job-id"],
+        job_id
+    );
+
+    // The pod is a running job of tenant `ml`, holding those GPUs: a 5-GPU pod no longer
+    // fits on `big`, and a Suanli job cannot take them either.
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let listed = pod_jobs(&mut jobs).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, job_id);
+    assert_eq!(listed[0].state, pb::JobState::Running as i32);
+    let five = pod("train-c", "uid-c", "5", json!({}));
+    let (_, out) = post(&server, "/extender/filter", &args(&five, &["big"])).await;
+    assert_eq!(out["NodeNames"], json!([]), "{out}");
+
+    // Binding again is answered with what the pod holds; no second job.
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&four, "big")).await;
+    assert_eq!(out["Error"], "", "{out}");
+    assert_eq!(kube.bindings().len(), 1);
+    assert_eq!(pod_jobs(&mut jobs).await.len(), 1);
+
+    // Only Kubernetes may stop the pod.
+    let refused = jobs
+        .cancel(authed(
+            ADMIN,
+            pb::CancelJobRequest {
+                id: job_id.clone(),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .expect_err("a pod's job is not cancelled here");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused
+            .message()
+            .contains("kubectl delete pod -n ml train-a")
+    );
+
+    // A restart and the agent's return keep the pod's GPUs held.
+    leave(agents);
+    server.shutdown().await;
+    let server = start(with_kube(dir.path(), Some(&kube)))
+        .await
+        .expect("restarts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("big", 8)]).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, out) = post(&server, "/extender/filter", &args(&five, &["big"])).await;
+    assert_eq!(out["NodeNames"], json!([]), "{out}");
+    assert_eq!(
+        pod_jobs(&mut jobs).await[0].state,
+        pb::JobState::Running as i32
+    );
+
+    // The pod succeeds: the reconciler ends its job and the GPUs are free again.
+    kube.set_phase("ml", "train-a", "Succeeded");
+    crate::wait_state(&mut jobs, &job_id, pb::JobState::Succeeded).await;
+    let (_, out) = post(&server, "/extender/filter", &args(&five, &["big"])).await;
+    assert_eq!(out["NodeNames"], json!(["big"]), "{out}");
+    leave(agents);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deleted_pod_frees_its_gpus_and_a_refused_binding_gives_them_back() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(with_kube(dir.path(), Some(&kube)))
+        .await
+        .expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("n1", 8)]).await;
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let eight = pod("whole", "uid-w", "8", json!({}));
+    kube.add(eight.clone());
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&eight, "n1")).await;
+    assert_eq!(out["Error"], "", "{out}");
+    let id = pod_jobs(&mut jobs).await[0].id.clone();
+    kube.remove("ml", "whole");
+    let ended = crate::wait_state(&mut jobs, &id, pb::JobState::Cancelled).await;
+    assert!(
+        ended.last_reason.contains("gone from Kubernetes"),
+        "{}",
+        ended.last_reason
+    );
+
+    // A pod another scheduler assigned meanwhile is left alone.
+    let mut taken = pod("taken", "uid-t", "8", json!({}));
+    taken.spec.as_mut().expect("spec").node_name = Some("elsewhere".into());
+    kube.add(taken.clone());
+    let (code, out) = post(&server, "/extender/bind", &bind_args(&taken, "n1")).await;
+    assert_eq!(code, 200);
+    let error = out["Error"].as_str().expect("error");
+    assert!(error.contains("already assigned to elsewhere"), "{error}");
+    assert_eq!(pod_jobs(&mut jobs).await.len(), 1);
+
+    // Kubernetes refuses the Binding: the GPUs held for it go back.
+    let refused = pod("refused", "uid-r", "8", json!({}));
+    kube.add(refused.clone());
+    kube.refuse_bindings(true);
+    let (code, out) = post(&server, "/extender/bind", &bind_args(&refused, "n1")).await;
+    assert_eq!(code, 200);
+    let error = out["Error"].as_str().expect("error");
+    assert!(error.contains("forbidden"), "{error}");
+    kube.refuse_bindings(false);
+    let failed = pod_jobs(&mut jobs)
+        .await
+        .into_iter()
+        .find(|j| j.id != id)
+        .expect("the refused pod's job");
+    assert_eq!(failed.state, pb::JobState::Failed as i32);
+    let again = pod("again", "uid-g", "8", json!({}));
+    let (_, out) = post(&server, "/extender/filter", &args(&again, &["n1"])).await;
+    assert_eq!(out["NodeNames"], json!(["n1"]), "{out}");
+
+    // A pod whose UID changed since kube-scheduler saw it is not bound.
+    kube.add(pod("again", "uid-new", "8", json!({})));
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&again, "n1")).await;
+    let error = out["Error"].as_str().expect("error");
+    assert!(error.contains("recreated"), "{error}");
+    leave(agents);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn preempt_keeps_nodes_where_the_evictions_make_room() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(with_kube(dir.path(), Some(&kube)))
+        .await
+        .expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("a", 8), ("b", 8)]).await;
+    let low_a = pod("low-a", "uid-la", "8", json!({}));
+    let low_b = pod("low-b", "uid-lb", "8", json!({}));
+    for (p, node) in [(&low_a, "a"), (&low_b, "b")] {
+        kube.add(p.clone());
+        let (_, out) = post(&server, "/extender/bind", &bind_args(p, node)).await;
+        assert_eq!(out["Error"], "", "{out}");
+    }
+    let urgent = pod("urgent", "uid-u", "8", json!({}));
+    // On `a` kube-scheduler would evict the pod holding its GPUs; on `b` some other pod.
+    let request = json!({
+        "Pod": urgent,
+        "NodeNameToVictims": null,
+        "NodeNameToMetaVictims": {
+            "a": {"Pods": [{"UID": "uid-la"}], "NumPDBViolations": 0},
+            "b": {"Pods": [{"UID": "uid-unrelated"}], "NumPDBViolations": 0},
+        },
+    });
+    let (code, out) = post(&server, "/extender/preempt", &request.to_string()).await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        out,
+        json!({"NodeNameToMetaVictims": {"a": {"Pods": [{"UID": "uid-la"}], "NumPDBViolations": 0}}})
+    );
+    // The trial released nothing for good.
+    let (_, out) = post(&server, "/extender/filter", &args(&urgent, &["a", "b"])).await;
+    assert_eq!(out["NodeNames"], json!([]), "{out}");
+    leave(agents);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_extender_input_is_refused_naming_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(with_kube(dir.path(), None)).await.expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("n1", 8)]).await;
+
+    let (code, out) = post(&server, "/extender/filter", "{not json").await;
+    assert_eq!(code, 400);
+    let error = out["Error"].as_str().expect("error");
+    assert!(error.starts_with("filter: request body"), "{error}");
+    assert!(error.contains("line 1"), "{error}");
+
+    let (code, out) = post(
+        &server,
+        "/extender/filter",
+        r#"{"Pod": {"metadata": {"name": "p"}, "spec": {"containers": "one"}}, "NodeNames": ["n1"]}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    let error = out["Error"].as_str().expect("error");
+    assert!(error.contains("Pod.spec.containers"), "{error}");
+
+    let (code, out) = post(
+        &server,
+        "/extender/filter",
+        &args(&pod("p", "u", "two", json!({})), &["n1"]),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let error = out["Error"].as_str().expect("error");
+    assert!(
+        error.contains("Pod.spec.containers[0].resources.limits[nvidia.com/gpu]"),
+        "{error}"
+    );
+    let (code, out) = post(
+        &server,
+        "/extender/filter",
+        &args(
+            &pod("p", "u", "2", json!({"suanli.io/gpu-milli": "500"})),
+            &["n1"],
+        ),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let error = out["Error"].as_str().expect("error");
+    assert!(error.contains("a share is of one GPU"), "{error}");
+
+    let (code, out) = post(
+        &server,
+        "/extender/bind",
+        r#"{"PodName": "p", "PodNamespace": "ml", "PodUID": null, "Node": "n1"}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(out["Error"], "bind: request body field PodUID: missing");
+
+    // Without a Kubernetes API the extender still filters, but cannot bind.
+    let share = pod("nb", "u2", "1", json!({"suanli.io/gpu-milli": "250"}));
+    let (code, out) = post(&server, "/extender/filter", &args(&share, &["n1"])).await;
+    assert_eq!((code, &out["NodeNames"]), (200, &json!(["n1"])));
+    let (code, out) = post(&server, "/extender/bind", &bind_args(&share, "n1")).await;
+    assert_eq!(code, 200);
+    assert!(
+        out["Error"]
+            .as_str()
+            .expect("error")
+            .contains("[kubernetes] api"),
+        "{out}"
+    );
+
+    // A pod that asks for no GPU passes every node untouched.
+    let cpu = pod("cpu", "u3", "0", json!({}));
+    let (_, out) = post(&server, "/extender/filter", &args(&cpu, &["n1", "x"])).await;
+    assert_eq!(out["NodeNames"], json!(["n1", "x"]));
+    leave(agents);
+    server.shutdown().await;
+}
