@@ -413,17 +413,69 @@ pub fn parse_quantity(text: &str) -> Result<f64, String> {
 
 // ---- handlers -----------------------------------------------------------------------------
 
+/// The field names of each request type, as the Go structs spell them.
+const ARGS_FIELDS: &[&str] = &["Pod", "Nodes", "NodeNames"];
+const BINDING_FIELDS: &[&str] = &["PodName", "PodNamespace", "PodUID", "Node"];
+const PREEMPTION_FIELDS: &[&str] = &["Pod", "NodeNameToVictims", "NodeNameToMetaVictims"];
+const VICTIMS_FIELDS: &[&str] = &["Pods", "NumPDBViolations"];
+
+/// Renames an object's keys to `names` regardless of case: Go's decoder matches field names
+/// that way, and older kube-schedulers send lower-case names (`pod`, `nodenames`,
+/// `nodeToVictims`).
+fn canonical_keys(value: &mut serde_json::Value, names: &[&str]) {
+    let Some(object) = value.as_object_mut() else {
+        return;
+    };
+    let keys: Vec<String> = object.keys().cloned().collect();
+    for key in keys {
+        let lower = key.to_ascii_lowercase();
+        let name = names
+            .iter()
+            .find(|n| n.to_ascii_lowercase() == lower)
+            .copied()
+            .or((lower == "nodetovictims").then_some("NodeNameToVictims"));
+        if let Some(name) = name.filter(|n| *n != key)
+            && let Some(v) = object.remove(&key)
+        {
+            object.insert(name.to_string(), v);
+        }
+    }
+}
+
+/// A preemption request's victims, in either form, with canonical field names.
+fn canonical_victims(value: &mut serde_json::Value) {
+    for field in ["NodeNameToVictims", "NodeNameToMetaVictims"] {
+        let Some(by_node) = value.get_mut(field).and_then(|v| v.as_object_mut()) else {
+            continue;
+        };
+        for victims in by_node.values_mut() {
+            canonical_keys(victims, VICTIMS_FIELDS);
+            if field == "NodeNameToMetaVictims"
+                && let Some(pods) = victims.get_mut("Pods").and_then(|p| p.as_array_mut())
+            {
+                for pod in pods {
+                    canonical_keys(pod, &["UID"]);
+                }
+            }
+        }
+    }
+}
+
 /// Parses a request body, naming the field that did not fit and where.
-fn parse_body<T: DeserializeOwned>(verb: &str, body: &[u8]) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+fn parse_body<T: DeserializeOwned>(verb: &str, body: &[u8], fields: &[&str]) -> Result<T, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("{verb}: request body is not valid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err(format!("{verb}: request body is not a JSON object"));
+    }
+    canonical_keys(&mut value, fields);
+    if fields == PREEMPTION_FIELDS {
+        canonical_victims(&mut value);
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            format!("{verb}: request body is not valid ExtenderArgs JSON: {inner}")
-        } else {
-            format!("{verb}: request body field {path}: {inner}")
-        }
+        format!("{verb}: request body field {path}: {inner}")
     })
 }
 
@@ -471,7 +523,7 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
             },
         )
     };
-    let args: ExtenderArgs = match parse_body("filter", &body) {
+    let args: ExtenderArgs = match parse_body("filter", &body, ARGS_FIELDS) {
         Ok(a) => a,
         Err(e) => return failed(StatusCode::BAD_REQUEST, e),
     };
@@ -576,7 +628,7 @@ pub fn scale_scores(verdicts: &[NodeVerdict]) -> Vec<HostPriority> {
 
 async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response {
     let bad = |e: String| (StatusCode::BAD_REQUEST, e).into_response();
-    let args: ExtenderArgs = match parse_body("prioritize", &body) {
+    let args: ExtenderArgs = match parse_body("prioritize", &body, ARGS_FIELDS) {
         Ok(a) => a,
         Err(e) => return bad(e),
     };
@@ -609,7 +661,7 @@ async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response
 
 async fn bind(State(state): State<ExtenderState>, body: Bytes) -> Response {
     let answer = |status, error: String| json_reply(status, &ExtenderBindingResult { error });
-    let args: ExtenderBindingArgs = match parse_body("bind", &body) {
+    let args: ExtenderBindingArgs = match parse_body("bind", &body, BINDING_FIELDS) {
         Ok(a) => a,
         Err(e) => return answer(StatusCode::BAD_REQUEST, e),
     };
@@ -727,7 +779,7 @@ async fn bind_pod(
 
 async fn preempt(State(state): State<ExtenderState>, body: Bytes) -> Response {
     let bad = |e: String| (StatusCode::BAD_REQUEST, e).into_response();
-    let args: ExtenderPreemptionArgs = match parse_body("preempt", &body) {
+    let args: ExtenderPreemptionArgs = match parse_body("preempt", &body, PREEMPTION_FIELDS) {
         Ok(a) => a,
         Err(e) => return bad(e),
     };

@@ -447,3 +447,115 @@ async fn bad_extender_input_is_refused_naming_the_problem() {
     leave(agents);
     server.shutdown().await;
 }
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/extender/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn a_filter_request_as_kube_scheduler_sends_it_is_understood() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(with_kube(dir.path(), Some(&kube)))
+        .await
+        .expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("gpu-a", 8), ("gpu-b", 2)]).await;
+
+    // Full Pod and Node objects as kube-scheduler marshals them: managed fields, defaulted
+    // fields, an init container and a sidecar, conditions with null times.
+    let body = fixture("filter-args.json");
+    let sent: Value = serde_json::from_str(&body).expect("fixture is JSON");
+    let (code, out) = post(&server, "/extender/filter", &body).await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(out["Error"], "");
+    assert_eq!(out["Nodes"]["items"], json!([sent["Nodes"]["items"][0]]));
+    assert_eq!(out["Nodes"]["metadata"], sent["Nodes"]["metadata"]);
+    let failed = out["FailedNodes"].as_object().expect("failed nodes");
+    assert_eq!(failed.len(), 2, "{out}");
+    assert!(
+        failed["gpu-b"]
+            .as_str()
+            .expect("why")
+            .contains("fewer than 4 free GPUs")
+    );
+    assert!(
+        failed["cpu-1"]
+            .as_str()
+            .expect("why")
+            .contains("no Suanli agent")
+    );
+
+    // Bound, the pod is a job with Kubernetes' effective requests: the containers' sum
+    // (16 + 0.25 CPUs, 64 GiB + 128 MiB) outweighs the init container's.
+    let pod: Pod = serde_json::from_value(sent["Pod"].clone()).expect("a Pod");
+    kube.add(pod.clone());
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&pod, "gpu-a")).await;
+    assert_eq!(out["Error"], "", "{out}");
+    let mut jobs = JobServiceClient::new(ch.clone());
+    let job = jobs
+        .list(authed(
+            ADMIN,
+            pb::ListJobsRequest {
+                tenant: "research".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("lists")
+        .into_inner()
+        .jobs
+        .remove(0);
+    let spec: suanli_engine::JobSpec = job.spec.expect("spec").try_into().expect("valid spec");
+    assert_eq!(spec.name, "llama-finetune-0");
+    assert_eq!(
+        (spec.tenant.as_str(), spec.queue.as_str()),
+        ("research", "urgent")
+    );
+    assert_eq!(spec.priority, 1000);
+    assert_eq!(spec.resources.cpu_milli, 16_250);
+    assert_eq!(spec.resources.memory_mib, 64 * 1024 + 128);
+    assert!(!spec.preemptible);
+    let gpu = spec.gpu.expect("gpu request");
+    assert_eq!(
+        gpu.policy,
+        suanli_engine::job::GpuPolicy::Exclusive { count: 4 }
+    );
+    assert_eq!(gpu.models.len(), 1);
+    leave(agents);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_preempt_request_with_lower_case_names_is_understood() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(with_kube(dir.path(), Some(&kube)))
+        .await
+        .expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("gpu-a", 8), ("gpu-b", 2)]).await;
+    let victim = pod("victim", "VICTIM-UID", "8", json!({}));
+    kube.add(victim.clone());
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&victim, "gpu-a")).await;
+    assert_eq!(out["Error"], "", "{out}");
+
+    // Go matches field names regardless of case; older kube-schedulers send these.
+    let (code, out) = post(
+        &server,
+        "/extender/preempt",
+        &fixture("preempt-args-legacy.json"),
+    )
+    .await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        out,
+        json!({"NodeNameToMetaVictims": {"gpu-a": {"Pods": [{"UID": "VICTIM-UID"}], "NumPDBViolations": 0}}})
+    );
+    leave(agents);
+    server.shutdown().await;
+}
