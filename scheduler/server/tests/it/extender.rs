@@ -99,6 +99,75 @@ fn leave(agents: Vec<(Agent, JoinHandle<()>)>) {
     }
 }
 
+/// A scheduler with agents, and the Kubernetes API it binds through.
+struct Site {
+    kube: FakeKube,
+    dir: tempfile::TempDir,
+    api: bool,
+    server: RunningServer,
+    ch: tonic::transport::Channel,
+    agents: Vec<(Agent, JoinHandle<()>)>,
+}
+
+impl Site {
+    /// `api`: whether the scheduler is told where the Kubernetes API is.
+    async fn open(nodes: &[(&str, u32)], api: bool) -> Site {
+        let kube = FakeKube::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = start(with_kube(dir.path(), api.then_some(&kube)))
+            .await
+            .expect("starts");
+        let ch = channel(&server).await;
+        let agents = join(&ch, nodes).await;
+        Site {
+            kube,
+            dir,
+            api,
+            server,
+            ch,
+            agents,
+        }
+    }
+
+    /// Stops the scheduler and starts it again on the same database, with these agents.
+    async fn restart(self, nodes: &[(&str, u32)]) -> Site {
+        let Site { kube, dir, api, .. } = &self;
+        let (kube, dir, api) = (kube.clone(), dir.path().to_path_buf(), *api);
+        let keep = self.close_keeping_dir().await;
+        let server = start(with_kube(&dir, api.then_some(&kube)))
+            .await
+            .expect("restarts");
+        let ch = channel(&server).await;
+        let agents = join(&ch, nodes).await;
+        Site {
+            kube,
+            dir: keep,
+            api,
+            server,
+            ch,
+            agents,
+        }
+    }
+
+    async fn close_keeping_dir(self) -> tempfile::TempDir {
+        leave(self.agents);
+        self.server.shutdown().await;
+        self.dir
+    }
+
+    async fn close(self) {
+        self.close_keeping_dir().await;
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        post(&self.server, path, body).await
+    }
+
+    fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
+        JobServiceClient::new(self.ch.clone())
+    }
+}
+
 fn args(pod: &Pod, nodes: &[&str]) -> String {
     json!({ "Pod": pod, "Nodes": null, "NodeNames": nodes }).to_string()
 }
@@ -129,22 +198,16 @@ async fn pod_jobs(jobs: &mut JobServiceClient<tonic::transport::Channel>) -> Vec
 
 #[tokio::test]
 async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
-    let kube = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(with_kube(dir.path(), Some(&kube)))
-        .await
-        .expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("small", 2), ("big", 8)]).await;
+    let site = Site::open(&[("small", 2), ("big", 8)], true).await;
 
     // Filter by names: the 2-GPU node and a node without an agent fail, each with why.
     let four = pod("train-a", "uid-a", "4", json!({}));
-    let (code, out) = post(
-        &server,
-        "/extender/filter",
-        &args(&four, &["small", "big", "cpu-only"]),
-    )
-    .await;
+    let (code, out) = site
+        .post(
+            "/extender/filter",
+            &args(&four, &["small", "big", "cpu-only"]),
+        )
+        .await;
     assert_eq!(code, 200, "{out}");
     assert_eq!(out["NodeNames"], json!(["big"]));
     assert_eq!(out["Error"], "");
@@ -160,19 +223,19 @@ async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
         "Nodes": {"metadata": {"resourceVersion": "9"}, "items": [node("small"), node("big")]},
         "NodeNames": null,
     });
-    let (code, out) = post(&server, "/extender/filter", &full.to_string()).await;
+    let (code, out) = site.post("/extender/filter", &full.to_string()).await;
     assert_eq!(code, 200, "{out}");
     assert_eq!(out["Nodes"]["items"], json!([node("big")]));
     assert_eq!(out["NodeNames"], Value::Null);
 
     // Prioritize: scores within 0–10, best node 10, a node that cannot take it 0.
     let one = pod("infer-b", "uid-b", "1", json!({}));
-    let (code, out) = post(
-        &server,
-        "/extender/prioritize",
-        &args(&one, &["small", "big", "cpu-only"]),
-    )
-    .await;
+    let (code, out) = site
+        .post(
+            "/extender/prioritize",
+            &args(&one, &["small", "big", "cpu-only"]),
+        )
+        .await;
     assert_eq!(code, 200, "{out}");
     let scores = out.as_array().expect("a HostPriorityList");
     assert_eq!(scores.len(), 3);
@@ -185,14 +248,14 @@ async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
     assert!(scores.iter().any(|s| s["Score"] == 10), "{out}");
 
     // Bind: the pod's GPUs are written to it, then its Binding is created.
-    kube.add(four.clone());
-    let (code, out) = post(&server, "/extender/bind", &bind_args(&four, "big")).await;
+    site.kube.add(four.clone());
+    let (code, out) = site.post("/extender/bind", &bind_args(&four, "big")).await;
     assert_eq!((code, &out), (200, &json!({"Error": ""})));
     assert_eq!(
-        kube.bindings(),
+        site.kube.bindings(),
         [("ml".to_string(), "train-a".to_string(), "big".to_string())]
     );
-    let bound = kube.pod("ml", "train-a").expect("pod");
+    let bound = site.kube.pod("ml", "train-a").expect("pod");
     let notes = bound.metadata.annotations.expect("annotations");
     let uuids: Vec<&str> = notes["suanli.io/gpu-uuids"].split(',').collect();
     assert_eq!(uuids.len(), 4);
@@ -210,19 +273,19 @@ async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
 
     // The pod is a running job of tenant `ml`, holding those GPUs: a 5-GPU pod no longer
     // fits on `big`, and a Suanli job cannot take them either.
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = site.jobs();
     let listed = pod_jobs(&mut jobs).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, job_id);
     assert_eq!(listed[0].state, pb::JobState::Running as i32);
     let five = pod("train-c", "uid-c", "5", json!({}));
-    let (_, out) = post(&server, "/extender/filter", &args(&five, &["big"])).await;
+    let (_, out) = site.post("/extender/filter", &args(&five, &["big"])).await;
     assert_eq!(out["NodeNames"], json!([]), "{out}");
 
     // Binding again is answered with what the pod holds; no second job.
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&four, "big")).await;
+    let (_, out) = site.post("/extender/bind", &bind_args(&four, "big")).await;
     assert_eq!(out["Error"], "", "{out}");
-    assert_eq!(kube.bindings().len(), 1);
+    assert_eq!(site.kube.bindings().len(), 1);
     assert_eq!(pod_jobs(&mut jobs).await.len(), 1);
 
     // Only Kubernetes may stop the pod.
@@ -244,16 +307,10 @@ async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
     );
 
     // A restart and the agent's return keep the pod's GPUs held.
-    leave(agents);
-    server.shutdown().await;
-    let server = start(with_kube(dir.path(), Some(&kube)))
-        .await
-        .expect("restarts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("big", 8)]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let site = site.restart(&[("big", 8)]).await;
+    let mut jobs = site.jobs();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, out) = post(&server, "/extender/filter", &args(&five, &["big"])).await;
+    let (_, out) = site.post("/extender/filter", &args(&five, &["big"])).await;
     assert_eq!(out["NodeNames"], json!([]), "{out}");
     assert_eq!(
         pod_jobs(&mut jobs).await[0].state,
@@ -261,30 +318,23 @@ async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
     );
 
     // The pod succeeds: the reconciler ends its job and the GPUs are free again.
-    kube.set_phase("ml", "train-a", "Succeeded");
+    site.kube.set_phase("ml", "train-a", "Succeeded");
     crate::wait_state(&mut jobs, &job_id, pb::JobState::Succeeded).await;
-    let (_, out) = post(&server, "/extender/filter", &args(&five, &["big"])).await;
+    let (_, out) = site.post("/extender/filter", &args(&five, &["big"])).await;
     assert_eq!(out["NodeNames"], json!(["big"]), "{out}");
-    leave(agents);
-    server.shutdown().await;
+    site.close().await;
 }
 
 #[tokio::test]
 async fn a_deleted_pod_frees_its_gpus_and_a_refused_binding_gives_them_back() {
-    let kube = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(with_kube(dir.path(), Some(&kube)))
-        .await
-        .expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("n1", 8)]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let site = Site::open(&[("n1", 8)], true).await;
+    let mut jobs = site.jobs();
     let eight = pod("whole", "uid-w", "8", json!({}));
-    kube.add(eight.clone());
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&eight, "n1")).await;
+    site.kube.add(eight.clone());
+    let (_, out) = site.post("/extender/bind", &bind_args(&eight, "n1")).await;
     assert_eq!(out["Error"], "", "{out}");
     let id = pod_jobs(&mut jobs).await[0].id.clone();
-    kube.remove("ml", "whole");
+    site.kube.remove("ml", "whole");
     let ended = crate::wait_state(&mut jobs, &id, pb::JobState::Cancelled).await;
     assert!(
         ended.last_reason.contains("gone from Kubernetes"),
@@ -295,8 +345,8 @@ async fn a_deleted_pod_frees_its_gpus_and_a_refused_binding_gives_them_back() {
     // A pod another scheduler assigned meanwhile is left alone.
     let mut taken = pod("taken", "uid-t", "8", json!({}));
     taken.spec.as_mut().expect("spec").node_name = Some("elsewhere".into());
-    kube.add(taken.clone());
-    let (code, out) = post(&server, "/extender/bind", &bind_args(&taken, "n1")).await;
+    site.kube.add(taken.clone());
+    let (code, out) = site.post("/extender/bind", &bind_args(&taken, "n1")).await;
     assert_eq!(code, 200);
     let error = out["Error"].as_str().expect("error");
     assert!(error.contains("already assigned to elsewhere"), "{error}");
@@ -304,13 +354,15 @@ async fn a_deleted_pod_frees_its_gpus_and_a_refused_binding_gives_them_back() {
 
     // Kubernetes refuses the Binding: the GPUs held for it go back.
     let refused = pod("refused", "uid-r", "8", json!({}));
-    kube.add(refused.clone());
-    kube.refuse_bindings(true);
-    let (code, out) = post(&server, "/extender/bind", &bind_args(&refused, "n1")).await;
+    site.kube.add(refused.clone());
+    site.kube.refuse_bindings(true);
+    let (code, out) = site
+        .post("/extender/bind", &bind_args(&refused, "n1"))
+        .await;
     assert_eq!(code, 200);
     let error = out["Error"].as_str().expect("error");
     assert!(error.contains("forbidden"), "{error}");
-    kube.refuse_bindings(false);
+    site.kube.refuse_bindings(false);
     let failed = pod_jobs(&mut jobs)
         .await
         .into_iter()
@@ -318,32 +370,25 @@ async fn a_deleted_pod_frees_its_gpus_and_a_refused_binding_gives_them_back() {
         .expect("the refused pod's job");
     assert_eq!(failed.state, pb::JobState::Failed as i32);
     let again = pod("again", "uid-g", "8", json!({}));
-    let (_, out) = post(&server, "/extender/filter", &args(&again, &["n1"])).await;
+    let (_, out) = site.post("/extender/filter", &args(&again, &["n1"])).await;
     assert_eq!(out["NodeNames"], json!(["n1"]), "{out}");
 
     // A pod whose UID changed since kube-scheduler saw it is not bound.
-    kube.add(pod("again", "uid-new", "8", json!({})));
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&again, "n1")).await;
+    site.kube.add(pod("again", "uid-new", "8", json!({})));
+    let (_, out) = site.post("/extender/bind", &bind_args(&again, "n1")).await;
     let error = out["Error"].as_str().expect("error");
     assert!(error.contains("recreated"), "{error}");
-    leave(agents);
-    server.shutdown().await;
+    site.close().await;
 }
 
 #[tokio::test]
 async fn preempt_keeps_nodes_where_the_evictions_make_room() {
-    let kube = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(with_kube(dir.path(), Some(&kube)))
-        .await
-        .expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("a", 8), ("b", 8)]).await;
+    let site = Site::open(&[("a", 8), ("b", 8)], true).await;
     let low_a = pod("low-a", "uid-la", "8", json!({}));
     let low_b = pod("low-b", "uid-lb", "8", json!({}));
     for (p, node) in [(&low_a, "a"), (&low_b, "b")] {
-        kube.add(p.clone());
-        let (_, out) = post(&server, "/extender/bind", &bind_args(p, node)).await;
+        site.kube.add(p.clone());
+        let (_, out) = site.post("/extender/bind", &bind_args(p, node)).await;
         assert_eq!(out["Error"], "", "{out}");
     }
     let urgent = pod("urgent", "uid-u", "8", json!({}));
@@ -356,35 +401,32 @@ async fn preempt_keeps_nodes_where_the_evictions_make_room() {
             "b": {"Pods": [{"UID": "uid-unrelated"}], "NumPDBViolations": 0},
         },
     });
-    let (code, out) = post(&server, "/extender/preempt", &request.to_string()).await;
+    let (code, out) = site.post("/extender/preempt", &request.to_string()).await;
     assert_eq!(code, 200, "{out}");
     assert_eq!(
         out,
         json!({"NodeNameToMetaVictims": {"a": {"Pods": [{"UID": "uid-la"}], "NumPDBViolations": 0}}})
     );
     // The trial released nothing for good.
-    let (_, out) = post(&server, "/extender/filter", &args(&urgent, &["a", "b"])).await;
+    let (_, out) = site
+        .post("/extender/filter", &args(&urgent, &["a", "b"]))
+        .await;
     assert_eq!(out["NodeNames"], json!([]), "{out}");
-    leave(agents);
-    server.shutdown().await;
+    site.close().await;
 }
 
 #[tokio::test]
 async fn bad_extender_input_is_refused_naming_the_problem() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(with_kube(dir.path(), None)).await.expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("n1", 8)]).await;
+    let site = Site::open(&[("n1", 8)], false).await;
 
-    let (code, out) = post(&server, "/extender/filter", "{not json").await;
+    let (code, out) = site.post("/extender/filter", "{not json").await;
     assert_eq!(code, 400);
     let error = out["Error"].as_str().expect("error");
     assert!(error.starts_with("filter: request body"), "{error}");
     assert!(error.contains("line 1"), "{error}");
 
-    let (code, out) = post(
-        &server,
-        "/extender/filter",
+    let (code, out) = site.post(
+                "/extender/filter",
         r#"{"Pod": {"metadata": {"name": "p"}, "spec": {"containers": "one"}}, "NodeNames": ["n1"]}"#,
     )
     .await;
@@ -392,45 +434,45 @@ async fn bad_extender_input_is_refused_naming_the_problem() {
     let error = out["Error"].as_str().expect("error");
     assert!(error.contains("Pod.spec.containers"), "{error}");
 
-    let (code, out) = post(
-        &server,
-        "/extender/filter",
-        &args(&pod("p", "u", "two", json!({})), &["n1"]),
-    )
-    .await;
+    let (code, out) = site
+        .post(
+            "/extender/filter",
+            &args(&pod("p", "u", "two", json!({})), &["n1"]),
+        )
+        .await;
     assert_eq!(code, 400);
     let error = out["Error"].as_str().expect("error");
     assert!(
         error.contains("Pod.spec.containers[0].resources.limits[nvidia.com/gpu]"),
         "{error}"
     );
-    let (code, out) = post(
-        &server,
-        "/extender/filter",
-        &args(
-            &pod("p", "u", "2", json!({"suanli.io/gpu-milli": "500"})),
-            &["n1"],
-        ),
-    )
-    .await;
+    let (code, out) = site
+        .post(
+            "/extender/filter",
+            &args(
+                &pod("p", "u", "2", json!({"suanli.io/gpu-milli": "500"})),
+                &["n1"],
+            ),
+        )
+        .await;
     assert_eq!(code, 400);
     let error = out["Error"].as_str().expect("error");
     assert!(error.contains("a share is of one GPU"), "{error}");
 
-    let (code, out) = post(
-        &server,
-        "/extender/bind",
-        r#"{"PodName": "p", "PodNamespace": "ml", "PodUID": null, "Node": "n1"}"#,
-    )
-    .await;
+    let (code, out) = site
+        .post(
+            "/extender/bind",
+            r#"{"PodName": "p", "PodNamespace": "ml", "PodUID": null, "Node": "n1"}"#,
+        )
+        .await;
     assert_eq!(code, 400);
     assert_eq!(out["Error"], "bind: request body field PodUID: missing");
 
     // Without a Kubernetes API the extender still filters, but cannot bind.
     let share = pod("nb", "u2", "1", json!({"suanli.io/gpu-milli": "250"}));
-    let (code, out) = post(&server, "/extender/filter", &args(&share, &["n1"])).await;
+    let (code, out) = site.post("/extender/filter", &args(&share, &["n1"])).await;
     assert_eq!((code, &out["NodeNames"]), (200, &json!(["n1"])));
-    let (code, out) = post(&server, "/extender/bind", &bind_args(&share, "n1")).await;
+    let (code, out) = site.post("/extender/bind", &bind_args(&share, "n1")).await;
     assert_eq!(code, 200);
     assert!(
         out["Error"]
@@ -442,10 +484,11 @@ async fn bad_extender_input_is_refused_naming_the_problem() {
 
     // A pod that asks for no GPU passes every node untouched.
     let cpu = pod("cpu", "u3", "0", json!({}));
-    let (_, out) = post(&server, "/extender/filter", &args(&cpu, &["n1", "x"])).await;
+    let (_, out) = site
+        .post("/extender/filter", &args(&cpu, &["n1", "x"]))
+        .await;
     assert_eq!(out["NodeNames"], json!(["n1", "x"]));
-    leave(agents);
-    server.shutdown().await;
+    site.close().await;
 }
 
 fn fixture(name: &str) -> String {
@@ -458,19 +501,13 @@ fn fixture(name: &str) -> String {
 
 #[tokio::test]
 async fn a_filter_request_as_kube_scheduler_sends_it_is_understood() {
-    let kube = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(with_kube(dir.path(), Some(&kube)))
-        .await
-        .expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("gpu-a", 8), ("gpu-b", 2)]).await;
+    let site = Site::open(&[("gpu-a", 8), ("gpu-b", 2)], true).await;
 
     // Full Pod and Node objects as kube-scheduler marshals them: managed fields, defaulted
     // fields, an init container and a sidecar, conditions with null times.
     let body = fixture("filter-args.json");
     let sent: Value = serde_json::from_str(&body).expect("fixture is JSON");
-    let (code, out) = post(&server, "/extender/filter", &body).await;
+    let (code, out) = site.post("/extender/filter", &body).await;
     assert_eq!(code, 200, "{out}");
     assert_eq!(out["Error"], "");
     assert_eq!(out["Nodes"]["items"], json!([sent["Nodes"]["items"][0]]));
@@ -493,10 +530,10 @@ async fn a_filter_request_as_kube_scheduler_sends_it_is_understood() {
     // Bound, the pod is a job with Kubernetes' effective requests: the containers' sum
     // (16 + 0.25 CPUs, 64 GiB + 128 MiB) outweighs the init container's.
     let pod: Pod = serde_json::from_value(sent["Pod"].clone()).expect("a Pod");
-    kube.add(pod.clone());
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&pod, "gpu-a")).await;
+    site.kube.add(pod.clone());
+    let (_, out) = site.post("/extender/bind", &bind_args(&pod, "gpu-a")).await;
     assert_eq!(out["Error"], "", "{out}");
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = site.jobs();
     let job = jobs
         .list(authed(
             ADMIN,
@@ -526,36 +563,27 @@ async fn a_filter_request_as_kube_scheduler_sends_it_is_understood() {
         suanli_engine::job::GpuPolicy::Exclusive { count: 4 }
     );
     assert_eq!(gpu.models.len(), 1);
-    leave(agents);
-    server.shutdown().await;
+    site.close().await;
 }
 
 #[tokio::test]
 async fn a_preempt_request_with_lower_case_names_is_understood() {
-    let kube = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(with_kube(dir.path(), Some(&kube)))
-        .await
-        .expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("gpu-a", 8), ("gpu-b", 2)]).await;
+    let site = Site::open(&[("gpu-a", 8), ("gpu-b", 2)], true).await;
     let victim = pod("victim", "VICTIM-UID", "8", json!({}));
-    kube.add(victim.clone());
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&victim, "gpu-a")).await;
+    site.kube.add(victim.clone());
+    let (_, out) = site
+        .post("/extender/bind", &bind_args(&victim, "gpu-a"))
+        .await;
     assert_eq!(out["Error"], "", "{out}");
 
     // Go matches field names regardless of case; older kube-schedulers send these.
-    let (code, out) = post(
-        &server,
-        "/extender/preempt",
-        &fixture("preempt-args-legacy.json"),
-    )
-    .await;
+    let (code, out) = site
+        .post("/extender/preempt", &fixture("preempt-args-legacy.json"))
+        .await;
     assert_eq!(code, 200, "{out}");
     assert_eq!(
         out,
         json!({"NodeNameToMetaVictims": {"gpu-a": {"Pods": [{"UID": "VICTIM-UID"}], "NumPDBViolations": 0}}})
     );
-    leave(agents);
-    server.shutdown().await;
+    site.close().await;
 }
