@@ -1,6 +1,9 @@
 //! Placements per second on a synthetic 10,000-node / 80,000-GPU cluster, half full with a
 //! mixed workload. Each iteration places and allocates a batch of requests on a fresh copy.
 //!
+//! The `evaluate` group judges one request on all 10,000 nodes, as the Kubernetes extender
+//! does for kube-scheduler's candidates.
+//!
 //! `cargo bench -p suanli-engine --bench placement`
 
 use std::hint::black_box;
@@ -12,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use suanli_engine::{
     AffinityTag, Claim, Cluster, GpuGrant, NodeId, NodeShape, Policy, PolicyKind, Request,
-    WorkloadMix, place,
+    WorkloadMix, evaluate, place,
 };
 
 const NODES: usize = 10_000;
@@ -127,5 +130,29 @@ fn placement(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, placement);
+/// The Kubernetes extender's filter and prioritize: one pod judged on every node of the
+/// cluster, as kube-scheduler sends its candidates (no lean scan, no FGD cache).
+fn evaluate_all(c: &mut Criterion) {
+    let base = half_full(7);
+    let requests = workload();
+    let mix = Arc::new(WorkloadMix::typical(&requests, 95.0).expect("non-empty mix"));
+    let all: Vec<NodeId> = (0..base.len() as u32).map(NodeId).collect();
+    let mut group = c.benchmark_group("evaluate");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .throughput(Throughput::Elements(all.len() as u64));
+    for kind in [PolicyKind::BestFit, PolicyKind::Fgd] {
+        let policy = Policy::from_name(kind.name(), Some(mix.clone())).expect("known policy");
+        for (shape, request) in [("1-gpu", &requests[40]), ("share", &requests[0])] {
+            group.bench_function(format!("{}/{shape}", kind.name()), |b| {
+                b.iter(|| black_box(evaluate(&base, request, &policy, &all)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, placement, evaluate_all);
 criterion_main!(benches);
