@@ -52,16 +52,112 @@ pub struct ExtenderState {
     /// `None` when no Kubernetes API is configured: filter and prioritize still answer,
     /// bind says what is missing.
     pub kube: Option<KubeApi>,
+    pub counters: Arc<ExtenderCounters>,
 }
 
 pub fn router(state: ExtenderState) -> Router {
     Router::new()
-        .route("/extender/filter", post(filter))
-        .route("/extender/prioritize", post(prioritize))
-        .route("/extender/bind", post(bind))
-        .route("/extender/preempt", post(preempt))
+        .route(
+            "/extender/filter",
+            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Filter, s, b, filter)),
+        )
+        .route(
+            "/extender/prioritize",
+            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Prioritize, s, b, prioritize)),
+        )
+        .route(
+            "/extender/bind",
+            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Bind, s, b, bind)),
+        )
+        .route(
+            "/extender/preempt",
+            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Preempt, s, b, preempt)),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The extender's verbs, for counting.
+#[derive(Debug, Clone, Copy)]
+pub enum Verb {
+    Filter,
+    Prioritize,
+    Bind,
+    Preempt,
+}
+
+impl Verb {
+    const ALL: [Verb; 4] = [Verb::Filter, Verb::Prioritize, Verb::Bind, Verb::Preempt];
+
+    fn name(self) -> &'static str {
+        match self {
+            Verb::Filter => "filter",
+            Verb::Prioritize => "prioritize",
+            Verb::Bind => "bind",
+            Verb::Preempt => "preempt",
+        }
+    }
+}
+
+/// How a call ended: answered, answered with an error for kube-scheduler, or refused as
+/// malformed.
+const OUTCOMES: [&str; 3] = ["ok", "error", "bad_request"];
+
+/// Marks a 200 answer whose `Error` field is set.
+#[derive(Debug, Clone, Copy)]
+struct AnsweredWithError;
+
+/// Calls per verb and outcome, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ExtenderCounters {
+    counts: [[std::sync::atomic::AtomicU64; 3]; 4],
+}
+
+impl ExtenderCounters {
+    fn count(&self, verb: Verb, response: &Response) {
+        let outcome = if response.status() == StatusCode::BAD_REQUEST {
+            2
+        } else if !response.status().is_success()
+            || response.extensions().get::<AnsweredWithError>().is_some()
+        {
+            1
+        } else {
+            0
+        };
+        self.counts[verb as usize][outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Prometheus text for the counters.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP suanli_extender_requests_total kube-scheduler extender calls, by verb and outcome.\n# TYPE suanli_extender_requests_total counter\n");
+        for verb in Verb::ALL {
+            for (i, outcome) in OUTCOMES.iter().enumerate() {
+                let n = self.counts[verb as usize][i].load(std::sync::atomic::Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "suanli_extender_requests_total{{verb=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    verb.name()
+                );
+            }
+        }
+    }
+}
+
+async fn counted<F, Fut>(
+    verb: Verb,
+    state: State<ExtenderState>,
+    body: Bytes,
+    handler: F,
+) -> Response
+where
+    F: FnOnce(State<ExtenderState>, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let counters = state.counters.clone();
+    let response = handler(state, body).await;
+    counters.count(verb, &response);
+    response
 }
 
 // ---- wire types (k8s.io/kube-scheduler/extender/v1) ------------------------------------
@@ -483,6 +579,13 @@ fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A 200 answer that tells kube-scheduler the call failed, in its `Error` field.
+fn error_reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut response = json_reply(status, body);
+    response.extensions_mut().insert(AnsweredWithError);
+    response
+}
+
 /// The candidate node names, from `NodeNames` or the full `Nodes` list.
 fn candidate_names(args: &ExtenderArgs) -> Result<Vec<String>, String> {
     if let Some(names) = &args.node_names {
@@ -515,7 +618,7 @@ fn requested_job(
 
 async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
     let failed = |status, error: String| {
-        json_reply(
+        error_reply(
             status,
             &ExtenderFilterResult {
                 error,
@@ -660,7 +763,13 @@ async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response
 }
 
 async fn bind(State(state): State<ExtenderState>, body: Bytes) -> Response {
-    let answer = |status, error: String| json_reply(status, &ExtenderBindingResult { error });
+    let answer = |status, error: String| {
+        if error.is_empty() {
+            json_reply(status, &ExtenderBindingResult { error })
+        } else {
+            error_reply(status, &ExtenderBindingResult { error })
+        }
+    };
     let args: ExtenderBindingArgs = match parse_body("bind", &body, BINDING_FIELDS) {
         Ok(a) => a,
         Err(e) => return answer(StatusCode::BAD_REQUEST, e),

@@ -49,6 +49,7 @@ impl Histogram {
 pub struct HttpState {
     pub core: CoreHandle,
     pub latency: Arc<Mutex<Histogram>>,
+    pub extender: Arc<crate::extender::ExtenderCounters>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -76,10 +77,11 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
             );
         }
     };
-    let text = match state.latency.lock() {
+    let mut text = match state.latency.lock() {
         Ok(mut histogram) => render(&view, &mut histogram),
         Err(_) => String::from("# latency histogram unavailable\n"),
     };
+    state.extender.render(&mut text);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

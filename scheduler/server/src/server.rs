@@ -174,9 +174,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         "" => None,
         api => Some(KubeApi::connect(api)?),
     };
+    let counters = Arc::new(crate::extender::ExtenderCounters::default());
     let app = router(HttpState {
         core: core.clone(),
         latency: Arc::new(Mutex::new(crate::http::Histogram::default())),
+        extender: counters.clone(),
     })
     .merge(crate::extender::router(ExtenderState {
         core: core.clone(),
@@ -184,6 +186,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             gpu_resource: config.kubernetes.gpu_resource.clone(),
         }),
         kube: kube.clone(),
+        counters,
     }));
     let mut tasks = Vec::new();
     if let Some(kube) = kube {

@@ -54,13 +54,17 @@ fn pod(name: &str, uid: &str, gpus: &str, annotations: Value) -> Pod {
     .expect("a valid Pod")
 }
 
-/// One HTTP/1.1 request; returns the status code and the body as JSON (or a string).
+/// One HTTP/1.1 POST; returns the status code and the body as JSON (or a string).
 async fn post(server: &RunningServer, path: &str, body: &str) -> (u16, Value) {
+    http(server, "POST", path, body).await
+}
+
+async fn http(server: &RunningServer, method: &str, path: &str, body: &str) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(server.http_addr)
         .await
         .expect("connects");
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: suanli\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: suanli\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.expect("sends");
@@ -488,6 +492,20 @@ async fn bad_extender_input_is_refused_naming_the_problem() {
         .post("/extender/filter", &args(&cpu, &["n1", "x"]))
         .await;
     assert_eq!(out["NodeNames"], json!(["n1", "x"]));
+
+    // Every call is counted by verb and outcome.
+    let (code, metrics) = http(&site.server, "GET", "/metrics", "").await;
+    assert_eq!(code, 200);
+    let metrics = metrics.as_str().expect("text");
+    for line in [
+        r#"suanli_extender_requests_total{verb="filter",outcome="bad_request"} 4"#,
+        r#"suanli_extender_requests_total{verb="filter",outcome="ok"} 2"#,
+        r#"suanli_extender_requests_total{verb="bind",outcome="bad_request"} 1"#,
+        r#"suanli_extender_requests_total{verb="bind",outcome="error"} 1"#,
+        r#"suanli_extender_requests_total{verb="preempt",outcome="ok"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     site.close().await;
 }
 
