@@ -89,6 +89,9 @@ pub struct AgentConfig {
     pub rediscover_every: Duration,
     /// Grace period between SIGTERM and SIGKILL when the agent itself stops work.
     pub default_grace: Duration,
+    /// Where to label this machine's Kubernetes Node (named like the node): `in-cluster`,
+    /// a URL, or `None` to leave Kubernetes alone.
+    pub kube_api: Option<String>,
 }
 
 fn required(src: &dyn ConfigSource, key: &'static str) -> Result<String, ConfigError> {
@@ -103,6 +106,7 @@ fn flag_name(key: &'static str) -> &'static str {
     match key {
         "data_dir" => "data-dir",
         "sysfs_root" => "sysfs-root",
+        "kube_api" => "kube-api",
         other => other,
     }
 }
@@ -156,6 +160,16 @@ impl AgentConfig {
         let node = src.get("node").unwrap_or_else(default_node_name);
         let node_cid = node_cid(&provider, &region, &domain, &node)?;
         let ms = |key, default| parse_u64(src, key, default).map(Duration::from_millis);
+        let kube_api = src.get("kube_api");
+        if let Some(api) = &kube_api
+            && !(api == "in-cluster" || api.starts_with("http://") || api.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "kube_api",
+                value: api.clone(),
+                problem: "must be \"in-cluster\" or an http:// or https:// URL".to_string(),
+            });
+        }
         Ok(AgentConfig {
             scheduler,
             token,
@@ -175,6 +189,7 @@ impl AgentConfig {
             backoff_max: ms("backoff_max_ms", 10_000)?,
             rediscover_every: ms("rediscover_ms", 60_000)?,
             default_grace: ms("grace_ms", 10_000)?,
+            kube_api,
         })
     }
 }
@@ -211,6 +226,12 @@ mod tests {
         let bad = base().with("node", "Node_1");
         let err = AgentConfig::from_source(&bad).unwrap_err().to_string();
         assert!(err.contains("upper-case 'N'"), "{err}");
+        let bad = base().with("kube_api", "kubernetes.local");
+        let err = AgentConfig::from_source(&bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("kube_api = \"kubernetes.local\": must be"),
+            "{err}"
+        );
         let bad = base().with("seed", "many");
         assert!(
             AgentConfig::from_source(&bad)

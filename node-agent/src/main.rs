@@ -64,6 +64,10 @@ enum Command {
         fixture: Option<PathBuf>,
         #[arg(long)]
         sysfs_root: Option<PathBuf>,
+        /// Label this machine's Kubernetes Node with what the agent found: `in-cluster`
+        /// (the pod's service account) or the API's URL. Off when absent.
+        #[arg(long)]
+        kube_api: Option<String>,
     },
 }
 
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             data_dir,
             fixture,
             sysfs_root,
+            kube_api,
         } => {
             let mut flags = MapConfig::default();
             let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
                 ("data_dir", path(data_dir)),
                 ("fixture", path(fixture)),
                 ("sysfs_root", path(sysfs_root)),
+                ("kube_api", kube_api),
             ] {
                 if let Some(v) = value {
                     flags = flags.with(key, v);

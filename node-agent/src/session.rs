@@ -28,6 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::discovery::{self, GpuProbe, SysfsRoot, Warnings};
+use crate::node_labels::NodeLabeler;
 use crate::work::{Assignment, RunningRecord, WorkEvent, WorkRunner, unix_ms_now};
 
 /// Used when the scheduler answers 0 for an interval.
@@ -46,6 +47,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Labels(#[from] crate::node_labels::LabelError),
 }
 
 /// Why one connection ended.
@@ -134,6 +137,8 @@ pub struct Agent {
     backoff: Backoff,
     /// Work events taken off the runner's channel but not handed to a session yet.
     unsent: VecDeque<pb::AgentMessage>,
+    /// Keeps the Kubernetes Node's labels in step with the inventory, when configured.
+    labeler: Option<NodeLabeler>,
 }
 
 impl Agent {
@@ -145,6 +150,13 @@ impl Agent {
             .map_err(|e| AgentError::Token(format!("{e}")))?;
         let (runner, events) = WorkRunner::open(&cfg.data_dir)?;
         let root = SysfsRoot(cfg.sysfs_root.clone());
+        let labeler = match &cfg.kube_api {
+            Some(api) => Some(NodeLabeler::connect(
+                api,
+                cfg.node_cid.node_name().unwrap_or_default(),
+            )?),
+            None => None,
+        };
         let mut agent = Agent {
             backoff: Backoff::new(cfg.backoff_initial, cfg.backoff_max, cfg.seed),
             inventory: discover_now(probe.as_ref(), &root, &cfg),
@@ -155,6 +167,7 @@ impl Agent {
             events,
             auth,
             unsent: VecDeque::new(),
+            labeler,
         };
         agent.inventory.generation = agent.next_generation(&agent.inventory.clone());
         agent.save_inventory()?;
@@ -194,6 +207,7 @@ impl Agent {
     /// agent adopts it.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        self.label_node().await;
         loop {
             let span = info_span!("session", node = %self.inventory.cid);
             let outcome = self.serve(shutdown.as_mut()).instrument(span).await;
@@ -309,7 +323,10 @@ impl Agent {
                     send(&tx, agent_msg(pb::agent_message::Msg::Telemetry(sample))).await?;
                 }
                 Step::Rediscover => {
-                    if let Some(update) = self.rediscover().await {
+                    let update = self.rediscover().await;
+                    // Also retries labels an earlier attempt could not write.
+                    self.label_node().await;
+                    if let Some(update) = update {
                         send(&tx, agent_msg(pb::agent_message::Msg::Inventory(update))).await?;
                     }
                 }
@@ -377,6 +394,17 @@ impl Agent {
                 warn!("Empty scheduler message ignored.");
                 None
             }
+        }
+    }
+
+    /// Labels the Kubernetes Node after the inventory, if labelling is on and the labels
+    /// changed; a failure is logged and retried at the next discovery.
+    async fn label_node(&mut self) {
+        let Some(labeler) = self.labeler.as_mut() else {
+            return;
+        };
+        if let Err(e) = labeler.apply(&self.inventory).await {
+            warn!(error = %e, "Could not label the Kubernetes Node; trying again later.");
         }
     }
 

@@ -3,5 +3,6 @@
 
 mod gpu;
 mod inventory;
+mod node_labels;
 mod session;
 mod support;

@@ -210,6 +210,7 @@ impl Cluster {
                 backoff_max: Duration::from_secs(2),
                 rediscover_every: Duration::from_secs(60),
                 default_grace: Duration::from_secs(2),
+                kube_api: None,
             };
             let probe = Arc::new(FixtureProbe::new(recorded, i as u64 + 1));
             let agent = Agent::new(cfg, probe)

@@ -115,6 +115,7 @@ impl Cluster {
             backoff_max: Duration::from_secs(1),
             rediscover_every: Duration::from_secs(60),
             default_grace: Duration::from_secs(1),
+            kube_api: None,
         };
         let agent = Agent::new(cfg, Arc::new(FixtureProbe::new(recorded, 7))).expect("agent");
         let (agent_stop, stopped) = oneshot::channel::<()>();
