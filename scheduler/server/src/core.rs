@@ -1982,6 +1982,12 @@ impl Core {
             }
         }
         for id in lost {
+            if self.pod_of(&id).is_some() {
+                // Kubernetes decides what becomes of the pod; its GPUs are held again when
+                // the node returns, and freed when the reconciler sees the pod gone.
+                debug!(job = %id, "A pod's node is away; its job waits for it.");
+                continue;
+            }
             if let Err(e) = self.requeue(&id, "node_lost", "its node left the cluster") {
                 warn!(job = %id, error = %e, "Could not requeue.");
             }
@@ -2370,10 +2376,11 @@ impl Core {
         let mut on_node: Vec<JobId> = self
             .jobs
             .iter()
+            // Pods are evicted by `kubectl drain`; their GPUs are freed when they are gone.
             .filter(|(_, j)| {
                 j.placement
                     .as_ref()
-                    .is_some_and(|p| p.nodes().any(|c| c == node))
+                    .is_some_and(|p| p.pod.is_none() && p.nodes().any(|c| c == node))
             })
             .map(|(id, _)| id.clone())
             .collect();

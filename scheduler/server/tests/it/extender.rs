@@ -605,3 +605,54 @@ async fn a_preempt_request_with_lower_case_names_is_understood() {
     );
     site.close().await;
 }
+
+#[tokio::test]
+async fn a_pod_keeps_its_gpus_while_its_node_is_away() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = ServerConfig {
+        heartbeat_timeout_ms: 500,
+        ..with_kube(dir.path(), Some(&kube))
+    };
+    let server = start(settings).await.expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("n1", 8)]).await;
+    let running = pod("running", "uid-run", "8", json!({}));
+    kube.add(running.clone());
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&running, "n1")).await;
+    assert_eq!(out["Error"], "", "{out}");
+
+    // The agent falls silent and its node is lost; the pod is Kubernetes' to move.
+    leave(agents);
+    let next = pod("next", "uid-next", "8", json!({}));
+    let failure = |out: &Value| out["FailedNodes"]["n1"].as_str().unwrap_or("").to_string();
+    let mut why = String::new();
+    for _ in 0..100 {
+        let (_, out) = post(&server, "/extender/filter", &args(&next, &["n1"])).await;
+        why = failure(&out);
+        if why.contains("lost") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(why.contains("lost"), "{why}");
+
+    // Back, the node's GPUs are the pod's again: nothing else may take them.
+    let agents = join(&ch, &[("n1", 8)]).await;
+    for _ in 0..100 {
+        let (_, out) = post(&server, "/extender/filter", &args(&next, &["n1"])).await;
+        why = failure(&out);
+        if !why.contains("lost") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(why.contains("fewer than 8 free GPUs"), "{why}");
+    let mut jobs = JobServiceClient::new(ch.clone());
+    assert_eq!(
+        pod_jobs(&mut jobs).await[0].state,
+        pb::JobState::Running as i32
+    );
+    leave(agents);
+    server.shutdown().await;
+}
