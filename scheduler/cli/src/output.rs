@@ -401,6 +401,9 @@ pub fn describe_text(d: &DescribeView, now_ms: i64) -> String {
                     format_time(p.placed_unix_ms)
                 ),
             );
+            if let Some(pod) = &p.kubernetes_pod {
+                field("Pod", format!("{pod}, run by kubelet"));
+            }
             out.push_str(&placement_lines(p, "  "));
         }
         None => field("Placement", "none".to_string()),

@@ -143,6 +143,9 @@ pub struct PlacementView {
     pub placed_unix_ms: i64,
     pub replicas: Vec<ReplicaView>,
     pub score: Vec<ScoreView>,
+    /// `namespace/name (uid)` of the Kubernetes pod the GPUs are held for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_pod: Option<String>,
 }
 
 impl From<pb::Placement> for PlacementView {
@@ -171,6 +174,9 @@ impl From<pb::Placement> for PlacementView {
                 })
                 .collect(),
             score: p.score.into_iter().map(ScoreView::from).collect(),
+            kubernetes_pod: p
+                .kubernetes_pod
+                .map(|k| format!("{}/{} (uid {})", k.namespace, k.name, k.uid)),
         }
     }
 }

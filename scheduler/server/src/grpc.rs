@@ -146,6 +146,11 @@ pub fn placement_to_wire(p: &StoredPlacement) -> pb::Placement {
         score: p.score.iter().map(score_to_wire).collect(),
         policy: p.policy.clone(),
         placed_unix_ms: p.placed_ms,
+        kubernetes_pod: p.pod.as_ref().map(|pod| pb::KubernetesPod {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+        }),
     }
 }
 

@@ -98,6 +98,7 @@ fn running_training_job() -> pb::Job {
             score: vec![],
             policy: "fgd".into(),
             placed_unix_ms: T0 - 250_000,
+            kubernetes_pod: None,
         }),
         last_reason: "every replica is running".into(),
     }
@@ -331,6 +332,31 @@ fn describe_placed_job_snapshot() {
         explanation,
     };
     insta::assert_snapshot!(describe_text(&view, T0));
+}
+
+#[test]
+fn describe_names_the_pod_a_placement_holds_gpus_for() {
+    let mut wire = running_training_job();
+    if let Some(p) = wire.placement.as_mut() {
+        p.policy = "kubernetes".into();
+        p.kubernetes_pod = Some(pb::KubernetesPod {
+            namespace: "ml".into(),
+            name: "train-a".into(),
+            uid: "uid-a".into(),
+        });
+    }
+    let job = JobView::from_wire(wire).expect("valid");
+    let view = DescribeView {
+        job,
+        events: events(),
+        explanation: ExplainView::from(pb::ExplainJobResponse::default()),
+    };
+    let text = describe_text(&view, T0);
+    assert!(
+        text.lines()
+            .any(|l| l == "Pod:          ml/train-a (uid uid-a), run by kubelet"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -282,6 +282,16 @@ async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, job_id);
     assert_eq!(listed[0].state, pb::JobState::Running as i32);
+    let placement = listed[0].placement.clone().expect("placement");
+    assert_eq!(placement.policy, "kubernetes");
+    assert_eq!(
+        placement.kubernetes_pod,
+        Some(pb::KubernetesPod {
+            namespace: "ml".into(),
+            name: "train-a".into(),
+            uid: "uid-a".into(),
+        })
+    );
     let five = pod("train-c", "uid-c", "5", json!({}));
     let (_, out) = site.post("/extender/filter", &args(&five, &["big"])).await;
     assert_eq!(out["NodeNames"], json!([]), "{out}");
