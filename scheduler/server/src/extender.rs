@@ -365,6 +365,9 @@ pub fn pod_job(
     job.resources.cpu_milli = cpu_milli;
     job.resources.memory_mib = memory_mib;
     job.tenant = note("tenant").map_or(namespace, str::to_string);
+    // Suanli cannot stop a pod (Kubernetes evicts it), so a pod is never a victim and, like
+    // any non-preemptible job, stays within its tenant's guarantee.
+    job.preemptible = false;
     if let Some(queue) = note("queue") {
         job.queue = queue.to_string();
     }

@@ -666,3 +666,55 @@ async fn a_pod_keeps_its_gpus_while_its_node_is_away() {
     leave(agents);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pods_namespace_is_a_tenant_held_to_its_quota() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = with_kube(dir.path(), Some(&kube));
+    settings.quotas = std::collections::BTreeMap::from([(
+        "ml".to_string(),
+        std::collections::BTreeMap::from([(
+            "H100".to_string(),
+            suanli_scheduler::config::QuotaGpus {
+                guaranteed: 6,
+                max: Some(8),
+            },
+        )]),
+    )]);
+    let server = start(settings).await.expect("starts");
+    let ch = channel(&server).await;
+    let agents = join(&ch, &[("n1", 8)]).await;
+
+    let four = pod("four", "uid-4", "4", json!({}));
+    kube.add(four.clone());
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&four, "n1")).await;
+    assert_eq!(out["Error"], "", "{out}");
+    // 4 of the 6 guaranteed are used. Suanli cannot stop a pod, so a pod may not borrow
+    // beyond the guarantee: a 4-GPU pod fits the node but not the quota.
+    let more = pod("more", "uid-m", "4", json!({}));
+    let (_, out) = post(&server, "/extender/filter", &args(&more, &["n1"])).await;
+    let why = out["FailedNodes"]["n1"].as_str().expect("a reason");
+    assert!(
+        why.contains("tenant ml") && why.contains("may not borrow"),
+        "{why}"
+    );
+    let two = pod("two", "uid-2", "2", json!({}));
+    let (_, out) = post(&server, "/extender/filter", &args(&two, &["n1"])).await;
+    assert_eq!(out["NodeNames"], json!(["n1"]), "{out}");
+    // Another tenant, named by annotation, is not held by ml's quota.
+    let other = pod("other", "uid-o", "4", json!({"suanli.io/tenant": "prod"}));
+    let (_, out) = post(&server, "/extender/filter", &args(&other, &["n1"])).await;
+    assert_eq!(out["NodeNames"], json!(["n1"]), "{out}");
+
+    // A pod that asks for no GPU is bound as it is, holding nothing in Suanli.
+    let cpu = pod("cpu", "uid-c", "0", json!({}));
+    kube.add(cpu.clone());
+    let (_, out) = post(&server, "/extender/bind", &bind_args(&cpu, "n1")).await;
+    assert_eq!(out["Error"], "", "{out}");
+    assert_eq!(kube.bindings().len(), 2);
+    let mut jobs = JobServiceClient::new(ch.clone());
+    assert_eq!(pod_jobs(&mut jobs).await.len(), 1);
+    leave(agents);
+    server.shutdown().await;
+}
