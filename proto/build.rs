@@ -34,5 +34,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Ordered maps, so labels and env encode (and print) the same way every time.
         .btree_map(".")
         .compile_fds(descriptors)?;
+
+    // kubelet's pod-resources API, which the agent reads to learn which GPUs kubelet gave
+    // to pods. Its package is `v1`, so it is generated as `v1.rs`.
+    let kubelet = root.join("kubelet").join("podresources").join("v1").join("api.proto");
+    println!("cargo:rerun-if-changed={}", kubelet.display());
+    let kubelet_fds = protox::compile([&kubelet], [root.join("kubelet").join("podresources")])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(kubelet_fds)?;
     Ok(())
 }

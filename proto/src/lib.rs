@@ -39,6 +39,24 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/suanli.v1.rs"));
 }
 
+mod kubelet_generated {
+    #![allow(
+        missing_docs,
+        missing_debug_implementations,
+        unreachable_pub,
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used
+    )]
+    include!(concat!(env!("OUT_DIR"), "/v1.rs"));
+}
+
+/// kubelet's pod-resources API (`v1.PodResourcesLister`): which devices kubelet gave to
+/// which pods. The agent is its client; tests serve it.
+pub mod podresources {
+    pub use crate::kubelet_generated::*;
+}
+
 /// Generated messages, enums, clients (`*_client`) and servers (`*_server`) of `suanli.v1`.
 pub mod pb {
     pub use crate::generated::*;

@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 mod pods;
 
-pub use pods::{BoundPod, NodeVerdict, PodJobView};
+pub use pods::{BoundPod, NodeVerdict, PodGpus, PodJobView};
 
 use crate::auth::Identity;
 use crate::placement::{GrantRecord, PodRef, ReplicaSlot, ScoreItem, StoredPlacement};
@@ -286,6 +286,11 @@ pub enum Command {
     },
     PodJobs {
         reply: Reply<Vec<PodJobView>>,
+    },
+    /// What kubelet gave the pods on an agent's node.
+    PodDevices {
+        node: Cid,
+        pods: Vec<PodGpus>,
     },
     Shutdown,
 }
@@ -921,6 +926,7 @@ impl Core {
             Command::PodJobs { reply } => {
                 let _ = reply.send(Ok(self.pod_jobs()));
             }
+            Command::PodDevices { node, pods } => self.correct_pod_gpus(&node, &pods),
             Command::Shutdown => {}
         }
     }

@@ -121,6 +121,11 @@ pub fn job_to_wire(record: &JobRecord) -> pb::Job {
     }
 }
 
+/// Most pods one agent may report GPUs for (kubelet's own default is 110 pods per node).
+const MAX_PODS_PER_NODE: usize = 1024;
+/// Most GPUs one pod may be reported holding.
+const MAX_GPUS_PER_POD: usize = 64;
+
 pub fn placement_to_wire(p: &StoredPlacement) -> pb::Placement {
     pb::Placement {
         replicas: p
@@ -913,6 +918,22 @@ impl pb::agent_service_server::AgentService for Services {
                                 warn!(node = %node, error = %e, "Rejected an inventory update.")
                             }
                         }
+                    }
+                    Msg::PodDevices(d) => {
+                        // Bounded, so a hostile agent cannot make the core hold much.
+                        let pods = d
+                            .pods
+                            .into_iter()
+                            .take(MAX_PODS_PER_NODE)
+                            .map(|p| {
+                                let ids = p.gpu_uuids.into_iter().take(MAX_GPUS_PER_POD).collect();
+                                (p.namespace, p.name, ids)
+                            })
+                            .collect();
+                        core.send(Command::PodDevices {
+                            node: node.clone(),
+                            pods,
+                        });
                     }
                     Msg::Started(s) => match parse_job_id(&s.job_id) {
                         Ok(job_id) => core.send(Command::WorkStarted {

@@ -6,7 +6,9 @@
 //! Suanli jobs never share a GPU by accident. kubelet runs the pod; the job ends when the
 //! Kubernetes reconciler sees the pod gone or finished.
 
-use suanli_engine::cluster::NodeId;
+use std::collections::{BTreeMap, BTreeSet};
+
+use suanli_engine::cluster::{Claim, GpuGrant, NodeId};
 use suanli_engine::explain::{Reason, Unplaceable};
 use suanli_engine::gang::GangRequest;
 use suanli_engine::job::JobId;
@@ -408,5 +410,181 @@ impl Core {
             out.push((name.clone(), verdict));
         }
         Ok(out)
+    }
+}
+
+/// One pod's GPUs as kubelet reports them: namespace, name, device ids (GPU UUIDs).
+pub type PodGpus = (String, String, Vec<String>);
+
+impl Core {
+    /// Makes pods' placements on `node` what kubelet actually gave them. A pod asking for
+    /// whole GPUs gets its devices from the device plugin, which may pick other GPUs than
+    /// the bind chose; what kubelet reports wins, as what agents report running wins for
+    /// Suanli's own jobs. Suanli jobs placed on GPUs a pod really holds go back to the queue.
+    pub(super) fn correct_pod_gpus(&mut self, node: &Cid, seen: &[PodGpus]) {
+        self.ensure_cluster();
+        let Some(&node_id) = self.node_ids.get(node) else {
+            return;
+        };
+        let gpus_here: Vec<(String, u64)> = self.cluster.nodes()[node_id.index()]
+            .gpus()
+            .iter()
+            .map(|g| (g.uuid.clone(), g.memory_mib))
+            .collect();
+        let mut fixes: Vec<(JobId, Vec<u32>)> = Vec::new();
+        for view in self.pod_jobs().into_iter().filter(|v| &v.node == node) {
+            let Some((_, _, given)) = seen
+                .iter()
+                .find(|(ns, name, _)| *ns == view.pod.namespace && *name == view.pod.name)
+            else {
+                continue;
+            };
+            let Some(slot) = self
+                .jobs
+                .get(&view.job_id)
+                .and_then(|j| j.placement.as_ref())
+                .and_then(|p| p.replicas.first())
+            else {
+                continue;
+            };
+            // Shares and MIG slices follow the annotation; only whole GPUs come from the
+            // device plugin.
+            if given.is_empty() || !slot.gpus.iter().all(|g| g.exclusive && g.mig.is_none()) {
+                continue;
+            }
+            let held: BTreeSet<&str> = slot.gpus.iter().map(|g| g.uuid.as_str()).collect();
+            let got: BTreeSet<&str> = given.iter().map(String::as_str).collect();
+            if held == got {
+                continue;
+            }
+            let positions: Option<Vec<u32>> = got
+                .iter()
+                .map(|u| gpus_here.iter().position(|(g, _)| g == u).map(|p| p as u32))
+                .collect();
+            match positions {
+                Some(p) => fixes.push((view.job_id, p)),
+                None => {
+                    warn!(pod = %view.pod, devices = ?given, "kubelet reports devices this node's inventory does not have; left as placed.")
+                }
+            }
+        }
+        if fixes.is_empty() {
+            return;
+        }
+        // Every corrected pod lets go first, so pods that swapped GPUs do not collide.
+        for (id, _) in &fixes {
+            self.release_resources(id);
+        }
+        let mut taken: BTreeMap<u32, &PodRef> = BTreeMap::new();
+        let pods: Vec<(JobId, PodRef)> = fixes
+            .iter()
+            .filter_map(|(id, _)| self.pod_of(id).cloned().map(|p| (id.clone(), p)))
+            .collect();
+        for ((_, positions), (_, pod)) in fixes.iter().zip(&pods) {
+            for p in positions {
+                taken.insert(*p, pod);
+            }
+        }
+        let displaced: Vec<(JobId, String)> = self
+            .jobs
+            .iter()
+            .filter(|(id, _)| !fixes.iter().any(|(f, _)| f == *id))
+            .filter_map(|(id, job)| {
+                // Another pod is not moved here: kubelet's next report corrects it too.
+                let slot = job
+                    .placement
+                    .as_ref()
+                    .filter(|p| p.pod.is_none())?
+                    .replicas
+                    .iter()
+                    .find(|s| &s.node == node)?;
+                let grant = slot.gpus.iter().find(|g| taken.contains_key(&g.gpu))?;
+                Some((
+                    id.clone(),
+                    format!(
+                        "kubelet gave GPU {} on {node} to pod {}",
+                        grant.uuid, taken[&grant.gpu]
+                    ),
+                ))
+            })
+            .collect();
+        for (id, message) in displaced {
+            warn!(job = %id, "{message}; the job goes back to the queue.");
+            if let Err(e) = self.requeue(&id, "gpu_taken", &message) {
+                warn!(job = %id, error = %e, "Could not requeue.");
+            }
+        }
+        for (id, positions) in fixes {
+            self.hold_given_gpus(&id, node_id, &positions, &gpus_here);
+        }
+        self.capacity_changed = true;
+    }
+
+    /// Holds `positions` (whole GPUs) for a pod's job instead of what it held, and stores
+    /// the new placement. If they cannot be held, the old placement is held again.
+    fn hold_given_gpus(
+        &mut self,
+        id: &JobId,
+        node: NodeId,
+        positions: &[u32],
+        gpus_here: &[(String, u64)],
+    ) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        let Some(slot) = job.placement.as_ref().and_then(|p| p.replicas.first()) else {
+            return;
+        };
+        let claim = Claim {
+            node,
+            cpu_milli: slot.cpu_milli,
+            memory_mib: slot.memory_mib,
+            gpus: positions
+                .iter()
+                .map(|&p| GpuGrant {
+                    gpu: p,
+                    milli: 1000,
+                    memory_mib: gpus_here[p as usize].1,
+                    exclusive: true,
+                    mig: None,
+                })
+                .collect(),
+            affinity: Request::from_job(&job.spec).ok().and_then(|r| r.affinity()),
+        };
+        let allocation = match self.cluster.allocate(&claim) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(job = %id, error = %e, "Could not hold the GPUs kubelet gave the pod; keeping the old placement.");
+                if let Err(e) = self.reclaim_resources(id) {
+                    warn!(job = %id, error = %e, "The pod's old GPUs are gone too.");
+                }
+                return;
+            }
+        };
+        self.index.refresh(&self.cluster, &self.links, node);
+        let charges = self.cluster.gpu_milli_by_model([&claim]);
+        let mut slot = self.slot_for(0, &claim, Vec::new());
+        slot.started = true;
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let Some(placement) = job.placement.as_mut() else {
+            return;
+        };
+        let before: Vec<String> = placement.replicas[0]
+            .gpus
+            .iter()
+            .map(|g| g.uuid.clone())
+            .collect();
+        placement.replicas[0] = slot;
+        let stored = placement.clone();
+        job.allocations = vec![allocation];
+        job.charges = charges.clone();
+        let (tenant, queue) = (job.spec.tenant.clone(), job.spec.queue.clone());
+        self.usage.add_in_queue(&tenant, &queue, &charges);
+        if let Err(e) = self.store.set_placement(id, &stored) {
+            warn!(job = %id, error = %e, "Could not store the corrected placement.");
+        }
+        info!(job = %id, was = ?before, now = ?stored.replicas[0].gpus.iter().map(|g| &g.uuid).collect::<Vec<_>>(), "Pod's GPUs corrected to what kubelet gave it.");
     }
 }

@@ -718,3 +718,92 @@ async fn a_pods_namespace_is_a_tenant_held_to_its_quota() {
     leave(agents);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_gpus_kubelet_gave_a_pod_win_over_the_ones_bind_chose() {
+    let mut site = Site::open(&[("n1", 8)], true).await;
+    let four = pod("four", "uid-4", "4", json!({}));
+    site.kube.add(four.clone());
+    let (_, out) = site.post("/extender/bind", &bind_args(&four, "n1")).await;
+    assert_eq!(out["Error"], "", "{out}");
+    let chosen: Vec<String> = site
+        .kube
+        .pod("ml", "four")
+        .expect("pod")
+        .metadata
+        .annotations
+        .expect("annotations")["suanli.io/gpu-uuids"]
+        .split(',')
+        .map(str::to_string)
+        .collect();
+
+    // A Suanli job takes the other four GPUs and runs.
+    let mut jobs = site.jobs();
+    let id = crate::submit(
+        &mut jobs,
+        crate::RESEARCH,
+        crate::job("train", "research", 4),
+        "r-1",
+    )
+    .await
+    .id;
+    let agent = &mut site.agents[0].0;
+    let assigned = agent.next_assignment().await;
+    assert_eq!(assigned.job_id, id);
+    assert!(assigned.gpu_uuids.iter().all(|u| !chosen.contains(u)));
+    agent
+        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
+            job_id: id.clone(),
+            replica: 0,
+            pid: 7,
+            started_unix_ms: 0,
+            attempt: 1,
+        }))
+        .await;
+    crate::wait_state(&mut jobs, &id, pb::JobState::Running).await;
+
+    // The device plugin gave the pod the job's GPUs instead: kubelet's word wins. The job
+    // is stopped and placed again, on the GPUs the pod does not use.
+    agent
+        .send(pb::agent_message::Msg::PodDevices(pb::PodDevices {
+            pods: vec![pb::PodGpus {
+                namespace: "ml".into(),
+                name: "four".into(),
+                gpu_uuids: assigned.gpu_uuids.clone(),
+            }],
+        }))
+        .await;
+    let cancel = tokio::time::timeout(Duration::from_secs(15), agent.next_cancel())
+        .await
+        .expect("the displaced job is stopped within 15 s");
+    assert_eq!(cancel.job_id, id);
+    let again = agent.next_assignment().await;
+    assert_eq!(again.job_id, id);
+    let mut now: Vec<String> = again.gpu_uuids.clone();
+    now.sort();
+    let mut expected = chosen.clone();
+    expected.sort();
+    assert_eq!(now, expected);
+    let events = crate::history(&mut jobs, &id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("kubelet gave GPU")),
+        "{events:?}"
+    );
+    let held: Vec<String> = pod_jobs(&mut jobs).await[0]
+        .placement
+        .clone()
+        .expect("placement")
+        .replicas[0]
+        .gpus
+        .iter()
+        .map(|g| g.uuid.clone())
+        .collect();
+    let mut held_sorted = held.clone();
+    held_sorted.sort();
+    let mut given = assigned.gpu_uuids.clone();
+    given.sort();
+    assert_eq!(held_sorted, given);
+    site.close().await;
+}
