@@ -37,7 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // kubelet's pod-resources API, which the agent reads to learn which GPUs kubelet gave
     // to pods. Its package is `v1`, so it is generated as `v1.rs`.
-    let kubelet = root.join("kubelet").join("podresources").join("v1").join("api.proto");
+    let kubelet = root
+        .join("kubelet")
+        .join("podresources")
+        .join("v1")
+        .join("api.proto");
     println!("cargo:rerun-if-changed={}", kubelet.display());
     let kubelet_fds = protox::compile([&kubelet], [root.join("kubelet").join("podresources")])?;
     tonic_prost_build::configure()

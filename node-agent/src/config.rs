@@ -92,6 +92,13 @@ pub struct AgentConfig {
     /// Where to label this machine's Kubernetes Node (named like the node): `in-cluster`,
     /// a URL, or `None` to leave Kubernetes alone.
     pub kube_api: Option<String>,
+    /// kubelet's pod-resources socket: when set, the agent reports which GPUs kubelet gave
+    /// to pods, so the scheduler holds those and not the ones it guessed.
+    pub kubelet_socket: Option<PathBuf>,
+    /// The extended resource whose devices are GPUs (`nvidia.com/gpu`).
+    pub gpu_resource: String,
+    /// How often kubelet is asked.
+    pub pod_devices_every: Duration,
 }
 
 fn required(src: &dyn ConfigSource, key: &'static str) -> Result<String, ConfigError> {
@@ -107,6 +114,8 @@ fn flag_name(key: &'static str) -> &'static str {
         "data_dir" => "data-dir",
         "sysfs_root" => "sysfs-root",
         "kube_api" => "kube-api",
+        "kubelet_socket" => "kubelet-socket",
+        "gpu_resource" => "gpu-resource",
         other => other,
     }
 }
@@ -190,6 +199,11 @@ impl AgentConfig {
             rediscover_every: ms("rediscover_ms", 60_000)?,
             default_grace: ms("grace_ms", 10_000)?,
             kube_api,
+            kubelet_socket: src.get("kubelet_socket").map(PathBuf::from),
+            gpu_resource: src
+                .get("gpu_resource")
+                .unwrap_or_else(|| "nvidia.com/gpu".into()),
+            pod_devices_every: ms("pod_devices_ms", 10_000)?,
         })
     }
 }

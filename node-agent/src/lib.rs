@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod kubelet;
 pub mod node_labels;
 pub mod output;
 pub mod session;

@@ -68,6 +68,14 @@ enum Command {
         /// (the pod's service account) or the API's URL. Off when absent.
         #[arg(long)]
         kube_api: Option<String>,
+        /// kubelet's pod-resources socket (usually
+        /// /var/lib/kubelet/pod-resources/kubelet.sock): report which GPUs kubelet gave to
+        /// pods, so the scheduler holds exactly those. Off when absent.
+        #[arg(long)]
+        kubelet_socket: Option<PathBuf>,
+        /// The extended resource whose devices are GPUs, for --kubelet-socket.
+        #[arg(long)]
+        gpu_resource: Option<String>,
     },
 }
 
@@ -110,6 +118,8 @@ fn main() -> ExitCode {
             fixture,
             sysfs_root,
             kube_api,
+            kubelet_socket,
+            gpu_resource,
         } => {
             let mut flags = MapConfig::default();
             let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
@@ -124,6 +134,8 @@ fn main() -> ExitCode {
                 ("fixture", path(fixture)),
                 ("sysfs_root", path(sysfs_root)),
                 ("kube_api", kube_api),
+                ("kubelet_socket", path(kubelet_socket)),
+                ("gpu_resource", gpu_resource),
             ] {
                 if let Some(v) = value {
                     flags = flags.with(key, v);

@@ -63,7 +63,7 @@ enum SessionError {
 }
 
 /// An error and its causes, `a: b: c` (tonic's transport errors say little on their own).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -289,6 +289,9 @@ impl Agent {
         let mut telemetry = ticker(registered.telemetry_interval_ms, DEFAULT_TELEMETRY);
         let mut rediscover = interval(self.cfg.rediscover_every.max(Duration::from_millis(10)));
         rediscover.reset();
+        let mut pod_devices = interval(self.cfg.pod_devices_every.max(Duration::from_millis(10)));
+        // A new session starts from nothing: the first report goes out whatever it says.
+        let mut reported_pods: Option<Vec<pb::PodGpus>> = None;
         let mut seq = 0u64;
 
         enum Step {
@@ -296,6 +299,7 @@ impl Agent {
             Heartbeat,
             Telemetry,
             Rediscover,
+            PodDevices,
             Work(Option<WorkEvent>),
             Inbound(Result<Option<pb::SchedulerMessage>, Status>),
         }
@@ -305,6 +309,7 @@ impl Agent {
                 _ = heartbeat.tick() => Step::Heartbeat,
                 _ = telemetry.tick() => Step::Telemetry,
                 _ = rediscover.tick() => Step::Rediscover,
+                _ = pod_devices.tick(), if self.cfg.kubelet_socket.is_some() => Step::PodDevices,
                 ev = self.events.recv() => Step::Work(ev),
                 msg = inbound.message() => Step::Inbound(msg),
             };
@@ -328,6 +333,15 @@ impl Agent {
                     self.label_node().await;
                     if let Some(update) = update {
                         send(&tx, agent_msg(pb::agent_message::Msg::Inventory(update))).await?;
+                    }
+                }
+                Step::PodDevices => {
+                    if let Some(pods) = self.pod_devices().await
+                        && reported_pods.as_ref() != Some(&pods)
+                    {
+                        let report = pb::PodDevices { pods: pods.clone() };
+                        send(&tx, agent_msg(pb::agent_message::Msg::PodDevices(report))).await?;
+                        reported_pods = Some(pods);
                     }
                 }
                 Step::Work(Some(event)) => {
@@ -405,6 +419,19 @@ impl Agent {
         };
         if let Err(e) = labeler.apply(&self.inventory).await {
             warn!(error = %e, "Could not label the Kubernetes Node; trying again later.");
+        }
+    }
+
+    /// The GPUs kubelet gave to this node's pods; `None` when kubelet cannot be asked (the
+    /// next tick tries again).
+    async fn pod_devices(&self) -> Option<Vec<pb::PodGpus>> {
+        let socket = self.cfg.kubelet_socket.as_ref()?;
+        match crate::kubelet::pod_gpus(socket, &self.cfg.gpu_resource).await {
+            Ok(pods) => Some(pods),
+            Err(e) => {
+                warn!(error = %e, "Could not read which GPUs kubelet gave to pods.");
+                None
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod gpu;
 mod inventory;
+mod kubelet;
 mod node_labels;
 mod session;
 mod support;

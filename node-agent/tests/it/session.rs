@@ -603,3 +603,54 @@ async fn an_inventory_change_is_sent_with_a_bumped_generation() {
     let _ = agent.await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpus_kubelet_gave_pods_are_reported_when_they_change() {
+    use crate::kubelet::{FakeKubelet, pod};
+    let server = Server::start(localhost(), 1).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let kubelet = FakeKubelet::default();
+    let socket = kubelet.serve(data.path());
+    kubelet.set(vec![pod(
+        "ml",
+        "train",
+        &[&[("nvidia.com/gpu", &["GPU-1"])]],
+    )]);
+    let socket_text = socket.display().to_string();
+    let (stop, agent) = start_agent_with(
+        &server.url(),
+        &data.path().join("agent"),
+        &fixtures_dir().join("hgx-h100"),
+        &[("kubelet_socket", &socket_text), ("pod_devices_ms", "50")],
+    );
+    let reports = |msgs: &[(String, Up)]| -> Vec<pb::PodDevices> {
+        msgs.iter()
+            .filter_map(|(_, m)| match m {
+                Up::PodDevices(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = server
+        .wait_for("a pod-device report", |msgs| reports(msgs).first().cloned())
+        .await;
+    assert_eq!(first.pods.len(), 1);
+    assert_eq!(first.pods[0].gpu_uuids, ["GPU-1"]);
+
+    // Unchanged answers are not sent again; a change is.
+    kubelet.set(vec![
+        pod("ml", "train", &[&[("nvidia.com/gpu", &["GPU-1"])]]),
+        pod("ml", "serve", &[&[("nvidia.com/gpu", &["GPU-2"])]]),
+    ]);
+    let second = server
+        .wait_for("a second report", |msgs| reports(msgs).get(1).cloned())
+        .await;
+    let names: Vec<&str> = second.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["serve", "train"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reports(&server.messages()).len(), 2);
+
+    let _ = stop.send(());
+    let _ = agent.await;
+    server.stop().await;
+}

@@ -211,6 +211,9 @@ impl Cluster {
                 rediscover_every: Duration::from_secs(60),
                 default_grace: Duration::from_secs(2),
                 kube_api: None,
+                kubelet_socket: None,
+                gpu_resource: "nvidia.com/gpu".into(),
+                pod_devices_every: Duration::from_secs(10),
             };
             let probe = Arc::new(FixtureProbe::new(recorded, i as u64 + 1));
             let agent = Agent::new(cfg, probe)

@@ -116,6 +116,9 @@ impl Cluster {
             rediscover_every: Duration::from_secs(60),
             default_grace: Duration::from_secs(1),
             kube_api: None,
+            kubelet_socket: None,
+            gpu_resource: "nvidia.com/gpu".into(),
+            pod_devices_every: Duration::from_secs(10),
         };
         let agent = Agent::new(cfg, Arc::new(FixtureProbe::new(recorded, 7))).expect("agent");
         let (agent_stop, stopped) = oneshot::channel::<()>();
