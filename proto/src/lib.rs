@@ -36,30 +36,23 @@ mod generated {
         clippy::pedantic,
         clippy::unwrap_used
     )]
-    include!(concat!(env!("OUT_DIR"), "/suanli.v1.rs"));
-}
-
-mod kubelet_generated {
-    #![allow(
-        missing_docs,
-        missing_debug_implementations,
-        unreachable_pub,
-        clippy::all,
-        clippy::pedantic,
-        clippy::unwrap_used
-    )]
-    include!(concat!(env!("OUT_DIR"), "/v1.rs"));
+    pub mod suanli {
+        include!(concat!(env!("OUT_DIR"), "/suanli.v1.rs"));
+    }
+    pub mod podresources {
+        include!(concat!(env!("OUT_DIR"), "/v1.rs"));
+    }
 }
 
 /// kubelet's pod-resources API (`v1.PodResourcesLister`): which devices kubelet gave to
 /// which pods. The agent is its client; tests serve it.
 pub mod podresources {
-    pub use crate::kubelet_generated::*;
+    pub use crate::generated::podresources::*;
 }
 
 /// Generated messages, enums, clients (`*_client`) and servers (`*_server`) of `suanli.v1`.
 pub mod pb {
-    pub use crate::generated::*;
+    pub use crate::generated::suanli::*;
 }
 
 /// The encoded `FileDescriptorSet` of every `suanli.v1` file, for gRPC reflection.
