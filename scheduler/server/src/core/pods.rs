@@ -4,7 +4,8 @@
 //! (prioritize), and finally tells the scheduler to bind it to one. Binding makes a job of
 //! the pod, holding its GPUs in the same cluster model as every other job, so pods and
 //! Suanli jobs never share a GPU by accident. kubelet runs the pod; the job ends when the
-//! Kubernetes reconciler sees the pod gone or finished.
+//! Kubernetes reconciler sees the pod gone or finished. Where the device plugin gave the pod
+//! other whole GPUs than bind chose, the agents' kubelet reports correct the placement.
 
 use std::collections::{BTreeMap, BTreeSet};
 
