@@ -253,7 +253,7 @@ pub async fn list_jobs(
         Some(KindArg::Inference) => pb::JobKind::Inference,
     };
     let mut items = Vec::new();
-    let mut token = String::new();
+    let mut pager = Pager::default();
     let (total, next) = loop {
         let reply = client
             .jobs
@@ -264,7 +264,7 @@ pub async fn list_jobs(
                 kind: kind as i32,
                 page: Some(pb::PageRequest {
                     page_size: args.limit,
-                    page_token: token.clone(),
+                    page_token: pager.token().to_string(),
                 }),
             }))
             .await
@@ -274,10 +274,9 @@ pub async fn list_jobs(
             items.push(JobView::from_wire(job)?);
         }
         let page = reply.page.unwrap_or_default();
-        if !args.all_pages || page.next_page_token.is_empty() {
+        if !args.all_pages || !pager.advance(page.next_page_token.clone())? {
             break (page.total_size, page.next_page_token);
         }
-        token = page.next_page_token;
     };
     let list = JobList {
         items,
@@ -300,6 +299,36 @@ pub async fn list_jobs(
     })
 }
 
+/// Walks a listing page by page. A server that hands back a token it gave before would make
+/// the walk endless; that is an error, not a silently cut list.
+#[derive(Debug, Default)]
+pub struct Pager {
+    token: String,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Pager {
+    /// The token for the next request (empty for the first).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Takes the token a reply ended with: `Ok(true)` to fetch the page it names,
+    /// `Ok(false)` when it was the last page.
+    pub fn advance(&mut self, next: String) -> Result<bool, CliError> {
+        if next.is_empty() {
+            return Ok(false);
+        }
+        if !self.seen.insert(next.clone()) {
+            return Err(CliError::Failed(format!(
+                "the scheduler sent page token {next:?} twice; stopping rather than loop"
+            )));
+        }
+        self.token = next;
+        Ok(true)
+    }
+}
+
 pub async fn fetch_job(client: &mut Client, id: &str) -> Result<JobView, CliError> {
     let job = client
         .jobs
@@ -319,7 +348,7 @@ pub async fn get_job(client: &mut Client, id: &str, format: Format) -> Result<()
 
 pub async fn fetch_nodes(client: &mut Client, prefix: &str) -> Result<Vec<NodeView>, CliError> {
     let mut nodes = Vec::new();
-    let mut token = String::new();
+    let mut pager = Pager::default();
     loop {
         let reply = client
             .cluster
@@ -327,7 +356,7 @@ pub async fn fetch_nodes(client: &mut Client, prefix: &str) -> Result<Vec<NodeVi
                 prefix: prefix.to_string(),
                 page: Some(pb::PageRequest {
                     page_size: 0,
-                    page_token: token.clone(),
+                    page_token: pager.token().to_string(),
                 }),
             }))
             .await
@@ -336,9 +365,8 @@ pub async fn fetch_nodes(client: &mut Client, prefix: &str) -> Result<Vec<NodeVi
         for node in reply.nodes {
             nodes.push(NodeView::from_wire(node)?);
         }
-        match reply.page {
-            Some(p) if !p.next_page_token.is_empty() => token = p.next_page_token,
-            _ => return Ok(nodes),
+        if !pager.advance(reply.page.map(|p| p.next_page_token).unwrap_or_default())? {
+            return Ok(nodes);
         }
     }
 }
@@ -556,7 +584,7 @@ pub async fn resolve(
     };
     // Every match, page by page: a resolve answers a question about the whole cluster.
     let mut all = pb::ResolveResponse::default();
-    let mut token = String::new();
+    let mut pager = Pager::default();
     loop {
         let reply = client
             .cluster
@@ -569,18 +597,16 @@ pub async fn resolve(
                 min_rdma_rate_gbps: args.min_rdma_gbps,
                 page: Some(pb::PageRequest {
                     page_size: 0,
-                    page_token: token.clone(),
+                    page_token: pager.token().to_string(),
                 }),
             }))
             .await
             .map_err(|s| client.fail(s))?
             .into_inner();
         all.nodes.extend(reply.nodes);
-        let next = reply.page.map(|p| p.next_page_token).unwrap_or_default();
-        if next.is_empty() || next == token {
+        if !pager.advance(reply.page.map(|p| p.next_page_token).unwrap_or_default())? {
             break;
         }
-        token = next;
     }
     let view = ResolveView::from(all);
     show(format, &view, || {
@@ -590,6 +616,23 @@ pub async fn resolve(
             output::resolve_table(&view, format == Format::Wide)
         }
     })
+}
+
+#[cfg(test)]
+mod pager_tests {
+    use super::Pager;
+
+    #[test]
+    fn a_pager_walks_to_the_end_and_refuses_a_loop() {
+        let mut pager = Pager::default();
+        assert_eq!(pager.token(), "");
+        assert!(pager.advance("p2".into()).expect("new token"));
+        assert_eq!(pager.token(), "p2");
+        assert!(pager.advance("p3".into()).expect("new token"));
+        let err = pager.advance("p2".into()).expect_err("seen before");
+        assert!(err.to_string().contains("\"p2\" twice"), "{err}");
+        assert!(!Pager::default().advance(String::new()).expect("last page"));
+    }
 }
 
 // ---- top -------------------------------------------------------------------------------------
