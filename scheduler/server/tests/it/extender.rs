@@ -751,15 +751,7 @@ async fn the_gpus_kubelet_gave_a_pod_win_over_the_ones_bind_chose() {
     let assigned = agent.next_assignment().await;
     assert_eq!(assigned.job_id, id);
     assert!(assigned.gpu_uuids.iter().all(|u| !chosen.contains(u)));
-    agent
-        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
-            job_id: id.clone(),
-            replica: 0,
-            pid: 7,
-            started_unix_ms: 0,
-            attempt: 1,
-        }))
-        .await;
+    agent.report_started(&assigned).await;
     crate::wait_state(&mut jobs, &id, pb::JobState::Running).await;
 
     // The device plugin gave the pod the job's GPUs instead: kubelet's word wins. The job

@@ -320,15 +320,7 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
     assert!(a.gpu_uuids[0].starts_with("GPU-n1-"));
     assert_eq!(a.attempt, 1);
 
-    agent
-        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
-            job_id: a.job_id.clone(),
-            replica: 0,
-            pid: 42,
-            started_unix_ms: 0,
-            attempt: 1,
-        }))
-        .await;
+    agent.report_started(&a).await;
     let running = wait_state(&mut jobs, &submitted.id, pb::JobState::Running).await;
     let placement = running.placement.expect("placement");
     assert_eq!(placement.replicas[0].node_cid, agent.cid);
@@ -683,15 +675,7 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
     }
     let a = agent.next_assignment().await;
     assert_eq!(a.job_id, ids[0]);
-    agent
-        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
-            job_id: a.job_id.clone(),
-            replica: 0,
-            pid: 7,
-            started_unix_ms: 0,
-            attempt: 1,
-        }))
-        .await;
+    agent.report_started(&a).await;
     wait_state(&mut jobs, &ids[0], pb::JobState::Running).await;
     server.shutdown().await;
     drop(agent);
@@ -1417,8 +1401,8 @@ async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
 }
 
 impl Agent {
-    /// Reports an assignment's replica as started and then as exited with `code`.
-    async fn run_to_exit(&self, a: &pb::Assignment, code: i32) {
+    /// Reports an assignment's replica as started.
+    async fn report_started(&self, a: &pb::Assignment) {
         self.send(pb::agent_message::Msg::Started(pb::WorkStarted {
             job_id: a.job_id.clone(),
             replica: a.replica,
@@ -1427,6 +1411,11 @@ impl Agent {
             attempt: a.attempt,
         }))
         .await;
+    }
+
+    /// Reports an assignment's replica as started and then as exited with `code`.
+    async fn run_to_exit(&self, a: &pb::Assignment, code: i32) {
+        self.report_started(a).await;
         self.send(pb::agent_message::Msg::Exited(pb::WorkExited {
             job_id: a.job_id.clone(),
             replica: a.replica,
@@ -1529,15 +1518,7 @@ async fn a_job_past_its_time_limit_is_stopped() {
     spec.time_limit_s = Some(1);
     let bounded = submit(&mut jobs, RESEARCH, spec.into(), "b").await;
     let assigned = agent.next_assignment().await;
-    agent
-        .send(pb::agent_message::Msg::Started(pb::WorkStarted {
-            job_id: assigned.job_id.clone(),
-            replica: 0,
-            pid: 42,
-            started_unix_ms: 0,
-            attempt: 1,
-        }))
-        .await;
+    agent.report_started(&assigned).await;
     let cancel = agent.next_cancel().await;
     assert_eq!(cancel.job_id, bounded.id);
     let failed = wait_state(&mut jobs, &bounded.id, pb::JobState::Failed).await;
