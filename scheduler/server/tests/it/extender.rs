@@ -107,7 +107,8 @@ fn leave(agents: Vec<(Agent, JoinHandle<()>)>) {
 struct Site {
     kube: FakeKube,
     dir: tempfile::TempDir,
-    api: bool,
+    /// What the scheduler was started with; a restart uses it again.
+    settings: ServerConfig,
     server: RunningServer,
     ch: tonic::transport::Channel,
     agents: Vec<(Agent, JoinHandle<()>)>,
@@ -116,17 +117,35 @@ struct Site {
 impl Site {
     /// `api`: whether the scheduler is told where the Kubernetes API is.
     async fn open(nodes: &[(&str, u32)], api: bool) -> Site {
+        Site::open_with(nodes, api, |_| {}).await
+    }
+
+    /// [`Site::open`], with `tweak` applied to the scheduler's settings.
+    async fn open_with(
+        nodes: &[(&str, u32)],
+        api: bool,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Site {
         let kube = FakeKube::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = start(with_kube(dir.path(), api.then_some(&kube)))
-            .await
-            .expect("starts");
+        let mut settings = with_kube(dir.path(), api.then_some(&kube));
+        tweak(&mut settings);
+        Site::boot(kube, dir, settings, nodes).await
+    }
+
+    async fn boot(
+        kube: FakeKube,
+        dir: tempfile::TempDir,
+        settings: ServerConfig,
+        nodes: &[(&str, u32)],
+    ) -> Site {
+        let server = start(settings.clone()).await.expect("starts");
         let ch = channel(&server).await;
         let agents = join(&ch, nodes).await;
         Site {
             kube,
             dir,
-            api,
+            settings,
             server,
             ch,
             agents,
@@ -135,32 +154,29 @@ impl Site {
 
     /// Stops the scheduler and starts it again on the same database, with these agents.
     async fn restart(self, nodes: &[(&str, u32)]) -> Site {
-        let Site { kube, dir, api, .. } = &self;
-        let (kube, dir, api) = (kube.clone(), dir.path().to_path_buf(), *api);
-        let keep = self.close_keeping_dir().await;
-        let server = start(with_kube(&dir, api.then_some(&kube)))
-            .await
-            .expect("restarts");
-        let ch = channel(&server).await;
-        let agents = join(&ch, nodes).await;
-        Site {
-            kube,
-            dir: keep,
-            api,
-            server,
-            ch,
-            agents,
-        }
-    }
-
-    async fn close_keeping_dir(self) -> tempfile::TempDir {
         leave(self.agents);
         self.server.shutdown().await;
-        self.dir
+        Site::boot(self.kube, self.dir, self.settings, nodes).await
     }
 
     async fn close(self) {
-        self.close_keeping_dir().await;
+        leave(self.agents);
+        self.server.shutdown().await;
+    }
+
+    /// Filters `pod` onto `node` until `done` holds for the node's failure reason (empty
+    /// when it passes), for up to 5 s; returns the last reason.
+    async fn filter_until(&self, pod: &Pod, node: &str, done: impl Fn(&str) -> bool) -> String {
+        let mut why = String::new();
+        for _ in 0..100 {
+            let (_, out) = self.post("/extender/filter", &args(pod, &[node])).await;
+            why = out["FailedNodes"][node].as_str().unwrap_or("").to_string();
+            if done(&why) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        why
     }
 
     async fn post(&self, path: &str, body: &str) -> (u16, Value) {
@@ -618,105 +634,80 @@ async fn a_preempt_request_with_lower_case_names_is_understood() {
 
 #[tokio::test]
 async fn a_pod_keeps_its_gpus_while_its_node_is_away() {
-    let kube = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = ServerConfig {
-        heartbeat_timeout_ms: 500,
-        ..with_kube(dir.path(), Some(&kube))
-    };
-    let server = start(settings).await.expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("n1", 8)]).await;
+    let mut site = Site::open_with(&[("n1", 8)], true, |s| s.heartbeat_timeout_ms = 500).await;
     let running = pod("running", "uid-run", "8", json!({}));
-    kube.add(running.clone());
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&running, "n1")).await;
+    site.kube.add(running.clone());
+    let (_, out) = site
+        .post("/extender/bind", &bind_args(&running, "n1"))
+        .await;
     assert_eq!(out["Error"], "", "{out}");
 
     // The agent falls silent and its node is lost; the pod is Kubernetes' to move.
-    leave(agents);
+    leave(std::mem::take(&mut site.agents));
     let next = pod("next", "uid-next", "8", json!({}));
-    let failure = |out: &Value| out["FailedNodes"]["n1"].as_str().unwrap_or("").to_string();
-    let mut why = String::new();
-    for _ in 0..100 {
-        let (_, out) = post(&server, "/extender/filter", &args(&next, &["n1"])).await;
-        why = failure(&out);
-        if why.contains("lost") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = site
+        .filter_until(&next, "n1", |why| why.contains("lost"))
+        .await;
     assert!(why.contains("lost"), "{why}");
 
     // Back, the node's GPUs are the pod's again: nothing else may take them.
-    let agents = join(&ch, &[("n1", 8)]).await;
-    for _ in 0..100 {
-        let (_, out) = post(&server, "/extender/filter", &args(&next, &["n1"])).await;
-        why = failure(&out);
-        if !why.contains("lost") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    site.agents = join(&site.ch, &[("n1", 8)]).await;
+    let why = site
+        .filter_until(&next, "n1", |why| !why.contains("lost"))
+        .await;
     assert!(why.contains("fewer than 8 free GPUs"), "{why}");
-    let mut jobs = JobServiceClient::new(ch.clone());
     assert_eq!(
-        pod_jobs(&mut jobs).await[0].state,
+        pod_jobs(&mut site.jobs()).await[0].state,
         pb::JobState::Running as i32
     );
-    leave(agents);
-    server.shutdown().await;
+    site.close().await;
 }
 
 #[tokio::test]
 async fn a_pods_namespace_is_a_tenant_held_to_its_quota() {
-    let kube = FakeKube::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = with_kube(dir.path(), Some(&kube));
-    settings.quotas = std::collections::BTreeMap::from([(
-        "ml".to_string(),
-        std::collections::BTreeMap::from([(
-            "H100".to_string(),
-            suanli_scheduler::config::QuotaGpus {
-                guaranteed: 6,
-                max: Some(8),
-            },
-        )]),
-    )]);
-    let server = start(settings).await.expect("starts");
-    let ch = channel(&server).await;
-    let agents = join(&ch, &[("n1", 8)]).await;
+    let site = Site::open_with(&[("n1", 8)], true, |s| {
+        s.quotas = std::collections::BTreeMap::from([(
+            "ml".to_string(),
+            std::collections::BTreeMap::from([(
+                "H100".to_string(),
+                suanli_scheduler::config::QuotaGpus {
+                    guaranteed: 6,
+                    max: Some(8),
+                },
+            )]),
+        )]);
+    })
+    .await;
 
     let four = pod("four", "uid-4", "4", json!({}));
-    kube.add(four.clone());
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&four, "n1")).await;
+    site.kube.add(four.clone());
+    let (_, out) = site.post("/extender/bind", &bind_args(&four, "n1")).await;
     assert_eq!(out["Error"], "", "{out}");
     // 4 of the 6 guaranteed are used. Suanli cannot stop a pod, so a pod may not borrow
     // beyond the guarantee: a 4-GPU pod fits the node but not the quota.
     let more = pod("more", "uid-m", "4", json!({}));
-    let (_, out) = post(&server, "/extender/filter", &args(&more, &["n1"])).await;
+    let (_, out) = site.post("/extender/filter", &args(&more, &["n1"])).await;
     let why = out["FailedNodes"]["n1"].as_str().expect("a reason");
     assert!(
         why.contains("tenant ml") && why.contains("may not borrow"),
         "{why}"
     );
     let two = pod("two", "uid-2", "2", json!({}));
-    let (_, out) = post(&server, "/extender/filter", &args(&two, &["n1"])).await;
+    let (_, out) = site.post("/extender/filter", &args(&two, &["n1"])).await;
     assert_eq!(out["NodeNames"], json!(["n1"]), "{out}");
     // Another tenant, named by annotation, is not held by ml's quota.
     let other = pod("other", "uid-o", "4", json!({"suanli.io/tenant": "prod"}));
-    let (_, out) = post(&server, "/extender/filter", &args(&other, &["n1"])).await;
+    let (_, out) = site.post("/extender/filter", &args(&other, &["n1"])).await;
     assert_eq!(out["NodeNames"], json!(["n1"]), "{out}");
 
     // A pod that asks for no GPU is bound as it is, holding nothing in Suanli.
     let cpu = pod("cpu", "uid-c", "0", json!({}));
-    kube.add(cpu.clone());
-    let (_, out) = post(&server, "/extender/bind", &bind_args(&cpu, "n1")).await;
+    site.kube.add(cpu.clone());
+    let (_, out) = site.post("/extender/bind", &bind_args(&cpu, "n1")).await;
     assert_eq!(out["Error"], "", "{out}");
-    assert_eq!(kube.bindings().len(), 2);
-    let mut jobs = JobServiceClient::new(ch.clone());
-    assert_eq!(pod_jobs(&mut jobs).await.len(), 1);
-    leave(agents);
-    server.shutdown().await;
+    assert_eq!(site.kube.bindings().len(), 2);
+    assert_eq!(pod_jobs(&mut site.jobs()).await.len(), 1);
+    site.close().await;
 }
 
 #[tokio::test]
