@@ -979,15 +979,14 @@ impl Core {
         preemptible: Option<bool>,
         queue: Option<String>,
     ) -> Result<JobRecord, CoreError> {
-        self.visible(id, by)?;
+        let job = self.visible(id, by)?;
         if preemptible == Some(true)
-            && let Some(pod) = self.pod_of(id)
+            && let Some(pod) = job.placement.as_ref().and_then(|p| p.pod.as_ref())
         {
             return Err(CoreError::FailedPrecondition(format!(
                 "job {id} is Kubernetes pod {pod}, which Suanli cannot stop: it stays non-preemptible"
             )));
         }
-        let job = self.visible(id, by)?;
         let mut spec = job.spec.clone();
         let mut changes = Vec::new();
         if let Some(p) = priority {

@@ -101,7 +101,36 @@ impl Verb {
 
 /// How a call ended: answered, answered with an error for kube-scheduler, or refused as
 /// malformed.
-const OUTCOMES: [&str; 3] = ["ok", "error", "bad_request"];
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    Error,
+    BadRequest,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Error, Outcome::BadRequest];
+
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::BadRequest => "bad_request",
+        }
+    }
+
+    fn of(response: &Response) -> Outcome {
+        if response.status() == StatusCode::BAD_REQUEST {
+            Outcome::BadRequest
+        } else if !response.status().is_success()
+            || response.extensions().get::<AnsweredWithError>().is_some()
+        {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        }
+    }
+}
 
 /// Marks a 200 answer whose `Error` field is set.
 #[derive(Debug, Clone, Copy)]
@@ -110,21 +139,14 @@ struct AnsweredWithError;
 /// Calls per verb and outcome, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ExtenderCounters {
-    counts: [[std::sync::atomic::AtomicU64; 3]; 4],
+    counts: [[std::sync::atomic::AtomicU64; Outcome::ALL.len()]; Verb::ALL.len()],
 }
 
 impl ExtenderCounters {
     fn count(&self, verb: Verb, response: &Response) {
-        let outcome = if response.status() == StatusCode::BAD_REQUEST {
-            2
-        } else if !response.status().is_success()
-            || response.extensions().get::<AnsweredWithError>().is_some()
-        {
-            1
-        } else {
-            0
-        };
-        self.counts[verb as usize][outcome].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let outcome = Outcome::of(response);
+        self.counts[verb as usize][outcome as usize]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Prometheus text for the counters.
@@ -132,12 +154,14 @@ impl ExtenderCounters {
         use std::fmt::Write as _;
         out.push_str("# HELP suanli_extender_requests_total kube-scheduler extender calls, by verb and outcome.\n# TYPE suanli_extender_requests_total counter\n");
         for verb in Verb::ALL {
-            for (i, outcome) in OUTCOMES.iter().enumerate() {
-                let n = self.counts[verb as usize][i].load(std::sync::atomic::Ordering::Relaxed);
+            for outcome in Outcome::ALL {
+                let n = self.counts[verb as usize][outcome as usize]
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "suanli_extender_requests_total{{verb=\"{}\",outcome=\"{outcome}\"}} {n}",
-                    verb.name()
+                    "suanli_extender_requests_total{{verb=\"{}\",outcome=\"{}\"}} {n}",
+                    verb.name(),
+                    outcome.name()
                 );
             }
         }

@@ -432,7 +432,8 @@ impl Core {
             .iter()
             .map(|g| (g.uuid.clone(), g.memory_mib))
             .collect();
-        let mut fixes: Vec<(JobId, Vec<u32>)> = Vec::new();
+        // Each pod whose GPUs kubelet reports differently, with the positions it really has.
+        let mut fixes: Vec<(JobId, PodRef, Vec<u32>)> = Vec::new();
         for view in self.pod_jobs().into_iter().filter(|v| &v.node == node) {
             let Some((_, _, given)) = seen
                 .iter()
@@ -463,7 +464,7 @@ impl Core {
                 .map(|u| gpus_here.iter().position(|(g, _)| g == u).map(|p| p as u32))
                 .collect();
             match positions {
-                Some(p) => fixes.push((view.job_id, p)),
+                Some(p) => fixes.push((view.job_id, view.pod, p)),
                 None => {
                     warn!(pod = %view.pod, devices = ?given, "kubelet reports devices this node's inventory does not have; left as placed.")
                 }
@@ -473,23 +474,17 @@ impl Core {
             return;
         }
         // Every corrected pod lets go first, so pods that swapped GPUs do not collide.
-        for (id, _) in &fixes {
+        for (id, _, _) in &fixes {
             self.release_resources(id);
         }
-        let mut taken: BTreeMap<u32, &PodRef> = BTreeMap::new();
-        let pods: Vec<(JobId, PodRef)> = fixes
+        let taken: BTreeMap<u32, &PodRef> = fixes
             .iter()
-            .filter_map(|(id, _)| self.pod_of(id).cloned().map(|p| (id.clone(), p)))
+            .flat_map(|(_, pod, positions)| positions.iter().map(move |p| (*p, pod)))
             .collect();
-        for ((_, positions), (_, pod)) in fixes.iter().zip(&pods) {
-            for p in positions {
-                taken.insert(*p, pod);
-            }
-        }
         let displaced: Vec<(JobId, String)> = self
             .jobs
             .iter()
-            .filter(|(id, _)| !fixes.iter().any(|(f, _)| f == *id))
+            .filter(|(id, _)| !fixes.iter().any(|(f, _, _)| f == *id))
             .filter_map(|(id, job)| {
                 // Another pod is not moved here: kubelet's next report corrects it too.
                 let slot = job
@@ -515,7 +510,7 @@ impl Core {
                 warn!(job = %id, error = %e, "Could not requeue.");
             }
         }
-        for (id, positions) in fixes {
+        for (id, _, positions) in fixes {
             self.hold_given_gpus(&id, node_id, &positions, &gpus_here);
         }
         self.capacity_changed = true;
