@@ -643,6 +643,19 @@ fn requested_job(
     pod_job(pod, settings).map_err(|e| format!("{verb}: {e}"))
 }
 
+/// The request of a filter or prioritize call: its arguments, the candidate node names, and
+/// the pod as a job (`None`: it asks for no GPU). Errors are prefixed with `verb`.
+fn scoring_request(
+    verb: &str,
+    body: &[u8],
+    settings: &ExtenderSettings,
+) -> Result<(ExtenderArgs, Vec<String>, Option<JobSpec>), String> {
+    let args: ExtenderArgs = parse_body(verb, body, ARGS_FIELDS)?;
+    let names = candidate_names(&args).map_err(|e| format!("{verb}: {e}"))?;
+    let job = requested_job(verb, args.pod.as_ref(), settings)?.map(|(_, spec)| spec);
+    Ok((args, names, job))
+}
+
 async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
     let failed = |status, error: String| {
         error_reply(
@@ -653,19 +666,13 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
             },
         )
     };
-    let args: ExtenderArgs = match parse_body("filter", &body, ARGS_FIELDS) {
-        Ok(a) => a,
-        Err(e) => return failed(StatusCode::BAD_REQUEST, e),
-    };
-    let (names, job) = match candidate_names(&args).and_then(|names| {
-        requested_job("filter", args.pod.as_ref(), &state.settings).map(|job| (names, job))
-    }) {
+    let (args, names, job) = match scoring_request("filter", &body, &state.settings) {
         Ok(x) => x,
         Err(e) => return failed(StatusCode::BAD_REQUEST, e),
     };
     let verdicts = match job {
         None => names.iter().map(|n| (n.clone(), Ok(0))).collect(),
-        Some((_, spec)) => match score(&state.core, spec, names.clone()).await {
+        Some(spec) => match score(&state.core, spec, names.clone()).await {
             Ok(v) => v,
             Err(e) => return failed(StatusCode::OK, format!("filter: {e}")),
         },
@@ -757,25 +764,16 @@ pub fn scale_scores(verdicts: &[NodeVerdict]) -> Vec<HostPriority> {
 }
 
 async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response {
-    let bad = |e: String| (StatusCode::BAD_REQUEST, e).into_response();
-    let args: ExtenderArgs = match parse_body("prioritize", &body, ARGS_FIELDS) {
-        Ok(a) => a,
-        Err(e) => return bad(e),
-    };
-    let names = match candidate_names(&args) {
-        Ok(n) => n,
-        Err(e) => return bad(format!("prioritize: {e}")),
-    };
-    let job = match requested_job("prioritize", args.pod.as_ref(), &state.settings) {
-        Ok(j) => j,
-        Err(e) => return bad(e),
+    let (_, names, job) = match scoring_request("prioritize", &body, &state.settings) {
+        Ok(x) => x,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
     let scores = match job {
         None => names
             .into_iter()
             .map(|host| HostPriority { host, score: 0 })
             .collect(),
-        Some((_, spec)) => match score(&state.core, spec, names).await {
+        Some(spec) => match score(&state.core, spec, names).await {
             Ok(v) => scale_scores(&v),
             Err(e) => {
                 return (
