@@ -13,17 +13,19 @@ use super::{
 };
 use crate::pb;
 
-/// Bounds on repeated fields. Far above real machines (8–16 GPUs, 18 NVLinks per GPU, at most
-/// 7 MIG instances per GPU), low enough that a hostile report cannot make the scheduler
-/// allocate without limit.
-pub const MAX_GPUS: usize = 256;
-pub const MAX_MIG_INSTANCES: usize = 64;
-pub const MAX_NVLINKS: usize = 64;
-pub const MAX_NICS: usize = 256;
-pub const MAX_NIC_PORTS: usize = 64;
+/// Bounds on repeated fields: the engine's own limits (`suanli_engine::inventory`), so what
+/// the wire accepts the engine can model. Far above real machines (8–16 GPUs, 18 NVLinks per
+/// GPU, at most 7 MIG instances per GPU), low enough that a hostile report cannot make the
+/// scheduler allocate without limit.
+pub const MAX_GPUS: usize = suanli_engine::inventory::MAX_GPUS_PER_NODE as usize;
+pub const MAX_MIG_INSTANCES: usize = suanli_engine::inventory::MAX_MIG_INSTANCES_PER_GPU;
+pub const MAX_NVLINKS: usize = suanli_engine::inventory::MAX_NVLINKS_PER_GPU;
+pub const MAX_NICS: usize = suanli_engine::inventory::MAX_NICS_PER_NODE;
+pub const MAX_NIC_PORTS: usize = suanli_engine::inventory::MAX_PORTS_PER_NIC;
 pub const MAX_NETDEVS: usize = 64;
-pub const MAX_PAIRS: usize = 65_536;
-pub const MAX_LABELS: usize = 1024;
+/// Every GPU pair of the largest node, and every GPU–NIC pair.
+pub const MAX_PAIRS: usize = MAX_GPUS * MAX_NICS;
+pub const MAX_LABELS: usize = suanli_engine::inventory::MAX_LABELS;
 
 /// MIG memory slices are numbered 0–7 on every MIG-capable GPU.
 const MAX_START_SLICE: u32 = 7;

@@ -112,8 +112,8 @@ prop_compose! {
         priority in any::<i32>(),
         preemptible in any::<bool>(),
         time_limit_s in proptest::option::of(1u64..=315_360_000),
-        command in proptest::collection::vec(".{0,20}", 0..5),
-        env in proptest::collection::btree_map("[A-Z_][A-Z0-9_]{0,10}", ".{0,20}", 0..5),
+        command in proptest::collection::vec("[^\\x00]{0,20}", 0..5),
+        env in proptest::collection::btree_map("[A-Z_][A-Z0-9_]{0,10}", "[^\\x00]{0,20}", 0..5),
         mounts in proptest::collection::btree_map("/[a-z]{1,10}", ("[a-z]{1,10}", any::<bool>()), 0..4),
     ) -> JobSpec {
         let kind = if inference { JobKind::Inference } else { JobKind::Training };

@@ -54,26 +54,28 @@ impl fmt::Display for Level {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidError {
-    #[error("compute identifier {input:?} must start with \"cid:\"")]
+    #[error("compute identifier {} must start with \"cid:\"", quoted(.input))]
     MissingScheme { input: String },
-    #[error("compute identifier {input:?} has no segments after \"cid:\"")]
+    #[error("compute identifier {} has no segments after \"cid:\"", quoted(.input))]
     NoSegments { input: String },
     #[error(
-        "compute identifier {input:?} has {count} segments; at most 6 \
-         (provider/region/domain/node/device/sub-device)"
+        "compute identifier {} has {count} segments; at most 6 \
+         (provider/region/domain/node/device/sub-device)",
+        quoted(.input)
     )]
     TooManySegments { input: String, count: usize },
-    #[error("{level} segment of {input:?} is empty")]
+    #[error("{level} segment of {} is empty", quoted(.input))]
     EmptySegment { input: String, level: Level },
-    #[error("{level} segment {segment:?} is {len} characters long; at most 63")]
+    #[error("{level} segment {} is {len} characters long; at most 63", quoted(.segment))]
     SegmentTooLong {
         level: Level,
         segment: String,
         len: usize,
     },
     #[error(
-        "{level} segment {segment:?} has upper-case {ch:?} at position {position}; \
-         segments are lowercase"
+        "{level} segment {} has upper-case {ch:?} at position {position}; \
+         segments are lowercase",
+        quoted(.segment)
     )]
     UpperCase {
         level: Level,
@@ -82,8 +84,9 @@ pub enum CidError {
         position: usize,
     },
     #[error(
-        "{level} segment {segment:?} has {ch:?} at position {position}; \
-         allowed are a-z, 0-9, '-', '_' and '.'"
+        "{level} segment {} has {ch:?} at position {position}; \
+         allowed are a-z, 0-9, '-', '_' and '.'",
+        quoted(.segment)
     )]
     InvalidChar {
         level: Level,
@@ -91,12 +94,30 @@ pub enum CidError {
         ch: char,
         position: usize,
     },
+    #[error(
+        "{level} segment {segment:?} is not allowed: \".\" and \"..\" mean directories, not names"
+    )]
+    DotSegment { level: Level, segment: String },
     #[error("compute identifier {cid} is not a {expected} identifier (it has {depth} segments)")]
     WrongDepth {
         cid: String,
         expected: Level,
         depth: usize,
     },
+}
+
+/// Longest user text an error quotes in full; longer text is cut so an error stays readable
+/// (and fits a gRPC status) however long the input was.
+const QUOTE_LIMIT: usize = 80;
+
+/// `text` in quotes, cut to [`QUOTE_LIMIT`] characters with its full length said.
+pub fn quoted(text: &str) -> String {
+    let len = text.chars().count();
+    if len <= QUOTE_LIMIT {
+        return format!("{text:?}");
+    }
+    let head: String = text.chars().take(QUOTE_LIMIT).collect();
+    format!("{head:?}… ({len} characters)")
 }
 
 /// Checks one segment against the CID alphabet, naming the level in any error.
@@ -133,6 +154,12 @@ pub fn validate_segment(level: Level, segment: &str) -> Result<(), CidError> {
             });
         }
     }
+    if segment == "." || segment == ".." {
+        return Err(CidError::DotSegment {
+            level,
+            segment: segment.to_string(),
+        });
+    }
     Ok(())
 }
 
@@ -151,8 +178,11 @@ pub fn sanitize_segment(raw: &str) -> String {
         })
         .take(MAX_SEGMENT_LEN)
         .collect();
-    if out.is_empty() {
-        out.push('-');
+    if out.is_empty() || out == "." || out == ".." {
+        out = out.replace('.', "-");
+        if out.is_empty() {
+            out.push('-');
+        }
     }
     out
 }
@@ -358,6 +388,42 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_are_refused() {
+        for (text, level) in [
+            ("cid:acme/./dc-a/n1", "region"),
+            ("cid:acme/cn-east-1/dc-a/..", "node"),
+        ] {
+            let err = text.parse::<Cid>().expect_err("a dot segment is no name");
+            assert!(matches!(err, CidError::DotSegment { .. }), "{err}");
+            assert!(err.to_string().starts_with(level), "{err}");
+        }
+        assert_eq!(
+            Cid::from_segments(["acme", "..", "x"])
+                .expect_err("from segments too")
+                .to_string(),
+            "region segment \"..\" is not allowed: \".\" and \"..\" mean directories, not names"
+        );
+        cid("cid:acme/cn-east-1/dc-a/n...1");
+        assert_eq!(sanitize_segment(".."), "--");
+        assert_eq!(sanitize_segment("."), "-");
+    }
+
+    #[test]
+    fn long_input_is_quoted_cut_in_errors() {
+        let long = format!("cid:acme/{}", "x".repeat(16 * 1024));
+        let err = long.parse::<Cid>().expect_err("segment too long");
+        let text = err.to_string();
+        assert!(text.len() < 200, "{text}");
+        assert!(text.contains("… (16384 characters)"), "{text}");
+        let no_scheme = "y".repeat(20_000);
+        let text = no_scheme.parse::<Cid>().expect_err("no scheme").to_string();
+        assert!(
+            text.len() < 200 && text.contains("(20000 characters)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn parses_and_displays_a_device_cid() {
         let c = cid("cid:acme/cn-east-1/dc-a/gpu-node-017/gpu-3");
         assert_eq!(c.provider(), "acme");
@@ -472,7 +538,7 @@ mod tests {
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        "[a-z0-9._-]{1,12}"
+        "[a-z0-9._-]{1,12}".prop_filter("dot segments are no names", |s| s != "." && s != "..")
     }
 
     fn any_cid() -> impl Strategy<Value = Cid> {

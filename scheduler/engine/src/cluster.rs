@@ -14,12 +14,7 @@ use crate::job::MILLI_PER_GPU;
 use crate::request::{AffinityTag, mig_milli};
 use crate::validation::ValidationError;
 
-/// Largest node the engine accepts: 100,000 cores.
-pub const MAX_NODE_CPU_MILLI: u64 = 100_000_000;
-/// Largest node memory the engine accepts: 1 EiB in MiB.
-pub const MAX_NODE_MEMORY_MIB: u64 = 1 << 40;
-/// Most GPUs one node may have.
-pub const MAX_GPUS_PER_NODE: u32 = 64;
+pub use crate::inventory::{MAX_GPUS_PER_NODE, MAX_NODE_CPU_MILLI, MAX_NODE_MEMORY_MIB};
 
 /// A node's position in [`Cluster::nodes`]; stable for the cluster's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +45,15 @@ pub struct NodeShape {
     pub model: Option<GpuModel>,
     /// Memory of each GPU; 0 when the trace does not say (then GPU-memory shares never fit).
     pub gpu_memory_mib: u64,
+}
+
+/// A node [`Cluster::from_inventories_skipping_invalid`] left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedNode {
+    /// Position of its inventory in the input.
+    pub index: usize,
+    pub cid: Cid,
+    pub error: ClusterError,
 }
 
 /// Why a cluster cannot be built or an allocation not applied.
@@ -695,73 +699,99 @@ impl Cluster {
     pub fn from_inventories(inventories: &[NodeInventory]) -> Result<Cluster, ClusterError> {
         let mut cluster = Cluster::empty();
         for (index, inv) in inventories.iter().enumerate() {
-            inv.validate().map_err(|error| ClusterError::Inventory {
-                index,
-                node: inv.cid.to_string(),
-                error: Box::new(error),
-            })?;
-            let name = inv.node_name().to_string();
-            range(&name, "cpu_milli", inv.cpu_milli, 1, MAX_NODE_CPU_MILLI)?;
-            range(&name, "memory_mib", inv.memory_mib, 1, MAX_NODE_MEMORY_MIB)?;
-            range(
-                &name,
-                "gpus",
-                inv.gpus.len() as u64,
-                0,
-                u64::from(MAX_GPUS_PER_NODE),
-            )?;
-            let mut reported: Vec<&crate::inventory::GpuInfo> = inv.gpus.iter().collect();
-            reported.sort_by_key(|g| g.index);
-            let mut gpus = Vec::with_capacity(reported.len());
-            for info in &reported {
-                let model = cluster.intern(&info.model)?;
-                let mut gpu = Gpu::new(info.index, info.uuid.clone(), model, info.memory_mib);
-                gpu.health = info.health;
-                if info.mig.enabled {
-                    gpu.mig = Some(MigGpu {
-                        class: mig_memory_class(info.memory_mib).unwrap_or(0),
-                        used_slices: 0,
-                        instances: Vec::new(),
-                    });
-                }
-                gpus.push(gpu);
-            }
-            let links = (!inv.gpu_pairs.is_empty()).then(|| {
-                let g = gpus.len();
-                let mut m = vec![LinkPath::Sys.rank(); g * g];
-                for i in 0..g {
-                    m[i * g + i] = 0;
-                }
-                let pos = |idx: u32| gpus.iter().position(|gpu| gpu.index == idx);
-                for pair in &inv.gpu_pairs {
-                    if let (Some(a), Some(b)) = (pos(pair.a), pos(pair.b)) {
-                        m[a * g + b] = pair.path.rank();
-                        m[b * g + a] = pair.path.rank();
-                    }
-                }
-                m
-            });
-            let cordoned = inv
-                .labels
-                .get("suanli.io/cordoned")
-                .is_some_and(|v| v == "true");
-            cluster.push(Node {
-                name,
-                cid: Some(inv.cid.clone()),
-                fabric: inv.fabric.clone(),
-                cordoned,
-                cpu_milli: inv.cpu_milli,
-                memory_mib: inv.memory_mib,
-                cpu_used: 0,
-                memory_used: 0,
-                gpus,
-                links,
-                uniform_model: None,
-                affinity: Vec::new(),
-                version: next_version(),
-            })?;
+            cluster.add_inventory(index, inv)?;
         }
         Ok(cluster.finish())
+    }
+
+    /// Like [`Cluster::from_inventories`], but a node that cannot be modelled is left out
+    /// and named with its reason instead of failing the whole cluster: one bad report must
+    /// not take every other node's work down with it.
+    pub fn from_inventories_skipping_invalid(
+        inventories: &[NodeInventory],
+    ) -> (Cluster, Vec<SkippedNode>) {
+        let mut cluster = Cluster::empty();
+        let mut skipped = Vec::new();
+        for (index, inv) in inventories.iter().enumerate() {
+            if let Err(error) = cluster.add_inventory(index, inv) {
+                skipped.push(SkippedNode {
+                    index,
+                    cid: inv.cid.clone(),
+                    error,
+                });
+            }
+        }
+        (cluster.finish(), skipped)
+    }
+
+    /// Verifies one inventory and adds its node; on error no node is added.
+    fn add_inventory(&mut self, index: usize, inv: &NodeInventory) -> Result<NodeId, ClusterError> {
+        let cluster = self;
+        inv.validate().map_err(|error| ClusterError::Inventory {
+            index,
+            node: inv.cid.to_string(),
+            error: Box::new(error),
+        })?;
+        let name = inv.node_name().to_string();
+        range(&name, "cpu_milli", inv.cpu_milli, 1, MAX_NODE_CPU_MILLI)?;
+        range(&name, "memory_mib", inv.memory_mib, 1, MAX_NODE_MEMORY_MIB)?;
+        range(
+            &name,
+            "gpus",
+            inv.gpus.len() as u64,
+            0,
+            u64::from(MAX_GPUS_PER_NODE),
+        )?;
+        let mut reported: Vec<&crate::inventory::GpuInfo> = inv.gpus.iter().collect();
+        reported.sort_by_key(|g| g.index);
+        let mut gpus = Vec::with_capacity(reported.len());
+        for info in &reported {
+            let model = cluster.intern(&info.model)?;
+            let mut gpu = Gpu::new(info.index, info.uuid.clone(), model, info.memory_mib);
+            gpu.health = info.health;
+            if info.mig.enabled {
+                gpu.mig = Some(MigGpu {
+                    class: mig_memory_class(info.memory_mib).unwrap_or(0),
+                    used_slices: 0,
+                    instances: Vec::new(),
+                });
+            }
+            gpus.push(gpu);
+        }
+        let links = (!inv.gpu_pairs.is_empty()).then(|| {
+            let g = gpus.len();
+            let mut m = vec![LinkPath::Sys.rank(); g * g];
+            for i in 0..g {
+                m[i * g + i] = 0;
+            }
+            let pos = |idx: u32| gpus.iter().position(|gpu| gpu.index == idx);
+            for pair in &inv.gpu_pairs {
+                if let (Some(a), Some(b)) = (pos(pair.a), pos(pair.b)) {
+                    m[a * g + b] = pair.path.rank();
+                    m[b * g + a] = pair.path.rank();
+                }
+            }
+            m
+        });
+        let cordoned = inv
+            .labels
+            .get("suanli.io/cordoned")
+            .is_some_and(|v| v == "true");
+        cluster.push(Node {
+            name,
+            cid: Some(inv.cid.clone()),
+            fabric: inv.fabric.clone(),
+            cordoned,
+            cpu_milli: inv.cpu_milli,
+            memory_mib: inv.memory_mib,
+            cpu_used: 0,
+            memory_used: 0,
+            gpus,
+            links,
+            uniform_model: None,
+            affinity: Vec::new(),
+            version: next_version(),
+        })
     }
 
     pub fn nodes(&self) -> &[Node] {

@@ -105,7 +105,7 @@ impl Unplaceable {
     pub fn describe(&self, reason: Reason) -> String {
         let r = &self.request;
         match reason {
-            Reason::Cordoned => "cordoned".into(),
+            Reason::Cordoned => "cordoned or agent not connected".into(),
             Reason::OutsideAllowed => "outside the allowed places".into(),
             Reason::NoGpus => "no GPUs".into(),
             Reason::ModelNotAllowed => {

@@ -188,7 +188,7 @@ const REJECTS: [Reject; 12] = [
 impl Reject {
     pub fn describe(self) -> &'static str {
         match self {
-            Reject::Cordoned => "cordoned",
+            Reject::Cordoned => "cordoned or agent not connected",
             Reject::Reserved => "reserved for a blocked gang",
             Reject::OutsideAllowed => "outside the allowed places",
             Reject::ModelNotAllowed => "GPU model not allowed",

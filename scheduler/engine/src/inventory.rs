@@ -8,7 +8,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::cid::{Cid, Level};
 use crate::gpu::{GpuModel, MigProfile};
-use crate::validation::{Problem, ValidationError, check_name, ensure};
+use crate::validation::{
+    Problem, ValidationError, check_count, check_name, check_range_u64, ensure,
+};
+
+// What one node may report. The wire (`suanli-proto`) refuses by the same numbers, so a report
+// the scheduler accepts is one the engine can model; a value past them is refused at the door.
+
+/// Largest node the engine accepts: 100,000 cores.
+pub const MAX_NODE_CPU_MILLI: u64 = 100_000_000;
+/// Largest node memory the engine accepts: 1 EiB in MiB.
+pub const MAX_NODE_MEMORY_MIB: u64 = 1 << 40;
+/// Most GPUs one node may have (an HGX board has 8; the biggest single hosts 16).
+pub const MAX_GPUS_PER_NODE: u32 = 64;
+/// Largest GPU memory: 16 TiB in MiB (an H200 has 141 GB).
+pub const MAX_GPU_MEMORY_MIB: u64 = 1 << 24;
+/// Most NUMA nodes one machine may report.
+pub const MAX_NUMA_NODES: u64 = 1024;
+/// Most RDMA NICs one node may have.
+pub const MAX_NICS_PER_NODE: usize = 64;
+/// Most ports one NIC may have.
+pub const MAX_PORTS_PER_NIC: usize = 64;
+/// Most MIG instances one GPU may report (NVIDIA's limit is 7).
+pub const MAX_MIG_INSTANCES_PER_GPU: usize = 64;
+/// Most NVLinks one GPU may report (NVLink 5 has 18).
+pub const MAX_NVLINKS_PER_GPU: usize = 64;
+/// Most labels one node may carry.
+pub const MAX_LABELS: usize = 1024;
+/// Longest label key: a Kubernetes key (253-character prefix, `/`, 63-character name).
+pub const MAX_LABEL_KEY_LEN: usize = 317;
+/// Longest label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 1024;
+/// Longest descriptive string (product name, architecture, PCI bus id, model).
+pub const MAX_TEXT_LEN: usize = 256;
 
 /// Where a node sits in its domain's fabric tree: node → leaf → spine (→ core).
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -353,14 +385,31 @@ impl NodeInventory {
                 self.cid
             ))
         })?;
-        ensure(self.cpu_milli > 0, "cpu_milli", || Problem::TooSmall {
-            min: 1,
-            got: 0,
-        })?;
-        ensure(self.memory_mib > 0, "memory_mib", || Problem::TooSmall {
-            min: 1,
-            got: 0,
-        })?;
+        check_range_u64("cpu_milli", self.cpu_milli, 1, MAX_NODE_CPU_MILLI)?;
+        check_range_u64("memory_mib", self.memory_mib, 1, MAX_NODE_MEMORY_MIB)?;
+        check_range_u64("numa_nodes", u64::from(self.numa_nodes), 0, MAX_NUMA_NODES)?;
+        check_count("gpus", self.gpus.len(), MAX_GPUS_PER_NODE as usize)?;
+        check_count("nics", self.nics.len(), MAX_NICS_PER_NODE)?;
+        let gpus = self.gpus.len();
+        check_count("gpu_pairs", self.gpu_pairs.len(), gpus * gpus)?;
+        check_count(
+            "gpu_nic_pairs",
+            self.gpu_nic_pairs.len(),
+            gpus * self.nics.len(),
+        )?;
+        check_count("labels", self.labels.len(), MAX_LABELS)?;
+        for (key, value) in &self.labels {
+            check_name("labels key", key, MAX_LABEL_KEY_LEN)?;
+            let len = value.chars().count();
+            ensure(
+                len <= MAX_LABEL_VALUE_LEN,
+                &format!("labels[{key}]"),
+                || Problem::TooLong {
+                    len,
+                    max: MAX_LABEL_VALUE_LEN,
+                },
+            )?;
+        }
         let mut uuids: HashMap<&str, usize> = HashMap::new();
         let mut indices: HashMap<u32, usize> = HashMap::new();
         for (i, gpu) in self.gpus.iter().enumerate() {
@@ -386,9 +435,37 @@ impl NodeInventory {
                     },
                 ));
             }
-            ensure(gpu.memory_mib > 0, &format!("{at}.memory_mib"), || {
-                Problem::TooSmall { min: 1, got: 0 }
-            })?;
+            check_range_u64(
+                &format!("{at}.memory_mib"),
+                gpu.memory_mib,
+                1,
+                MAX_GPU_MEMORY_MIB,
+            )?;
+            for (field, value) in [
+                ("product", &gpu.product),
+                ("architecture", &gpu.architecture),
+                ("compute_capability", &gpu.compute_capability),
+                ("pci_bus_id", &gpu.pci_bus_id),
+            ] {
+                let len = value.chars().count();
+                ensure(len <= MAX_TEXT_LEN, &format!("{at}.{field}"), || {
+                    Problem::TooLong {
+                        len,
+                        max: MAX_TEXT_LEN,
+                    }
+                })?;
+            }
+            check_name("model", gpu.model.as_str(), MAX_TEXT_LEN).map_err(|e| e.within(&at))?;
+            check_count(
+                &format!("{at}.mig.instances"),
+                gpu.mig.instances.len(),
+                MAX_MIG_INSTANCES_PER_GPU,
+            )?;
+            check_count(
+                &format!("{at}.nvlinks"),
+                gpu.nvlinks.len(),
+                MAX_NVLINKS_PER_GPU,
+            )?;
             for (j, mig) in gpu.mig.instances.iter().enumerate() {
                 let mat = format!("{at}.mig.instances[{j}]");
                 check_name("uuid", &mig.uuid, 128).map_err(|e| e.within(&mat))?;
@@ -418,6 +495,7 @@ impl NodeInventory {
                     },
                 ));
             }
+            check_count(&format!("{at}.ports"), nic.ports.len(), MAX_PORTS_PER_NIC)?;
             for (j, port) in nic.ports.iter().enumerate() {
                 ensure(
                     port.rate_gbps.is_finite() && (0.0..=100_000.0).contains(&port.rate_gbps),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cid::{Cid, Level};
 use crate::gpu::{GpuModel, MigProfile};
-use crate::validation::{Problem, ValidationError, check_name, check_range, ensure};
+use crate::validation::{Problem, ValidationError, check_name, check_range, check_text, ensure};
 
 pub const MAX_REPLICAS: u32 = 100_000;
 pub const MAX_GPUS_PER_REPLICA: u32 = 64;
@@ -279,6 +279,15 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
+/// Most bytes of text a whole job spec may hold: every name, argument, variable and path. A
+/// spec travels in every listing page and every assignment to an agent; far above a real
+/// launcher command, far below any message limit on the way.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+/// Most bytes the command's arguments may hold together.
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
+/// Most bytes the environment's names and values may hold together.
+pub const MAX_ENV_BYTES: usize = 128 * 1024;
+
 /// The longest time limit a job may ask for: ten years, in seconds.
 pub const MAX_TIME_LIMIT_S: i64 = 10 * 365 * 24 * 3600;
 
@@ -373,6 +382,28 @@ impl JobSpec {
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
+        // Sizes first: refusing a flood must not cost checking it piece by piece.
+        fn too_big(what: &'static str, bytes: usize, max: usize) -> impl FnOnce() -> Problem {
+            move || Problem::Invalid(format!("{what}is {bytes} bytes; at most {max}"))
+        }
+        let command_bytes: usize = self.command.iter().map(String::len).sum();
+        ensure(
+            command_bytes <= MAX_COMMAND_BYTES,
+            "command",
+            too_big("", command_bytes, MAX_COMMAND_BYTES),
+        )?;
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        ensure(
+            env_bytes <= MAX_ENV_BYTES,
+            "env",
+            too_big("", env_bytes, MAX_ENV_BYTES),
+        )?;
+        let spec_bytes = self.text_bytes();
+        ensure(
+            spec_bytes <= MAX_SPEC_BYTES,
+            "",
+            too_big("the job's text ", spec_bytes, MAX_SPEC_BYTES),
+        )?;
         check_name("name", &self.name, 253)?;
         check_range(
             "replicas",
@@ -451,21 +482,32 @@ impl JobSpec {
         }
         check_name("tenant", &self.tenant, 63)?;
         check_name("queue", &self.queue, 63)?;
-        for key in self.env.keys() {
+        for (i, arg) in self.command.iter().enumerate() {
+            ensure(!arg.contains('\0'), &format!("command[{i}]"), || {
+                Problem::Invalid("an argument cannot contain NUL".into())
+            })?;
+        }
+        for (key, value) in &self.env {
             ensure(
-                !key.is_empty() && !key.contains('=') && !key.contains('\0'),
-                &format!("env.{key}"),
+                !key.is_empty() && !key.contains('=') && !key.chars().any(char::is_control),
+                &format!("env.{}", key.escape_debug()),
                 || {
                     Problem::Invalid(
-                        "environment variable names must be non-empty, without '=' or NUL".into(),
+                        "environment variable names must be non-empty, without '=' or control \
+                         characters"
+                            .into(),
                     )
                 },
             )?;
+            ensure(!value.contains('\0'), &format!("env.{key}"), || {
+                Problem::Invalid("a value cannot contain NUL".into())
+            })?;
         }
         let mut seen = HashSet::new();
         for (i, volume) in self.volumes.iter().enumerate() {
             let at = format!("volumes[{i}]");
             check_name("name", &volume.name, 253).map_err(|e| e.within(&at))?;
+            check_text("path", &volume.path, 4096).map_err(|e| e.within(&at))?;
             ensure(volume.path.starts_with('/'), &format!("{at}.path"), || {
                 Problem::Invalid(format!("{:?} is not an absolute path", volume.path))
             })?;
@@ -480,6 +522,44 @@ impl JobSpec {
             )?;
         }
         Ok(())
+    }
+}
+
+impl JobSpec {
+    /// Bytes of variable-length text in the spec, what [`MAX_SPEC_BYTES`] bounds.
+    pub fn text_bytes(&self) -> usize {
+        let models: usize = self
+            .gpu
+            .as_ref()
+            .map_or(0, |g| g.models.iter().map(|m| m.as_str().len()).sum());
+        let command: usize = self.command.iter().map(String::len).sum();
+        let env: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let volumes: usize = self
+            .volumes
+            .iter()
+            .map(|v| v.name.len() + v.path.len())
+            .sum();
+        let allowed: usize = self
+            .placement
+            .allowed
+            .iter()
+            .map(|c| c.to_string().len())
+            .sum();
+        let data: usize = self
+            .placement
+            .data
+            .iter()
+            .map(|d| d.name.len() + d.domain.to_string().len())
+            .sum();
+        self.name.len()
+            + self.tenant.len()
+            + self.queue.len()
+            + models
+            + command
+            + env
+            + volumes
+            + allowed
+            + data
     }
 }
 

@@ -19,6 +19,10 @@ pub enum Problem {
     },
     #[error("must be between {min} and {max}, got {got}")]
     OutOfRange { min: i64, max: i64, got: i64 },
+    #[error("has control character {ch:?} at position {position}; only printable text is allowed")]
+    ControlChar { ch: char, position: usize },
+    #[error("must be between {min} and {max}, got {got}")]
+    OutOfRangeUnsigned { min: u64, max: u64, got: u64 },
     #[error("must be at least {min}, got {got}")]
     TooSmall { min: i64, got: i64 },
     #[error("unknown {what} {value:?}; known: {known}")]
@@ -69,7 +73,11 @@ impl ValidationError {
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.problem)
+        if self.field.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.field, self.problem)
+        }
     }
 }
 
@@ -86,11 +94,42 @@ pub fn ensure(
     }
 }
 
-/// Checks a name-like string: non-empty, at most `max` characters.
+/// Checks a name-like string: non-empty, at most `max` characters, nothing a terminal would
+/// act on (names are printed in tables and logs).
 pub fn check_name(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
     ensure(!value.trim().is_empty(), field, || Problem::Empty)?;
+    check_text(field, value, max)
+}
+
+/// Checks free text that may be empty (a reason, a path): at most `max` characters and no
+/// control characters (ESC, CR, LF, NUL…), which could rewrite what a terminal shows.
+pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
     let len = value.chars().count();
-    ensure(len <= max, field, || Problem::TooLong { len, max })
+    ensure(len <= max, field, || Problem::TooLong { len, max })?;
+    match value.chars().position(char::is_control) {
+        None => Ok(()),
+        Some(position) => {
+            let ch = value.chars().nth(position).unwrap_or('\0');
+            Err(ValidationError::new(
+                field,
+                Problem::ControlChar { ch, position },
+            ))
+        }
+    }
+}
+
+/// Checks `min <= got <= max` for counts and sizes too large for `i64`.
+pub fn check_range_u64(field: &str, got: u64, min: u64, max: u64) -> Result<(), ValidationError> {
+    ensure((min..=max).contains(&got), field, || {
+        Problem::OutOfRangeUnsigned { min, max, got }
+    })
+}
+
+/// Checks a collection's length against its limit.
+pub fn check_count(field: &str, len: usize, max: usize) -> Result<(), ValidationError> {
+    ensure(len <= max, field, || {
+        Problem::Invalid(format!("has {len} entries; at most {max}"))
+    })
 }
 
 /// Checks `min <= got <= max`.

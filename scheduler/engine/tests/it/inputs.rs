@@ -112,3 +112,116 @@ fn fgd_without_a_mix_and_unknown_names_are_errors() {
         .to_string();
     assert!(err.contains("known: random, best-fit"), "{err}");
 }
+
+/// Every limit the cluster needs is checked by `validate`, so what the wire accepts is what
+/// the engine can model; one bad node is skipped, never the cluster.
+#[test]
+fn inventories_past_the_limits_are_refused_by_field_and_skipped_alone() {
+    use crate::common::inventory;
+    use suanli_engine::cluster::MAX_GPUS_PER_NODE;
+
+    let too_many = inventory("dc-a", "wide", MAX_GPUS_PER_NODE + 1, &[]);
+    assert_eq!(
+        too_many.validate().expect_err("65 GPUs").to_string(),
+        "gpus: has 65 entries; at most 64"
+    );
+    let mut cpu = inventory("dc-a", "cpu", 1, &[]);
+    cpu.cpu_milli = u64::MAX;
+    assert_eq!(
+        cpu.validate().expect_err("2^64-1").to_string(),
+        "cpu_milli: must be between 1 and 100000000, got 18446744073709551615"
+    );
+    let mut memory = inventory("dc-a", "mem", 1, &[]);
+    memory.gpus[0].memory_mib = u64::MAX;
+    assert!(
+        memory
+            .validate()
+            .expect_err("2^64-1 GPU memory")
+            .to_string()
+            .starts_with("gpus[0].memory_mib: must be between 1 and")
+    );
+    let mut label = inventory("dc-a", "label", 1, &[]);
+    label.labels.insert("evil".into(), "\u{1b}[2J".into());
+    label
+        .validate()
+        .expect("label values may hold any text up to the limit");
+    label.labels.insert("k\ney".into(), "v".into());
+    assert!(label.validate().is_err(), "control characters in a key");
+
+    let good = inventory("dc-a", "good", 8, &[]);
+    let (cluster, skipped) =
+        Cluster::from_inventories_skipping_invalid(&[too_many.clone(), good.clone(), cpu.clone()]);
+    assert_eq!(cluster.len(), 1);
+    assert_eq!(cluster.nodes()[0].name(), "good");
+    let names: Vec<(usize, String)> = skipped
+        .iter()
+        .map(|s| (s.index, s.cid.node_name().unwrap_or_default().to_string()))
+        .collect();
+    assert_eq!(names, vec![(0, "wide".to_string()), (2, "cpu".to_string())]);
+    assert!(Cluster::from_inventories(&[too_many, good]).is_err());
+}
+
+/// A job spec's text is bounded as a whole and by part, and names refuse control characters.
+#[test]
+fn job_specs_are_bounded_and_printable() {
+    use suanli_engine::job::{JobKind, JobSpec, MAX_COMMAND_BYTES, MAX_ENV_BYTES, MAX_SPEC_BYTES};
+
+    let mut spec = JobSpec::new("train", JobKind::Training);
+    spec.command = vec!["x".repeat(MAX_COMMAND_BYTES)];
+    spec.validate().expect("at the cap");
+    spec.command.push("y".into());
+    assert_eq!(
+        spec.validate().expect_err("past the cap").to_string(),
+        format!(
+            "command: is {} bytes; at most {MAX_COMMAND_BYTES}",
+            MAX_COMMAND_BYTES + 1
+        )
+    );
+    let mut spec = JobSpec::new("train", JobKind::Training);
+    spec.env.insert("BIG".into(), "v".repeat(MAX_ENV_BYTES));
+    assert!(
+        spec.validate()
+            .expect_err("env")
+            .to_string()
+            .starts_with("env: is ")
+    );
+    let mut spec = JobSpec::new("train", JobKind::Training);
+    spec.command = vec!["x".repeat(MAX_COMMAND_BYTES)];
+    spec.env.insert("E".into(), "v".repeat(MAX_ENV_BYTES - 1));
+    spec.volumes.push(suanli_engine::job::VolumeMount {
+        name: "data".into(),
+        path: format!("/{}", "p".repeat(4000)),
+        read_only: true,
+    });
+    assert!(spec.text_bytes() > MAX_SPEC_BYTES);
+    assert_eq!(
+        spec.validate().expect_err("whole spec").to_string(),
+        format!(
+            "the job's text is {} bytes; at most {MAX_SPEC_BYTES}",
+            spec.text_bytes()
+        )
+    );
+
+    let mut spec = JobSpec::new("evil\u{1b}[2Jname", JobKind::Training);
+    assert_eq!(
+        spec.validate().expect_err("ESC").to_string(),
+        "name: has control character '\\u{1b}' at position 4; only printable text is allowed"
+    );
+    spec.name = "ok".into();
+    spec.queue = "q\r".into();
+    assert!(
+        spec.validate()
+            .expect_err("CR")
+            .to_string()
+            .starts_with("queue: ")
+    );
+    spec.queue = "default".into();
+    spec.command = vec!["sh".into(), "-c".into(), "echo a\necho b".into()];
+    spec.validate()
+        .expect("newlines in a command are a script, not a name");
+    spec.command = vec!["a\0b".into()];
+    assert_eq!(
+        spec.validate().expect_err("NUL").to_string(),
+        "command[0]: an argument cannot contain NUL"
+    );
+}

@@ -243,7 +243,7 @@ fn cordon_domain_and_model_filters_explain_themselves() {
     let err = place(&c, &picky, &policy(PolicyKind::BestFit), &mut rng(1)).expect_err("no V100");
     assert_eq!(
         err.to_string(),
-        "2 nodes: model not in [V100M32]; 1 node: cordoned"
+        "2 nodes: model not in [V100M32]; 1 node: cordoned or agent not connected"
     );
 }
 
