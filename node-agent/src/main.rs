@@ -12,7 +12,7 @@ use suanli_agent::config::{
 use suanli_agent::discovery::nvml::probe_for_this_machine;
 use suanli_agent::discovery::{FixtureProbe, GpuProbe, SysfsRoot, discover};
 use suanli_agent::output::{Format, render};
-use suanli_agent::session::Agent;
+use suanli_agent::session::{Agent, AgentExit};
 use suanli_engine::Cid;
 use suanli_engine::inventory::FabricPosition;
 use tracing_subscriber::EnvFilter;
@@ -198,8 +198,12 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let probe = probe(cfg.fixture.as_ref())?;
         let agent = Agent::new(cfg, probe)?;
-        agent.run(shutdown_signal()).await;
-        Ok(())
+        match agent.run_until(shutdown_signal()).await {
+            AgentExit::Shutdown => Ok(()),
+            AgentExit::Replaced { reason } => {
+                anyhow::bail!("stopped: another agent holds this node now ({reason})")
+            }
+        }
     })
 }
 

@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 use tonic::{Code, Request, Status};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::discovery::{self, GpuProbe, SysfsRoot, Warnings};
@@ -44,6 +44,11 @@ pub enum AgentError {
     State(#[from] crate::work::StateError),
     #[error("cannot write {path}: {source}")]
     Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -81,8 +86,30 @@ enum SessionEnd {
         reason: String,
         wait: bool,
     },
+    /// Another agent presented this node's credential and holds the node now.
+    Replaced {
+        reason: String,
+    },
     Shutdown,
 }
+
+/// Why [`Agent::run_until`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentExit {
+    /// Asked to stop.
+    Shutdown,
+    /// The scheduler gave this node to another agent session; this agent stands down
+    /// rather than fight over the node.
+    Replaced { reason: String },
+}
+
+/// File in the data directory that keeps the node credential the scheduler issued.
+const CREDENTIAL_FILE: &str = "node-credential";
+/// Largest credential file read back; ours are 76 bytes.
+const MAX_CREDENTIAL_FILE: u64 = 4096;
+/// Largest message the agent accepts from the scheduler: the scheduler's own cap, so every
+/// assignment it may send (a job spec is at most 256 KiB) arrives whole.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The last inventory sent, so generations keep increasing across agent restarts.
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,6 +164,8 @@ pub struct Agent {
     backoff: Backoff,
     /// Work events taken off the runner's channel but not handed to a session yet.
     unsent: VecDeque<pb::AgentMessage>,
+    /// The node credential the scheduler issued, if it has issued one.
+    credential: String,
     /// Keeps the Kubernetes Node's labels in step with the inventory, when configured.
     labeler: Option<NodeLabeler>,
 }
@@ -167,8 +196,10 @@ impl Agent {
             events,
             auth,
             unsent: VecDeque::new(),
+            credential: String::new(),
             labeler,
         };
+        agent.credential = agent.load_credential()?;
         agent.inventory.generation = agent.next_generation(&agent.inventory.clone());
         agent.save_inventory()?;
         Ok(agent)
@@ -194,6 +225,55 @@ impl Agent {
         }
     }
 
+    fn credential_path(&self) -> PathBuf {
+        self.cfg.data_dir.join(CREDENTIAL_FILE)
+    }
+
+    /// The stored node credential; empty when none was issued yet.
+    fn load_credential(&self) -> Result<String, AgentError> {
+        let path = self.credential_path();
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(source) => return Err(AgentError::Read { path, source }),
+        };
+        let mut text = String::new();
+        use std::io::Read as _;
+        file.take(MAX_CREDENTIAL_FILE)
+            .read_to_string(&mut text)
+            .map_err(|source| AgentError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Keeps a newly issued credential: written beside, then renamed over the old one, so a
+    /// crash never leaves half a credential; readable by the agent's user only.
+    fn save_credential(&mut self, credential: &str) -> Result<(), AgentError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.credential_path();
+        let partial = self.cfg.data_dir.join(format!("{CREDENTIAL_FILE}.partial"));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)?;
+            file.write_all(credential.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&partial, &path)
+        };
+        write().map_err(|source| AgentError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        self.credential = credential.to_string();
+        Ok(())
+    }
+
     fn save_inventory(&self) -> Result<(), AgentError> {
         let path = self.inventory_path();
         let state = InventoryState {
@@ -203,9 +283,14 @@ impl Agent {
         std::fs::write(&path, text).map_err(|source| AgentError::Write { path, source })
     }
 
-    /// Runs until `shutdown` completes. Work keeps running after the agent stops; the next
-    /// agent adopts it.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    /// Runs until `shutdown` completes, or another agent takes the node over. Work keeps
+    /// running after the agent stops; the next agent adopts it.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_until(shutdown).await;
+    }
+
+    /// [`Agent::run`], saying why it returned.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> AgentExit {
         tokio::pin!(shutdown);
         self.label_node().await;
         loop {
@@ -214,7 +299,11 @@ impl Agent {
             match outcome {
                 Ok(SessionEnd::Shutdown) => {
                     info!("Agent stopping.");
-                    return;
+                    return AgentExit::Shutdown;
+                }
+                Ok(SessionEnd::Replaced { reason }) => {
+                    error!(reason = %reason, "Another agent session holds this node now; stopping.");
+                    return AgentExit::Replaced { reason };
                 }
                 Ok(SessionEnd::Reregister { reason, wait }) => {
                     info!(reason = %reason, "Registering again.");
@@ -222,7 +311,7 @@ impl Agent {
                         tokio::select! {
                             () = &mut shutdown => {
                                 info!("Agent stopping.");
-                                return;
+                                return AgentExit::Shutdown;
                             }
                             () = sleep(self.backoff.next_delay()) => {}
                         }
@@ -235,7 +324,7 @@ impl Agent {
                     tokio::select! {
                         () = &mut shutdown => {
                             info!("Agent stopping.");
-                            return;
+                            return AgentExit::Shutdown;
                         }
                         () = sleep(delay) => {}
                     }
@@ -261,14 +350,26 @@ impl Agent {
                 req.metadata_mut().insert("authorization", auth.clone());
                 Ok(req)
             },
-        );
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let registered = client
             .register(pb::RegisterRequest {
                 inventory: Some(self.inventory.clone().into()),
                 agent_version: discovery::AGENT_VERSION.to_string(),
+                node_credential: self.credential.clone(),
             })
             .await?
             .into_inner();
+        if !registered.node_credential.is_empty() {
+            // Without it this node cannot register again after a restart: say so loudly, but
+            // keep serving, since the session itself is fine.
+            match self.save_credential(&registered.node_credential) {
+                Ok(()) => info!("Stored the node credential the scheduler issued."),
+                Err(e) => {
+                    error!(error = %e, "Could not store the node credential; this node will need an admin to register again.")
+                }
+            }
+        }
         self.backoff.reset();
         info!(session = %registered.session_id, generation = self.inventory.generation,
               "Registered.");
@@ -404,6 +505,9 @@ impl Agent {
                 reason: r.reason,
                 wait: false,
             }),
+            Some(pb::scheduler_message::Msg::Replaced(r)) => {
+                Some(SessionEnd::Replaced { reason: r.reason })
+            }
             None => {
                 warn!("Empty scheduler message ignored.");
                 None

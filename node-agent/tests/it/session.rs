@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::Stream;
 use suanli_agent::config::{AgentConfig, MapConfig};
 use suanli_agent::discovery::FixtureProbe;
-use suanli_agent::session::Agent;
+use suanli_agent::session::{Agent, AgentExit};
 use suanli_proto::pb;
 use suanli_proto::pb::agent_message::Msg as Up;
 use suanli_proto::pb::scheduler_message::Msg as Down;
@@ -70,12 +70,19 @@ impl pb::agent_service_server::AgentService for TestScheduler {
             .map(|i| i.cid.clone())
             .ok_or_else(|| Status::invalid_argument("inventory is required"))?;
         let mut rec = self.recorded.lock().expect("lock");
+        // Like the real scheduler: a node that comes without a credential is given one.
+        let node_credential = if req.node_credential.is_empty() {
+            format!("suanli-node-test-{}", self.instance)
+        } else {
+            String::new()
+        };
         rec.registers.push((auth, req));
         Ok(Response::new(pb::RegisterResponse {
             node_cid,
             session_id: format!("s{}-{}", self.instance, rec.registers.len()),
             heartbeat_interval_ms: 50,
             telemetry_interval_ms: 100,
+            node_credential,
         }))
     }
 
@@ -414,6 +421,99 @@ async fn reconnects_and_registers_again_after_a_scheduler_restart() {
     let _ = stop.send(());
     let _ = agent.await;
     second.stop().await;
+}
+
+/// The credential issued at the first registration is kept in the data directory, readable
+/// by the agent's user only, and presented at every later registration, also by a restarted
+/// agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_credential_is_kept_and_presented_again() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = Server::start(localhost(), 1).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let (stop, agent) = start_agent(&server.url(), data.path());
+    server.wait_registers(1).await;
+    server
+        .push(Down::Reregister(pb::Reregister {
+            reason: "test".into(),
+        }))
+        .await;
+    server.wait_registers(2).await;
+    let _ = stop.send(());
+    let _ = agent.await;
+    let file = data.path().join("node-credential");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("stored"),
+        "suanli-node-test-1"
+    );
+    let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A new agent process on the same data directory presents it from the start.
+    let (stop, agent) = start_agent(&server.url(), data.path());
+    server.wait_registers(3).await;
+    let presented: Vec<String> = server
+        .scheduler
+        .recorded
+        .lock()
+        .expect("lock")
+        .registers
+        .iter()
+        .map(|(_, r)| r.node_credential.clone())
+        .collect();
+    assert_eq!(
+        presented,
+        vec!["", "suanli-node-test-1", "suanli-node-test-1"]
+    );
+    let _ = stop.send(());
+    let _ = agent.await;
+    server.stop().await;
+}
+
+/// Told that another session holds its node, the agent stands down instead of registering
+/// again and fighting over the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_agent_stops_instead_of_fighting() {
+    let server = Server::start(localhost(), 1).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let cfg = AgentConfig::from_source(
+        &MapConfig::default()
+            .with("scheduler", server.url())
+            .with("token", TOKEN)
+            .with("provider", "acme")
+            .with("region", "cn-east-1")
+            .with("domain", "dc-a")
+            .with("node", "hgx-01")
+            .with("data_dir", data.path().display().to_string())
+            .with(
+                "sysfs_root",
+                fixtures_dir().join("hgx-h100").display().to_string(),
+            )
+            .with("backoff_initial_ms", "50")
+            .with("backoff_max_ms", "400"),
+    )
+    .expect("valid config");
+    let probe = FixtureProbe::load(&fixtures_dir().join("hgx-h100.json")).expect("fixture");
+    let agent = Agent::new(cfg, Arc::new(probe)).expect("agent starts");
+    let run = tokio::spawn(agent.run_until(std::future::pending()));
+    server.wait_registers(1).await;
+    server
+        .push(Down::Replaced(pb::SessionReplaced {
+            reason: "node registered again by another agent session".into(),
+        }))
+        .await;
+    let exit = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the agent stops")
+        .expect("no panic");
+    assert_eq!(
+        exit,
+        AgentExit::Replaced {
+            reason: "node registered again by another agent session".into()
+        }
+    );
+    assert_eq!(server.registers(), 1, "it did not register again");
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,7 @@ impl AgentService for Registrar {
             session_id: format!("s-{}", inventory.generation),
             heartbeat_interval_ms: 1000,
             telemetry_interval_ms: 5000,
+            node_credential: String::new(),
         }))
     }
 
@@ -79,6 +80,7 @@ async fn register_and_session_over_loopback() {
         .register(pb::RegisterRequest {
             inventory: Some(full_inventory().into()),
             agent_version: "0.1.0".to_string(),
+            node_credential: String::new(),
         })
         .await
         .expect("a valid inventory registers")
@@ -92,6 +94,7 @@ async fn register_and_session_over_loopback() {
         .register(pb::RegisterRequest {
             inventory: Some(bad),
             agent_version: "0.1.0".to_string(),
+            node_credential: String::new(),
         })
         .await
         .expect_err("a duplicate UUID is refused");

@@ -161,6 +161,7 @@ async fn start_agents(addr: &str, nodes: usize) -> Vec<tokio::task::JoinHandle<(
             .register(pb::RegisterRequest {
                 inventory: Some(inventory(i).into()),
                 agent_version: "load".into(),
+                node_credential: String::new(),
             })
             .await
             .expect("registers")

@@ -113,9 +113,10 @@ impl Authenticator {
         }
     }
 
-    pub fn agent(&self, metadata: &MetadataMap) -> Result<(), Status> {
+    /// An agent call: the join token, or an admin (who may also re-register any node).
+    pub fn agent(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
         match self.identify(metadata)? {
-            Identity::Agent | Identity::Admin => Ok(()),
+            who @ (Identity::Agent | Identity::Admin) => Ok(who),
             other => Err(Status::permission_denied(format!(
                 "{} may not register agents: it needs a join token",
                 other.describe()

@@ -80,6 +80,50 @@ pub struct ServerConfig {
     pub domains: Vec<DomainPrice>,
     pub domain_links: Vec<DomainLinkConfig>,
     pub kubernetes: KubernetesSettings,
+    /// Time limits of the HTTP listener (`/metrics`, `/healthz`, the extender).
+    pub http: HttpSettings,
+    /// Time limits of the gRPC listener.
+    pub grpc: GrpcSettings,
+}
+
+/// `[grpc]`: how long the gRPC listener waits on a client.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSettings {
+    /// A call must arrive whole (a unary request, a session's hello) and be answered within
+    /// this long; streams that are answered may then run for as long as they are used.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        GrpcSettings {
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[http]`: how long the HTTP listener waits on a client before it hangs up.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// A connection must deliver a whole request head within this long of opening or of its
+    /// previous answer, so it also closes idle keep-alive connections.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive whole within this long of its head.
+    pub body_read_timeout_ms: u64,
+    /// An answer the client does not read for this long ends its connection.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// The Kubernetes side: where the API is, and how pods ask for GPUs.
@@ -175,6 +219,8 @@ impl Default for ServerConfig {
             domains: Vec::new(),
             domain_links: Vec::new(),
             kubernetes: KubernetesSettings::default(),
+            http: HttpSettings::default(),
+            grpc: GrpcSettings::default(),
         }
     }
 }

@@ -33,8 +33,10 @@ use suanli_engine::{Cid, GpuModel, JobSpec, JobState, MigProfile, NodeInventory}
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+mod nodes;
 mod pods;
 
+pub use nodes::Registration;
 pub use pods::{BoundPod, NodeVerdict, PodGpus, PodJobView};
 
 use crate::auth::Identity;
@@ -64,6 +66,10 @@ pub enum AgentCommand {
     Reregister {
         reason: String,
     },
+    /// Another session holds the node now; this one is closed and gets nothing more.
+    Replaced {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +95,8 @@ pub enum CoreError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
@@ -104,6 +112,7 @@ impl From<CoreError> for tonic::Status {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::NotFound(m) => tonic::Status::not_found(m),
+            CoreError::AlreadyExists(m) => tonic::Status::already_exists(m),
             CoreError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             CoreError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             CoreError::PermissionDenied(m) => tonic::Status::permission_denied(m),
@@ -131,7 +140,8 @@ pub struct GpuUsageView {
     pub milli_used: u32,
     pub memory_used: u64,
     pub exclusive: bool,
-    pub jobs: Vec<JobId>,
+    /// Jobs holding a grant on the GPU, with their tenants (a tenant sees only its own).
+    pub jobs: Vec<(JobId, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +152,8 @@ pub struct NodeView {
     pub draining: bool,
     pub lost: bool,
     pub connected: bool,
+    /// Why the node is quarantined: its inventory is outside the engine's limits.
+    pub invalid: Option<String>,
     pub last_seen_ms: i64,
     pub cpu_used: u64,
     pub memory_used: u64,
@@ -197,7 +209,10 @@ pub enum Command {
     },
     Register {
         inventory: Box<NodeInventory>,
-        reply: Reply<String>,
+        /// The node credential the agent presented; empty when it has none.
+        credential: String,
+        by: Identity,
+        reply: Reply<Registration>,
     },
     SessionOpen {
         node: Cid,
@@ -216,16 +231,19 @@ pub enum Command {
     },
     InventoryUpdate {
         node: Cid,
+        session_id: String,
         inventory: Box<NodeInventory>,
     },
     WorkStarted {
         node: Cid,
+        session_id: String,
         job_id: JobId,
         replica: u32,
         attempt: u32,
     },
     WorkExited {
         node: Cid,
+        session_id: String,
         job_id: JobId,
         replica: u32,
         attempt: u32,
@@ -290,7 +308,14 @@ pub enum Command {
     /// What kubelet gave the pods on an agent's node.
     PodDevices {
         node: Cid,
+        session_id: String,
         pods: Vec<PodGpus>,
+    },
+    /// Forget a node that is gone; with `force`, even while work is bound to it.
+    RemoveNode {
+        node: Cid,
+        force: bool,
+        reply: Reply<Vec<JobId>>,
     },
     Shutdown,
 }
@@ -363,6 +388,22 @@ struct NodeEntry {
     /// The session id the last registration was given; a hello must present it.
     issued: Option<String>,
     session: Option<(String, mpsc::UnboundedSender<AgentCommand>)>,
+    /// SHA-256 of the node credential; only its holder (or an admin) may register the node.
+    credential_sha256: Option<String>,
+    /// Why the engine could not model the node's inventory; such a node is never placed on.
+    invalid: Option<String>,
+}
+
+impl NodeEntry {
+    /// Whether new work may go here: not cordoned, and an agent is connected to run it.
+    fn schedulable(&self) -> bool {
+        !self.cordoned && self.session.is_some()
+    }
+
+    /// Whether `session_id` is the node's open session.
+    fn holds_session(&self, session_id: &str) -> bool {
+        self.session.as_ref().is_some_and(|(s, _)| s == session_id)
+    }
 }
 
 struct LiveJob {
@@ -490,7 +531,6 @@ struct Core {
     /// Pending jobs not tried since they arrived.
     untried: HashSet<JobId>,
     latencies: Vec<f64>,
-    session_counter: u64,
 }
 
 /// Starts the core on its own thread, loading state from `store`.
@@ -534,7 +574,6 @@ pub fn start(
         capacity_changed: true,
         untried: HashSet::new(),
         latencies: Vec::new(),
-        session_counter: 0,
     };
     core.load()?;
     let handle = CoreHandle { tx, events };
@@ -562,6 +601,8 @@ impl Core {
                     last_seen: now,
                     issued: None,
                     session: None,
+                    credential_sha256: record.credential_sha256,
+                    invalid: None,
                 },
             );
         }
@@ -812,8 +853,13 @@ impl Core {
             } => {
                 let _ = reply.send(self.update(&id, &by, priority, preemptible, queue));
             }
-            Command::Register { inventory, reply } => {
-                let _ = reply.send(self.register(*inventory));
+            Command::Register {
+                inventory,
+                credential,
+                by,
+                reply,
+            } => {
+                let _ = reply.send(self.register(*inventory, &credential, &by));
             }
             Command::SessionOpen {
                 node,
@@ -825,45 +871,57 @@ impl Core {
                 let _ = reply.send(self.open_session(&node, session_id, running, tx));
             }
             Command::SessionClosed { node, session_id } => {
-                if let Some(entry) = self.nodes.get_mut(&node)
-                    && entry
-                        .session
-                        .as_ref()
-                        .is_some_and(|(s, _)| *s == session_id)
-                {
-                    entry.session = None;
+                if self.session_is_current(&node, &session_id) {
+                    self.close_session(&node);
                     info!(node = %node, "Agent session closed.");
                 }
             }
             Command::Heartbeat { node, session_id } => {
                 if let Some(entry) = self.nodes.get_mut(&node)
-                    && entry
-                        .session
-                        .as_ref()
-                        .is_some_and(|(s, _)| *s == session_id)
+                    && entry.holds_session(&session_id)
                 {
                     entry.last_seen = Instant::now();
                 }
             }
-            Command::InventoryUpdate { node, inventory } => {
-                if let Err(e) = self.update_inventory(&node, *inventory) {
+            // What an agent reports counts only from the session that holds its node: a
+            // replaced or stale session cannot end, start or reshape anything.
+            Command::InventoryUpdate {
+                node,
+                session_id,
+                inventory,
+            } => {
+                if !self.session_is_current(&node, &session_id) {
+                    debug!(node = %node, "Ignoring an inventory from a session that is not current.");
+                } else if let Err(e) = self.update_inventory(&node, *inventory) {
                     warn!(node = %node, error = %e, "Rejected an inventory update.");
                 }
             }
             Command::WorkStarted {
                 node,
+                session_id,
                 job_id,
                 replica,
                 attempt,
-            } => self.work_started(&node, &job_id, replica, attempt),
+            } => {
+                if self.session_is_current(&node, &session_id) {
+                    self.work_started(&node, &job_id, replica, attempt);
+                }
+            }
             Command::WorkExited {
                 node,
+                session_id,
                 job_id,
                 replica,
                 attempt,
                 exit_code,
                 message,
-            } => self.work_exited(&node, &job_id, replica, attempt, exit_code, &message),
+            } => {
+                if self.session_is_current(&node, &session_id) {
+                    self.work_exited(&node, &job_id, replica, attempt, exit_code, &message);
+                } else {
+                    warn!(node = %node, job = %job_id, "Ignoring a work exit from a session that is not current.");
+                }
+            }
             Command::Cordon {
                 node,
                 cordoned,
@@ -926,7 +984,18 @@ impl Core {
             Command::PodJobs { reply } => {
                 let _ = reply.send(Ok(self.pod_jobs()));
             }
-            Command::PodDevices { node, pods } => self.correct_pod_gpus(&node, &pods),
+            Command::PodDevices {
+                node,
+                session_id,
+                pods,
+            } => {
+                if self.session_is_current(&node, &session_id) {
+                    self.correct_pod_gpus(&node, &pods);
+                }
+            }
+            Command::RemoveNode { node, force, reply } => {
+                let _ = reply.send(self.remove_node(&node, force));
+            }
             Command::Shutdown => {}
         }
     }
@@ -1936,26 +2005,33 @@ impl Core {
     /// Rebuilds the engine's cluster from the usable nodes and claims again what live jobs
     /// hold. Jobs whose resources are gone (node lost or shrunk) go back to pending.
     fn rebuild_cluster(&mut self) {
-        let usable: Vec<NodeInventory> = self
+        for entry in self.nodes.values_mut() {
+            entry.invalid = None;
+        }
+        let candidates: Vec<NodeInventory> = self
             .nodes
             .values()
             .filter(|n| !n.lost)
             .map(|n| {
                 let mut inv = n.inventory.clone();
-                if n.cordoned {
+                if !n.schedulable() {
                     inv.labels
                         .insert("suanli.io/cordoned".into(), "true".into());
                 }
                 inv
             })
             .collect();
-        self.cluster = match Cluster::from_inventories(&usable) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "Stored inventories do not form a cluster; starting empty.");
-                Cluster::from_inventories(&[]).expect("an empty cluster is valid")
+        // A node the engine cannot model is quarantined, never the whole cluster.
+        let (cluster, skipped) = Cluster::from_inventories_skipping_invalid(&candidates);
+        let mut usable = candidates;
+        for skip in skipped.iter().rev() {
+            warn!(node = %skip.cid, error = %skip.error, "Quarantined a node whose inventory the engine cannot model.");
+            usable.remove(skip.index);
+            if let Some(entry) = self.nodes.get_mut(&skip.cid) {
+                entry.invalid = Some(skip.error.to_string());
             }
-        };
+        }
+        self.cluster = cluster;
         self.links = LinkState::from_inventories(&usable, None);
         self.usage = Usage::default();
         self.node_ids = self
@@ -1993,7 +2069,14 @@ impl Core {
                 debug!(job = %id, "A pod's node is away; its job waits for it.");
                 continue;
             }
-            if let Err(e) = self.requeue(&id, "node_lost", "its node left the cluster") {
+            let (reason, message) = match self.invalid_node_of(&id) {
+                Some((node, why)) => (
+                    "node_invalid",
+                    format!("its node {node} is quarantined: {why}"),
+                ),
+                None => ("node_lost", "its node left the cluster".to_string()),
+            };
+            if let Err(e) = self.requeue(&id, reason, &message) {
                 warn!(job = %id, error = %e, "Could not requeue.");
             }
         }
@@ -2039,164 +2122,6 @@ impl Core {
                 })
             })
             .collect()
-    }
-
-    fn register(&mut self, inventory: NodeInventory) -> Result<String, CoreError> {
-        inventory
-            .validate()
-            .map_err(|e| CoreError::InvalidArgument(format!("inventory.{e}")))?;
-        let cid = inventory.cid.clone();
-        let name = inventory.node_name().to_string();
-        if let Some(other) = self
-            .nodes
-            .keys()
-            .find(|c| *c != &cid && c.node_name() == Some(name.as_str()))
-        {
-            return Err(CoreError::FailedPrecondition(format!(
-                "node name {name:?} is already registered as {other}; node names must be unique"
-            )));
-        }
-        self.store.upsert_node(&inventory)?;
-        let changed = self
-            .nodes
-            .get(&cid)
-            .is_none_or(|n| n.lost || n.inventory != inventory);
-        let entry = self.nodes.entry(cid.clone()).or_insert_with(|| NodeEntry {
-            inventory: inventory.clone(),
-            cordoned: false,
-            cordon_reason: String::new(),
-            draining: false,
-            lost: false,
-            last_seen: Instant::now(),
-            issued: None,
-            session: None,
-        });
-        entry.inventory = inventory;
-        entry.lost = false;
-        entry.last_seen = Instant::now();
-        // A new registration replaces any old session.
-        entry.session = None;
-        self.session_counter += 1;
-        let session_id = format!("s-{:x}-{}", now_ms(), self.session_counter);
-        entry.issued = Some(session_id.clone());
-        if changed {
-            self.cluster_dirty = true;
-        }
-        info!(node = %cid, session = %session_id, "Agent registered.");
-        Ok(session_id)
-    }
-
-    fn open_session(
-        &mut self,
-        node: &Cid,
-        session_id: String,
-        running: Vec<RunningReplica>,
-        tx: mpsc::UnboundedSender<AgentCommand>,
-    ) -> Result<(), CoreError> {
-        let Some(entry) = self
-            .nodes
-            .get_mut(node)
-            .filter(|e| e.issued.as_deref() == Some(session_id.as_str()))
-        else {
-            // Unknown node, or a session from before a scheduler restart.
-            return Err(CoreError::NotFound(format!(
-                "session {session_id} of node {node} is unknown; register again"
-            )));
-        };
-        entry.session = Some((session_id, tx));
-        entry.last_seen = Instant::now();
-        let reported: HashSet<(JobId, u32)> = running
-            .iter()
-            .map(|r| (r.job_id.clone(), r.replica))
-            .collect();
-        // What the agent reports running wins: keep those (a start report lost with a crashed
-        // scheduler is taken as given now), stop what should not run.
-        let mut confirmed = Vec::new();
-        for r in &running {
-            let expected = self.jobs.get(&r.job_id).and_then(|j| {
-                j.placement.as_ref().and_then(|p| {
-                    p.replicas
-                        .iter()
-                        .find(|s| s.replica == r.replica && &s.node == node)
-                        .map(|_| p.attempt)
-                })
-            });
-            if let Some(attempt) = expected {
-                confirmed.push((r.job_id.clone(), r.replica, attempt));
-            } else {
-                info!(node = %node, job = %r.job_id, replica = r.replica, "Stopping work the scheduler did not place here.");
-                self.send_to(
-                    node,
-                    AgentCommand::Cancel {
-                        job_id: r.job_id.clone(),
-                        replica: r.replica,
-                        attempt: 0,
-                        grace_period_ms: CANCEL_GRACE_MS,
-                    },
-                );
-            }
-        }
-        // Replicas placed here: resend those not started; requeue jobs whose started replicas
-        // vanished.
-        let mut vanished = Vec::new();
-        let mut resend = Vec::new();
-        for (id, job) in &self.jobs {
-            // Pods run under kubelet; the agent does not report them.
-            let Some(p) = job.placement.as_ref().filter(|p| p.pod.is_none()) else {
-                continue;
-            };
-            for slot in p.replicas.iter().filter(|s| &s.node == node) {
-                if slot.exit_code.is_some() || reported.contains(&(id.clone(), slot.replica)) {
-                    continue;
-                }
-                if slot.started {
-                    vanished.push(id.clone());
-                } else {
-                    resend.push((id.clone(), job.spec.clone(), slot.clone(), p.attempt));
-                }
-            }
-        }
-        for (id, spec, slot, attempt) in resend {
-            self.assign(&id, &spec, &slot, attempt);
-        }
-        for (id, replica, attempt) in confirmed {
-            self.work_started(node, &id, replica, attempt);
-        }
-        vanished.sort();
-        vanished.dedup();
-        for id in vanished {
-            let message =
-                format!("a replica on {node} was no longer running when its agent returned");
-            if let Err(e) = self.requeue(&id, "replica_lost", &message) {
-                warn!(job = %id, error = %e, "Could not requeue.");
-            }
-        }
-        info!(node = %node, running = running.len(), "Agent session open.");
-        Ok(())
-    }
-
-    fn update_inventory(&mut self, node: &Cid, inventory: NodeInventory) -> Result<(), CoreError> {
-        if &inventory.cid != node {
-            return Err(CoreError::InvalidArgument(format!(
-                "inventory is for {}, but this session is {node}",
-                inventory.cid
-            )));
-        }
-        inventory
-            .validate()
-            .map_err(|e| CoreError::InvalidArgument(format!("inventory.{e}")))?;
-        let Some(entry) = self.nodes.get_mut(node) else {
-            return Err(CoreError::NotFound(format!(
-                "node {node} is not registered"
-            )));
-        };
-        if inventory.generation <= entry.inventory.generation && inventory == entry.inventory {
-            return Ok(());
-        }
-        self.store.upsert_node(&inventory)?;
-        entry.inventory = inventory;
-        self.cluster_dirty = true;
-        Ok(())
     }
 
     fn check_heartbeats(&mut self) {
@@ -2361,10 +2286,7 @@ impl Core {
         entry.cordoned = cordoned;
         entry.cordon_reason = reason.to_string();
         entry.draining = cordoned && draining;
-        if let Some(id) = self.node_ids.get(node) {
-            let _ = self.cluster.set_cordoned(*id, cordoned);
-            self.index.refresh(&self.cluster, &self.links, *id);
-        }
+        self.sync_schedulable(node);
         if !cordoned {
             self.capacity_changed = true;
         }
@@ -2491,7 +2413,7 @@ impl Core {
     }
 
     fn node_views(&self) -> Vec<NodeView> {
-        let mut holders: HashMap<(Cid, String), Vec<JobId>> = HashMap::new();
+        let mut holders: HashMap<(Cid, String), Vec<(JobId, String)>> = HashMap::new();
         for (id, job) in &self.jobs {
             if let Some(p) = &job.placement {
                 for slot in &p.replicas {
@@ -2499,7 +2421,7 @@ impl Core {
                         holders
                             .entry((slot.node.clone(), g.uuid.clone()))
                             .or_default()
-                            .push(id.clone());
+                            .push((id.clone(), job.spec.tenant.clone()));
                     }
                 }
             }
@@ -2539,6 +2461,7 @@ impl Core {
                     draining: entry.draining,
                     lost: entry.lost,
                     connected: entry.session.is_some(),
+                    invalid: entry.invalid.clone(),
                     last_seen_ms: now_ms()
                         - i64::try_from(entry.last_seen.elapsed().as_millis()).unwrap_or(0),
                     cpu_used: engine_node.map_or(0, |n| n.cpu_milli() - n.cpu_left()),

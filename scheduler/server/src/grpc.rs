@@ -8,13 +8,15 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use suanli_engine::cid::quoted;
 use suanli_engine::job::JobId;
 use suanli_engine::{Cid, JobState};
 use suanli_proto::convert::ConvertError;
 use suanli_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -77,7 +79,8 @@ fn parse_job_id(id: &str) -> Result<JobId, Status> {
     }
     if id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(Status::invalid_argument(format!(
-            "id: {id:?} is not a job id"
+            "id: {} is not a job id",
+            quoted(id)
         )));
     }
     Ok(JobId(id.to_string()))
@@ -89,7 +92,56 @@ fn parse_cid(field: &str, text: &str) -> Result<Cid, Status> {
 }
 
 fn convert_err(e: ConvertError) -> Status {
-    Status::invalid_argument(e.to_string())
+    Status::invalid_argument(bounded_message(e.to_string()))
+}
+
+/// Longest error message a status carries. Messages quote what the caller sent; a status
+/// travels in HTTP/2 headers, where a long one would turn the answer into a protocol error.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes (at a character boundary), saying so.
+pub fn bounded_message(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &message[..end], message.len())
+}
+
+/// Checks free text a user sends with a command (a reason): bounded, printable.
+fn check_reason(field: &str, text: &str) -> Result<String, Status> {
+    suanli_engine::validation::check_text(field, text, MAX_REASON_CHARS)
+        .map_err(|e| Status::invalid_argument(bounded_message(e.to_string())))?;
+    Ok(text.to_string())
+}
+
+/// Longest reason a user may give for a cancel, cordon or drain.
+const MAX_REASON_CHARS: usize = 512;
+
+/// Most bytes one page of a listing may encode to: under the 4 MiB a default gRPC client
+/// accepts, whatever the jobs or nodes on it hold.
+const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// The first `limit` of `items` that together fit [`MAX_PAGE_BYTES`] (always at least one, so
+/// a listing moves on), and whether any are left over.
+fn fit_page<T: prost::Message>(items: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+    let available = items.len();
+    let mut bytes = 0;
+    let mut page = Vec::new();
+    for item in items.into_iter().take(limit) {
+        // Each entry also costs its tag and length prefix.
+        let size = item.encoded_len() + 8;
+        if !page.is_empty() && bytes + size > MAX_PAGE_BYTES {
+            break;
+        }
+        bytes += size;
+        page.push(item);
+    }
+    let more = page.len() < available;
+    (page, more)
 }
 
 fn page_size(page: Option<&pb::PageRequest>) -> usize {
@@ -125,6 +177,11 @@ pub fn job_to_wire(record: &JobRecord) -> pb::Job {
 const MAX_PODS_PER_NODE: usize = 1024;
 /// Most GPUs one pod may be reported holding.
 const MAX_GPUS_PER_POD: usize = 64;
+/// Messages waiting for one agent to read them (heartbeat acks, assignments, cancels). An
+/// agent reads them as they come; one that falls this far behind has stopped reading.
+const SESSION_BUFFER: usize = 1024;
+/// Longest session id a hello may present; ours are 66 characters.
+const MAX_SESSION_ID_LEN: usize = 128;
 
 pub fn placement_to_wire(p: &StoredPlacement) -> pb::Placement {
     pb::Placement {
@@ -179,15 +236,20 @@ pub fn event_to_wire(e: &EventRecord) -> pb::JobEvent {
     }
 }
 
-pub fn node_to_wire(v: &NodeView) -> pb::NodeStatus {
-    let mut job_ids: Vec<String> = v
-        .gpus
-        .iter()
-        .flat_map(|g| g.jobs.iter().map(|j| j.0.clone()))
-        .collect();
+/// A node as `who` may see it: a tenant sees only its own jobs' ids on it.
+pub fn node_to_wire(v: &NodeView, who: &Identity) -> pb::NodeStatus {
+    let visible_jobs = |jobs: &[(JobId, String)]| -> Vec<String> {
+        jobs.iter()
+            .filter(|(_, tenant)| who.tenant_scope().is_none_or(|own| own == tenant))
+            .map(|(id, _)| id.0.clone())
+            .collect()
+    };
+    let mut job_ids: Vec<String> = v.gpus.iter().flat_map(|g| visible_jobs(&g.jobs)).collect();
     job_ids.sort();
     job_ids.dedup();
-    let condition = if v.lost {
+    let condition = if v.invalid.is_some() {
+        pb::NodeCondition::Invalid
+    } else if v.lost {
         pb::NodeCondition::NotReady
     } else if v.connected {
         pb::NodeCondition::Ready
@@ -218,11 +280,12 @@ pub fn node_to_wire(v: &NodeView) -> pb::NodeStatus {
                 cid: v.inventory.gpu_cid(g.index).to_string(),
                 allocated_milli: g.milli_used,
                 allocated_memory_mib: g.memory_used,
-                job_ids: g.jobs.iter().map(|j| j.0.clone()).collect(),
+                job_ids: visible_jobs(&g.jobs),
                 free_mig_profiles: Vec::new(),
             })
             .collect(),
         job_ids,
+        invalid_reason: v.invalid.clone().unwrap_or_default(),
     }
 }
 
@@ -260,6 +323,184 @@ fn explanation_to_wire(id: &JobId, e: Explanation) -> pb::ExplainJobResponse {
 // ---- JobService --------------------------------------------------------------------------
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+/// Events one Watch stream holds for a reader that has not taken them yet. A reader further
+/// behind than this is cut off with [`fell_behind`] and resumes from the sequence it names, so
+/// a watcher that never reads costs at most this many events of memory.
+const WATCH_BUFFER: usize = 1024;
+/// Stored events read per query while a Watch replays history.
+const REPLAY_PAGE: usize = 1000;
+/// Longest a replay waits for its reader to make room before ending the stream: a client that
+/// stops reading holds its replay task no longer than this.
+const REPLAY_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Jobs whose tenant a tenant-scoped watch remembers before it starts over.
+const TENANT_CACHE: usize = 10_000;
+
+/// The status that ends a watch whose reader fell behind; `resume` is the first event it did
+/// not get, so a new watch from there continues without a gap.
+fn fell_behind(resume: i64) -> Status {
+    Status::resource_exhausted(format!(
+        "watcher fell behind by more than {WATCH_BUFFER} events; resume with from_seq = {resume}"
+    ))
+}
+
+/// The task behind one Watch stream: replays stored events page by page, then forwards live
+/// ones, always keeping one slot of its bounded channel free for the status that ends it.
+struct Watcher {
+    tx: mpsc::Sender<Result<pb::JobEvent, Status>>,
+    job: Option<JobId>,
+    tenant_scope: Option<String>,
+    /// Whether each job seen belongs to `tenant_scope`.
+    tenants: HashMap<JobId, bool>,
+    services: Services,
+    /// The last event this watch has passed (sent or filtered out); `None` for a live-only
+    /// watch that has seen nothing yet.
+    last_seq: Option<i64>,
+}
+
+/// How long a send may wait for the reader to make room.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Replay: back-pressure, up to [`REPLAY_SEND_TIMEOUT`].
+    Wait,
+    /// Live: the broadcast does not wait for anyone, so neither does the watch.
+    NoWait,
+}
+
+impl Watcher {
+    async fn run(
+        mut self,
+        replay: bool,
+        replay_only: bool,
+        mut live: tokio::sync::broadcast::Receiver<EventRecord>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        if replay && (self.replay().await.is_break() || replay_only) {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(e) => {
+                    if self.last_seq.is_some_and(|last| e.seq <= last) {
+                        continue;
+                    }
+                    if self.offer(&e, Pace::NoWait).await.is_break() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(mut missed)) => {
+                    let resume = match self.last_seq {
+                        Some(last) => last + 1,
+                        // Nothing seen yet: the missed events are the ones just before the
+                        // oldest the broadcast still holds.
+                        None => loop {
+                            match live.recv().await {
+                                Ok(oldest) => {
+                                    break oldest
+                                        .seq
+                                        .saturating_sub(i64::try_from(missed).unwrap_or(i64::MAX))
+                                        .max(1);
+                                }
+                                Err(RecvError::Lagged(more)) => missed += more,
+                                Err(RecvError::Closed) => return,
+                            }
+                        },
+                    };
+                    self.finish(fell_behind(resume));
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Stored events after `last_seq`, a page at a time, until a page comes back short.
+    async fn replay(&mut self) -> std::ops::ControlFlow<()> {
+        loop {
+            let job = self.job.clone();
+            let after = self.last_seq.unwrap_or(0);
+            let page = match self
+                .services
+                .read(move |s| s.events(job.as_ref(), after, REPLAY_PAGE))
+                .await
+            {
+                Ok(page) => page,
+                Err(status) => {
+                    self.finish(status);
+                    return std::ops::ControlFlow::Break(());
+                }
+            };
+            for e in &page {
+                self.offer(e, Pace::Wait).await?;
+            }
+            if page.len() < REPLAY_PAGE {
+                return std::ops::ControlFlow::Continue(());
+            }
+        }
+    }
+
+    /// Sends `e` if this watch may see it. `Break` when the stream is over: the reader left,
+    /// or fell behind and was sent the status saying where to resume.
+    async fn offer(&mut self, e: &EventRecord, pace: Pace) -> std::ops::ControlFlow<()> {
+        use tokio::sync::mpsc::error::TrySendError;
+        if self.visible(e).await {
+            // Two permits: one for the event and one left free for a final status.
+            let permits = match pace {
+                Pace::NoWait => self.tx.try_reserve_many(2),
+                Pace::Wait => {
+                    match tokio::time::timeout(REPLAY_SEND_TIMEOUT, self.tx.reserve_many(2)).await {
+                        Ok(Ok(permits)) => Ok(permits),
+                        Ok(Err(_closed)) => Err(TrySendError::Closed(())),
+                        Err(_elapsed) => Err(TrySendError::Full(())),
+                    }
+                }
+            };
+            match permits {
+                Ok(mut permits) => {
+                    if let Some(permit) = permits.next() {
+                        permit.send(Ok(event_to_wire(e)));
+                    }
+                }
+                Err(TrySendError::Full(())) => {
+                    self.finish(fell_behind(e.seq));
+                    return std::ops::ControlFlow::Break(());
+                }
+                Err(TrySendError::Closed(())) => return std::ops::ControlFlow::Break(()),
+            }
+        }
+        self.last_seq = Some(e.seq);
+        std::ops::ControlFlow::Continue(())
+    }
+
+    /// Ends the stream with `status`. Every event send leaves a slot free, so this one fits;
+    /// only a reader that is gone misses it.
+    fn finish(&self, status: Status) {
+        let _ = self.tx.try_send(Err(status));
+    }
+
+    async fn visible(&mut self, e: &EventRecord) -> bool {
+        if self.job.as_ref().is_some_and(|j| *j != e.job_id) {
+            return false;
+        }
+        let Some(tenant) = self.tenant_scope.clone() else {
+            return true;
+        };
+        if let Some(&known) = self.tenants.get(&e.job_id) {
+            return known;
+        }
+        let id = e.job_id.clone();
+        let theirs = self
+            .services
+            .read(move |s| s.job(&id))
+            .await
+            .is_ok_and(|j| j.spec.tenant == tenant);
+        if self.tenants.len() >= TENANT_CACHE {
+            self.tenants.clear();
+        }
+        self.tenants.insert(e.job_id.clone(), theirs);
+        theirs
+    }
+}
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for Services {
@@ -326,7 +567,7 @@ impl pb::job_service_server::JobService for Services {
                 if !msg.tenant.is_empty() && msg.tenant != own {
                     return Err(Status::permission_denied(format!(
                         "tenant {own} may not list tenant {}'s jobs",
-                        msg.tenant
+                        quoted(&msg.tenant)
                     )));
                 }
                 Some(own.to_string())
@@ -338,7 +579,8 @@ impl pb::job_service_server::JobService for Services {
             None | Some("") => None,
             Some(token) => Some(parse_job_id(token).map_err(|_| {
                 Status::invalid_argument(format!(
-                    "page.page_token: {token:?} is not a token this server issued"
+                    "page.page_token: {} is not a token this server issued",
+                    quoted(token)
                 ))
             })?),
         };
@@ -374,15 +616,14 @@ impl pb::job_service_server::JobService for Services {
                 ))
             })
             .await?;
-        let more = jobs.len() > limit;
-        let page: Vec<&JobRecord> = jobs.iter().take(limit).collect();
+        let (page, more) = fit_page(jobs.iter().map(job_to_wire).collect(), limit);
         let next = if more {
-            page.last().map(|j| j.id.0.clone()).unwrap_or_default()
+            page.last().map(|j| j.id.clone()).unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: page.into_iter().map(job_to_wire).collect(),
+            jobs: page,
             page: Some(pb::PageInfo {
                 next_page_token: next,
                 total_size: total,
@@ -418,7 +659,7 @@ impl pb::job_service_server::JobService for Services {
         let who = self.auth.user(request.metadata())?;
         let msg = request.into_inner();
         let id = parse_job_id(&msg.id)?;
-        let reason: String = msg.reason.chars().take(512).collect();
+        let reason = check_reason("reason", &msg.reason)?;
         let record = self
             .core
             .ask(|reply| Command::Cancel {
@@ -449,73 +690,27 @@ impl pb::job_service_server::JobService for Services {
             .map(str::to_string)
             .or_else(|| (!msg.tenant.is_empty()).then_some(msg.tenant.clone()));
         // Subscribe before replaying so nothing falls between the two.
-        let mut live = self.core.subscribe();
+        let live = self.core.subscribe();
         let from_seq = if msg.replay_only {
             Some(msg.from_seq.unwrap_or(1))
         } else {
             msg.from_seq
         };
-        let replay_only = msg.replay_only;
-        let replay = match from_seq {
-            Some(from) => {
-                let job = job.clone();
-                let after = i64::try_from(from).unwrap_or(i64::MAX).saturating_sub(1);
-                self.read(move |s| s.events(job.as_ref(), after, 0)).await?
-            }
-            None => Vec::new(),
+        // One slot more than the buffer: the status that ends the stream always fits.
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER + 1);
+        let watcher = Watcher {
+            tx,
+            job,
+            tenant_scope,
+            tenants: HashMap::new(),
+            services: self.clone(),
+            last_seq: from_seq
+                .map(|from| i64::try_from(from).unwrap_or(i64::MAX).saturating_sub(1)),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let reader = self.reader.clone();
-        tokio::spawn(async move {
-            let mut tenants: HashMap<JobId, bool> = HashMap::new();
-            let mut visible = |e: &EventRecord| -> bool {
-                if job.as_ref().is_some_and(|j| *j != e.job_id) {
-                    return false;
-                }
-                let Some(tenant) = &tenant_scope else {
-                    return true;
-                };
-                *tenants.entry(e.job_id.clone()).or_insert_with(|| {
-                    reader
-                        .lock()
-                        .ok()
-                        .and_then(|s| s.job(&e.job_id).ok())
-                        .is_some_and(|j| &j.spec.tenant == tenant)
-                })
-            };
-            let mut last_seq = 0;
-            for e in replay {
-                last_seq = e.seq;
-                if visible(&e) && tx.send(Ok(event_to_wire(&e))).is_err() {
-                    return;
-                }
-            }
-            if replay_only {
-                return;
-            }
-            loop {
-                match live.recv().await {
-                    Ok(e) => {
-                        if e.seq <= last_seq {
-                            continue;
-                        }
-                        last_seq = e.seq;
-                        if visible(&e) && tx.send(Ok(event_to_wire(&e))).is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ = tx.send(Err(Status::resource_exhausted(format!(
-                            "watcher fell {n} events behind; resume with from_seq = {}",
-                            last_seq + 1
-                        ))));
-                        return;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        tokio::spawn(watcher.run(from_seq.is_some(), msg.replay_only, live));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn explain(
@@ -559,7 +754,7 @@ impl Services {
                 reply,
             })
             .await?;
-        Ok(Response::new(node_to_wire(&view)))
+        Ok(Response::new(node_to_wire(&view, &Identity::Admin)))
     }
 
     async fn node_view(&self, cid: &Cid) -> Result<NodeView, Status> {
@@ -577,7 +772,7 @@ impl pb::cluster_service_server::ClusterService for Services {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.auth.user(request.metadata())?;
+        let who = self.auth.user(request.metadata())?;
         let msg = request.into_inner();
         let prefix = if msg.prefix.is_empty() {
             None
@@ -606,17 +801,22 @@ impl pb::cluster_service_server::ClusterService for Services {
             .iter()
             .filter(|v| after.as_ref().is_none_or(|a| &v.inventory.cid > a))
             .collect();
-        let more = rest.len() > limit;
-        let page: Vec<&NodeView> = rest.into_iter().take(limit).collect();
+        let candidates = rest
+            .into_iter()
+            .take(limit + 1)
+            .map(|v| node_to_wire(v, &who))
+            .collect();
+        let (page, more) = fit_page(candidates, limit);
         let next = if more {
             page.last()
-                .map(|v| v.inventory.cid.to_string())
+                .and_then(|n| n.inventory.as_ref())
+                .map(|inv| inv.cid.clone())
                 .unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: page.into_iter().map(node_to_wire).collect(),
+            nodes: page,
             page: Some(pb::PageInfo {
                 next_page_token: next,
                 total_size: total,
@@ -628,9 +828,12 @@ impl pb::cluster_service_server::ClusterService for Services {
         &self,
         request: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        self.auth.user(request.metadata())?;
+        let who = self.auth.user(request.metadata())?;
         let cid = parse_cid("cid", &request.get_ref().cid)?;
-        Ok(Response::new(node_to_wire(&self.node_view(&cid).await?)))
+        Ok(Response::new(node_to_wire(
+            &self.node_view(&cid).await?,
+            &who,
+        )))
     }
 
     async fn resolve(
@@ -657,8 +860,8 @@ impl pb::cluster_service_server::ClusterService for Services {
                     .is_none_or(|a| n.cid.parse::<Cid>().is_ok_and(|c| &c > a))
             })
             .collect();
-        let more = rest.len() > limit;
-        rest.truncate(limit);
+        rest.truncate(limit + 1);
+        let (rest, more) = fit_page(rest, limit);
         let next = if more {
             rest.last().map(|n| n.cid.clone()).unwrap_or_default()
         } else {
@@ -689,7 +892,7 @@ impl pb::cluster_service_server::ClusterService for Services {
     ) -> Result<Response<pb::NodeStatus>, Status> {
         self.auth.admin(request.metadata())?;
         let msg = request.into_inner();
-        self.set_cordon(&msg.cid, true, msg.reason.chars().take(512).collect())
+        self.set_cordon(&msg.cid, true, check_reason("reason", &msg.reason)?)
             .await
     }
 
@@ -709,19 +912,47 @@ impl pb::cluster_service_server::ClusterService for Services {
         self.auth.admin(request.metadata())?;
         let msg = request.into_inner();
         let cid = parse_cid("cid", &msg.cid)?;
+        let reason = check_reason("reason", &msg.reason)?;
         let evicted = self
             .core
             .ask(|reply| Command::Drain {
                 node: cid.clone(),
-                reason: msg.reason.chars().take(512).collect(),
+                reason,
                 grace_ms: msg.grace_period_ms,
                 reply,
             })
             .await?;
         let view = self.node_view(&cid).await?;
         Ok(Response::new(pb::DrainResponse {
-            node: Some(node_to_wire(&view)),
+            node: Some(node_to_wire(&view, &Identity::Admin)),
             evicted_job_ids: evicted.into_iter().map(|j| j.0).collect(),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.auth.admin(request.metadata())?;
+        let msg = request.into_inner();
+        let node = parse_cid("cid", &msg.cid)?;
+        if node.level() != suanli_engine::Level::Node {
+            return Err(Status::invalid_argument(format!(
+                "cid: {node} is not a node identifier (provider/region/domain/node)"
+            )));
+        }
+        let requeued = self
+            .core
+            .ask(|reply| Command::RemoveNode {
+                node: node.clone(),
+                force: msg.force,
+                reply,
+            })
+            .await?;
+        info!(node = %node, force = msg.force, requeued = requeued.len(), "Node removed by an admin.");
+        Ok(Response::new(pb::RemoveNodeResponse {
+            cid: node.to_string(),
+            requeued_job_ids: requeued.into_iter().map(|j| j.0).collect(),
         }))
     }
 
@@ -784,6 +1015,7 @@ fn command_to_wire(command: AgentCommand) -> pb::SchedulerMessage {
             attempt,
         }),
         AgentCommand::Reregister { reason } => Msg::Reregister(pb::Reregister { reason }),
+        AgentCommand::Replaced { reason } => Msg::Replaced(pb::SessionReplaced { reason }),
     };
     pb::SchedulerMessage { msg: Some(msg) }
 }
@@ -794,23 +1026,33 @@ impl pb::agent_service_server::AgentService for Services {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        self.auth.agent(request.metadata())?;
+        let who = self.auth.agent(request.metadata())?;
         let msg = request.into_inner();
+        if msg.node_credential.len() > crate::credential::MAX_CREDENTIAL_LEN {
+            return Err(Status::invalid_argument(format!(
+                "node_credential: is {} bytes; a node credential has at most {}",
+                msg.node_credential.len(),
+                crate::credential::MAX_CREDENTIAL_LEN
+            )));
+        }
         let inventory =
             suanli_proto::convert::required_inventory(msg.inventory).map_err(convert_err)?;
         let cid = inventory.cid.clone();
-        let session_id = self
+        let registration = self
             .core
             .ask(|reply| Command::Register {
                 inventory: Box::new(inventory),
+                credential: msg.node_credential,
+                by: who,
                 reply,
             })
             .await?;
         Ok(Response::new(pb::RegisterResponse {
             node_cid: cid.to_string(),
-            session_id,
+            session_id: registration.session_id,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             telemetry_interval_ms: self.telemetry_interval_ms,
+            node_credential: registration.credential.unwrap_or_default(),
         }))
     }
 
@@ -835,6 +1077,12 @@ impl pb::agent_service_server::AgentService for Services {
             None => return Err(Status::cancelled("session closed before hello")),
         };
         let node = parse_cid("hello.node_cid", &hello.node_cid)?;
+        if hello.session_id.len() > MAX_SESSION_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "hello.session_id: is {} bytes; a session id has at most {MAX_SESSION_ID_LEN}",
+                hello.session_id.len()
+            )));
+        }
         let mut running = Vec::new();
         for (i, r) in hello.running.iter().enumerate() {
             let job_id = parse_job_id(&r.job_id).map_err(|s| {
@@ -852,22 +1100,33 @@ impl pb::agent_service_server::AgentService for Services {
                 node: node.clone(),
                 session_id: session_id.clone(),
                 running,
-                tx: to_agent.clone(),
+                tx: to_agent,
                 reply,
             })
             .await?;
-        let (out_tx, out_rx) = mpsc::unbounded_channel::<Result<pb::SchedulerMessage, Status>>();
+        // Bounded: an agent that stops reading cannot make the scheduler buffer without end.
+        let (out_tx, out_rx) =
+            mpsc::channel::<Result<pb::SchedulerMessage, Status>>(SESSION_BUFFER);
         // Core → agent.
         let forward_tx = out_tx.clone();
         tokio::spawn(async move {
             let mut from_core = from_core;
             while let Some(command) = from_core.recv().await {
-                if forward_tx.send(Ok(command_to_wire(command))).is_err() {
+                let replaced = matches!(command, AgentCommand::Replaced { .. });
+                if forward_tx.send(Ok(command_to_wire(command))).await.is_err() {
+                    break;
+                }
+                if replaced {
+                    // The agent has been told why; end the stream so it stops here.
+                    let _ = forward_tx
+                        .send(Err(Status::aborted("another session holds this node now")))
+                        .await;
                     break;
                 }
             }
         });
-        // Agent → core.
+        // Agent → core. Every report carries the session, so the core can ignore a session
+        // that no longer holds the node.
         let core = self.core.clone();
         let telemetry = self.telemetry.clone();
         tokio::spawn(async move {
@@ -895,8 +1154,14 @@ impl pb::agent_service_server::AgentService for Services {
                                 seq: hb.seq,
                             })),
                         };
-                        if out_tx.send(Ok(ack)).is_err() {
-                            break;
+                        match out_tx.try_send(Ok(ack)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                warn!(node = %node, "Agent does not read its session; closing it.");
+                                break;
+                            }
+                            // The stream to the agent ended (replaced, or the agent left).
+                            Err(mpsc::error::TrySendError::Closed(_)) => break,
                         }
                     }
                     Msg::Telemetry(t) => {
@@ -912,10 +1177,16 @@ impl pb::agent_service_server::AgentService for Services {
                         match suanli_proto::convert::required_inventory(update.inventory) {
                             Ok(inventory) => core.send(Command::InventoryUpdate {
                                 node: node.clone(),
+                                session_id: session_id.clone(),
                                 inventory: Box::new(inventory),
                             }),
                             Err(e) => {
-                                warn!(node = %node, error = %e, "Rejected an inventory update.")
+                                // The node no longer matches what the scheduler places on:
+                                // end the session, so the agent hears why and the node is not
+                                // used on stale facts.
+                                warn!(node = %node, error = %e, "Rejected an inventory update.");
+                                let _ = out_tx.try_send(Err(convert_err(e)));
+                                break;
                             }
                         }
                     }
@@ -932,12 +1203,14 @@ impl pb::agent_service_server::AgentService for Services {
                             .collect();
                         core.send(Command::PodDevices {
                             node: node.clone(),
+                            session_id: session_id.clone(),
                             pods,
                         });
                     }
                     Msg::Started(s) => match parse_job_id(&s.job_id) {
                         Ok(job_id) => core.send(Command::WorkStarted {
                             node: node.clone(),
+                            session_id: session_id.clone(),
                             job_id,
                             replica: s.replica,
                             attempt: s.attempt,
@@ -955,6 +1228,7 @@ impl pb::agent_service_server::AgentService for Services {
                             };
                             core.send(Command::WorkExited {
                                 node: node.clone(),
+                                session_id: session_id.clone(),
                                 job_id,
                                 replica: x.replica,
                                 attempt: x.attempt,
@@ -970,8 +1244,26 @@ impl pb::agent_service_server::AgentService for Services {
             }
             core.send(Command::SessionClosed { node, session_id });
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
-            out_rx,
-        ))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
+}
+
+// ---- undecodable requests ----------------------------------------------------------------
+
+/// Start of prost's message for bytes that are no protobuf message.
+const DECODE_FAILURE: &str = "failed to decode Protobuf message";
+
+/// Answers a request body that does not decode with `INVALID_ARGUMENT` instead of tonic's
+/// `INTERNAL`: the fault is the caller's bytes, not the scheduler, and callers (the CLI's exit
+/// codes, retry policies) must be able to tell the two apart. Applied to every service.
+pub fn undecodable_is_invalid<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    if let Some(status) = Status::from_header_map(headers)
+        && status.code() == tonic::Code::Internal
+        && status.message().starts_with(DECODE_FAILURE)
+    {
+        let message = format!("request: {}", status.message());
+        let _ = Status::invalid_argument(bounded_message(message)).add_header(headers);
+    }
+    response
 }

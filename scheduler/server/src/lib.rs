@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod credential;
 pub mod extender;
 pub mod grpc;
 pub mod http;

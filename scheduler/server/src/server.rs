@@ -23,6 +23,8 @@ use crate::store::{Durability, Store};
 
 /// Largest gRPC message accepted: a hostile client cannot make the server buffer more.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Streams one client connection may have open at once (CLI calls, watches, a session).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -138,6 +140,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        // A peer that stops answering pings is gone; its streams are ended.
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // A request that does not arrive whole in time (slow headers, a slow body, a session
+        // that never says hello) is ended; answered streams are not limited by this.
+        .timeout(Duration::from_millis(config.grpc.request_timeout_ms.max(1)))
+        // One connection cannot open streams or queue calls without bound.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .layer(tower::util::MapResponseLayer::new(
+            crate::grpc::undecodable_is_invalid::<tonic::body::Body>,
+        ))
         .add_service(
             pb::job_service_server::JobServiceServer::new(services.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -175,6 +188,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         api => Some(KubeApi::connect(api)?),
     };
     let counters = Arc::new(crate::extender::ExtenderCounters::default());
+    let http_timeouts = crate::http::Timeouts::from(&config.http);
     let app = router(HttpState {
         core: core.clone(),
         latency: Arc::new(Mutex::new(crate::http::Histogram::default())),
@@ -187,6 +201,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         }),
         kube: kube.clone(),
         counters,
+        limits: crate::extender::ExtenderLimits::new(http_timeouts.body_read),
     }));
     let mut tasks = Vec::new();
     if let Some(kube) = kube {
@@ -199,16 +214,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             reconcile_stop_rx,
         )));
     }
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stop_rx.await;
-            })
-            .await
-        {
-            warn!(error = %e, "HTTP server stopped with an error.");
-        }
-    });
+    let http_task = tokio::spawn(crate::http::serve(
+        http_listener,
+        app,
+        http_timeouts,
+        http_stop_rx,
+    ));
     let fanout = tokio::spawn(async move {
         let _ = stop_rx.await;
         let _ = grpc_stop_tx.send(());

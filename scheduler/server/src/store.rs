@@ -61,6 +61,11 @@ CREATE TABLE nodes (
 ALTER TABLE nodes ADD COLUMN cordon_reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE nodes ADD COLUMN draining INTEGER NOT NULL DEFAULT 0;
 "#,
+    // The SHA-256 of the node credential issued at the node's first registration; NULL for
+    // nodes registered before credentials existed (their next registration is given one).
+    r#"
+ALTER TABLE nodes ADD COLUMN credential_sha256 TEXT;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,8 @@ pub struct NodeRecord {
     pub draining: bool,
     pub lost: bool,
     pub last_seen_ms: i64,
+    /// SHA-256 (hex) of the node's credential; `None` until one is issued.
+    pub credential_sha256: Option<String>,
 }
 
 /// Which jobs to list; `None` fields match everything.
@@ -589,15 +596,28 @@ impl Store {
 
     /// Inserts or replaces a node's inventory, keeping its cordon flag and clearing `lost`.
     pub fn upsert_node(&mut self, inventory: &NodeInventory) -> Result<(), StoreError> {
+        self.register_node(inventory, None)
+    }
+
+    /// [`Store::upsert_node`], also recording the hash of a newly issued node credential, in
+    /// one statement (one commit) per registration.
+    pub fn register_node(
+        &mut self,
+        inventory: &NodeInventory,
+        credential_sha256: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO nodes (cid, generation, inventory, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO nodes (cid, generation, inventory, last_seen_ms, credential_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(cid) DO UPDATE SET generation = excluded.generation,
-                 inventory = excluded.inventory, last_seen_ms = excluded.last_seen_ms, lost = 0",
+                 inventory = excluded.inventory, last_seen_ms = excluded.last_seen_ms, lost = 0,
+                 credential_sha256 = COALESCE(excluded.credential_sha256, credential_sha256)",
             params![
                 inventory.cid.to_string(),
                 i64::try_from(inventory.generation).unwrap_or(i64::MAX),
                 to_json(inventory)?,
                 now_ms(),
+                credential_sha256,
             ],
         )?;
         Ok(())
@@ -632,9 +652,21 @@ impl Store {
         Ok(changed > 0)
     }
 
+    /// Forgets a node: its inventory, flags and credential.
+    pub fn delete_node(&mut self, cid: &Cid) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute("DELETE FROM nodes WHERE cid = ?1", params![cid.to_string()])?;
+        Ok(changed > 0)
+    }
+
+    /// Every stored node, by CID. A row that no longer reads (an inventory or CID this
+    /// version refuses) is left out with a warning and left in the database untouched: one
+    /// bad row must not keep the scheduler from starting.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT cid, inventory, cordoned, lost, last_seen_ms, cordon_reason, draining
+            "SELECT cid, inventory, cordoned, lost, last_seen_ms, cordon_reason, draining,
+                    credential_sha256
              FROM nodes ORDER BY cid",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -646,18 +678,31 @@ impl Store {
                 row.get::<_, i64>(4)?,
                 row.get::<_, String>(5)?,
                 row.get::<_, bool>(6)?,
+                row.get::<_, Option<String>>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (cid, inventory, cordoned, lost, last_seen_ms, cordon_reason, draining) = row?;
+            let (cid, inventory, cordoned, lost, last_seen_ms, cordon_reason, draining, credential) =
+                row?;
+            let inventory: NodeInventory = match from_json(
+                &format!("inventory of node {cid}"),
+                &inventory,
+            ) {
+                Ok(inventory) => inventory,
+                Err(e) => {
+                    tracing::warn!(node = %cid, error = %e, "Skipping a stored node that does not read.");
+                    continue;
+                }
+            };
             out.push(NodeRecord {
-                inventory: from_json(&format!("inventory of node {cid}"), &inventory)?,
+                inventory,
                 cordoned,
                 cordon_reason,
                 draining,
                 lost,
                 last_seen_ms,
+                credential_sha256: credential,
             });
         }
         Ok(out)
@@ -998,10 +1043,10 @@ mod tests {
                 .expect("set version");
         }
         let err = Store::open(dir.path(), Durability::Normal).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("schema version 99, newer than this binary knows (2)")
-        );
+        assert!(err.to_string().contains(&format!(
+            "schema version 99, newer than this binary knows ({})",
+            MIGRATIONS.len()
+        )));
     }
 
     #[test]

@@ -24,6 +24,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 mod extender;
+mod hostile;
+mod http_limits;
 mod kube_api;
 
 const JOIN: &str = "join-token-1";
@@ -127,12 +129,25 @@ async fn channel(server: &RunningServer) -> Channel {
 /// A fake agent speaking the real protocol: registers, holds a session, reports work.
 struct Agent {
     cid: String,
+    /// The node credential the scheduler issued at registration, as a real agent keeps it.
+    credential: String,
     up: mpsc::Sender<pb::AgentMessage>,
     down: tonic::Streaming<pb::SchedulerMessage>,
 }
 
 impl Agent {
+    /// The first agent of a node: registers with the join token alone.
     async fn connect(ch: Channel, inv: NodeInventory, running: Vec<pb::RunningWork>) -> Agent {
+        Agent::connect_with(ch, inv, running, "").await
+    }
+
+    /// An agent that comes back to a node it registered before, with its credential.
+    async fn connect_with(
+        ch: Channel,
+        inv: NodeInventory,
+        running: Vec<pb::RunningWork>,
+        credential: &str,
+    ) -> Agent {
         let mut client = AgentServiceClient::new(ch);
         let reg = client
             .register(authed(
@@ -140,11 +155,17 @@ impl Agent {
                 pb::RegisterRequest {
                     inventory: Some(inv.into()),
                     agent_version: "test".into(),
+                    node_credential: credential.into(),
                 },
             ))
             .await
             .expect("registers")
             .into_inner();
+        let credential = if reg.node_credential.is_empty() {
+            credential.to_string()
+        } else {
+            reg.node_credential.clone()
+        };
         let (up, rx) = mpsc::channel(64);
         up.send(msg(pb::agent_message::Msg::Hello(pb::Hello {
             node_cid: reg.node_cid.clone(),
@@ -160,6 +181,7 @@ impl Agent {
             .into_inner();
         Agent {
             cid: reg.node_cid,
+            credential,
             up,
             down,
         }
@@ -572,7 +594,7 @@ async fn bad_requests_name_the_field() {
             JOIN,
             pb::RegisterRequest {
                 inventory: Some(bad.into()),
-                agent_version: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -587,7 +609,7 @@ async fn bad_requests_name_the_field() {
             RESEARCH,
             pb::RegisterRequest {
                 inventory: Some(inventory("n1", 1).into()),
-                agent_version: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -678,6 +700,7 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
     agent.report_started(&a).await;
     wait_state(&mut jobs, &ids[0], pb::JobState::Running).await;
     server.shutdown().await;
+    let credential = agent.credential.clone();
     drop(agent);
 
     let server = start(config(dir.path(), 60_000)).await.expect("restarts");
@@ -693,7 +716,7 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
     .await;
     assert_eq!(again.id, ids[1]);
     // The agent returns, still running the first job: the only GPU stays with it.
-    let mut agent = Agent::connect(
+    let mut agent = Agent::connect_with(
         ch.clone(),
         inventory("n1", 1),
         vec![pb::RunningWork {
@@ -704,6 +727,7 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
             started_unix_ms: 0,
             attempt: 1,
         }],
+        &credential,
     )
     .await;
     agent.heartbeat(1).await;
@@ -768,12 +792,13 @@ async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
     // The agent starts the work, but the scheduler goes down before hearing about it.
     let a = agent.next_assignment().await;
     server.shutdown().await;
+    let credential = agent.credential.clone();
     drop(agent);
 
     let server = start(config(dir.path(), 60_000)).await.expect("restarts");
     let ch = channel(&server).await;
     let mut jobs = JobServiceClient::new(ch.clone());
-    let agent = Agent::connect(
+    let agent = Agent::connect_with(
         ch,
         inventory("n1", 1),
         vec![pb::RunningWork {
@@ -784,6 +809,7 @@ async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
             started_unix_ms: 0,
             attempt: a.attempt,
         }],
+        &credential,
     )
     .await;
     agent.heartbeat(1).await;
