@@ -4,31 +4,96 @@
 //! fields sent as `null`, and any status but 200 taken as an error. A body that does not
 //! parse is answered with 400 and a message naming the field and position, in the reply's
 //! `Error` field where the reply type has one.
+//!
+//! Every call is bounded: its body in size ([`MAX_SCORING_BODY_BYTES`],
+//! [`MAX_BIND_BODY_BYTES`]; 413 past it) and in time (`[http] body_read_timeout_ms`; 408),
+//! the nodes it names ([`MAX_NODES`]; 400), and the calls answered at once
+//! ([`MAX_SCORING_CALLS`], [`MAX_BIND_CALLS`]; 503 past them).
 
 use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
 use suanli_engine::{GpuModel, JobSpec, JobState, MigProfile};
-use tracing::{info, warn};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 use crate::core::{Command, CoreError, CoreHandle, NodeVerdict};
+use crate::http::{self, BodyLimit};
 use crate::kubernetes::{KubeApi, POD_ANNOTATION_PREFIX};
 use crate::placement::PodRef;
 
 /// Highest score the extender API allows (`extenderv1.MaxExtenderPriority`).
 pub const MAX_PRIORITY: i64 = 10;
-/// A node list of a large cluster with full Node objects runs to megabytes.
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+// ---- limits -------------------------------------------------------------------------------
+
+/// The most a filter, prioritize or preempt body may be.
+///
+/// kube-scheduler sends full Node objects (the chart sets `nodeCacheCapable: false`), but
+/// only of the nodes its own filters passed, and it stops looking once it has found
+/// `numFeasibleNodesToFind` of them: with the default `percentageOfNodesToScore` that is
+/// max(100, 10 % of 5,000) = 500 on a 5,000-node cluster. A GPU node with its managed
+/// fields, 50 cached images (kubelet's `nodeStatusMaxImages`) and feature-discovery labels
+/// marshals to about 30 KB, so such a request is about 15 MB plus a Pod of at most 1.5 MB
+/// (etcd's object limit). 32 MiB fits that twice over, or all 5,000 nodes at 6.7 KB each for
+/// a profile with `percentageOfNodesToScore: 100` (larger Nodes than that, on that many,
+/// want `nodeCacheCapable: true`: names only, tens of bytes a node).
+pub const MAX_SCORING_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// The most a bind body may be: it names one pod and one node.
+pub const MAX_BIND_BODY_BYTES: usize = 64 * 1024;
+/// The most nodes one request may name (`NodeNames`, `Nodes.items`, or a preemption's nodes):
+/// twice the largest cluster Suanli supports, 5,000 nodes.
+pub const MAX_NODES: usize = 10_000;
+/// Filter, prioritize and preempt calls answered at once; past it a call is refused.
+///
+/// Refused at once with 503 and `Retry-After: 1`, not queued. kube-scheduler's scheduling
+/// cycle is serial: one kube-scheduler makes one of these calls at a time and waits for it
+/// (up to `httpTimeout`), so only a second scheduler (a leader hand-over, another profile's
+/// deployment) or a misbehaving client ever has more in flight. A queued call would hold its
+/// connection while its caller may have given up; a refused one fails that pod's attempt at
+/// once, and kube-scheduler retries the pod after its backoff (1 s, doubling to 10 s).
+/// Admission comes before the body is read, so at most this many bodies are held. Each call
+/// holds its body or the nodes parsed out of it (kept as their text) and its answer, each
+/// no larger than [`MAX_SCORING_BODY_BYTES`]: a few hundred MiB at the very most, however
+/// many clients call.
+pub const MAX_SCORING_CALLS: usize = 4;
+/// Bind calls answered at once. kube-scheduler binds each pod in its own goroutine, so binds
+/// overlap; they have their own pool, which scoring calls cannot take, and their bodies are
+/// small ([`MAX_BIND_BODY_BYTES`]).
+pub const MAX_BIND_CALLS: usize = 64;
+
+/// How many calls the extender answers at once, and how long a body may take to arrive.
+#[derive(Debug, Clone)]
+pub struct ExtenderLimits {
+    scoring: Arc<Semaphore>,
+    binding: Arc<Semaphore>,
+    body_timeout: Duration,
+}
+
+impl ExtenderLimits {
+    pub fn new(body_timeout: Duration) -> Self {
+        ExtenderLimits {
+            scoring: Arc::new(Semaphore::new(MAX_SCORING_CALLS)),
+            binding: Arc::new(Semaphore::new(MAX_BIND_CALLS)),
+            body_timeout,
+        }
+    }
+}
 
 /// How pods ask for GPUs.
 #[derive(Debug, Clone)]
@@ -53,27 +118,27 @@ pub struct ExtenderState {
     /// bind says what is missing.
     pub kube: Option<KubeApi>,
     pub counters: Arc<ExtenderCounters>,
+    pub limits: ExtenderLimits,
 }
 
 pub fn router(state: ExtenderState) -> Router {
     Router::new()
         .route(
             "/extender/filter",
-            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Filter, s, b, filter)),
+            post(|s: State<ExtenderState>, r: Request| counted(Verb::Filter, s, r, filter)),
         )
         .route(
             "/extender/prioritize",
-            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Prioritize, s, b, prioritize)),
+            post(|s: State<ExtenderState>, r: Request| counted(Verb::Prioritize, s, r, prioritize)),
         )
         .route(
             "/extender/bind",
-            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Bind, s, b, bind)),
+            post(|s: State<ExtenderState>, r: Request| counted(Verb::Bind, s, r, bind)),
         )
         .route(
             "/extender/preempt",
-            post(|s: State<ExtenderState>, b: Bytes| counted(Verb::Preempt, s, b, preempt)),
+            post(|s: State<ExtenderState>, r: Request| counted(Verb::Preempt, s, r, preempt)),
         )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -97,37 +162,89 @@ impl Verb {
             Verb::Preempt => "preempt",
         }
     }
+
+    fn max_body_bytes(self) -> usize {
+        match self {
+            Verb::Bind => MAX_BIND_BODY_BYTES,
+            Verb::Filter | Verb::Prioritize | Verb::Preempt => MAX_SCORING_BODY_BYTES,
+        }
+    }
+
+    /// The calls answered at once that this verb's call must find room among.
+    fn pool(self, limits: &ExtenderLimits) -> (&Arc<Semaphore>, String) {
+        match self {
+            Verb::Bind => (&limits.binding, format!("{MAX_BIND_CALLS} bind calls")),
+            Verb::Filter | Verb::Prioritize | Verb::Preempt => (
+                &limits.scoring,
+                format!("{MAX_SCORING_CALLS} filter, prioritize and preempt calls"),
+            ),
+        }
+    }
+
+    /// A refusal in this verb's reply type: filter and bind replies carry the message in
+    /// `Error`; prioritize and preempt replies have no such field and carry it as text.
+    fn refusal(self, status: StatusCode, message: String) -> Response {
+        match self {
+            Verb::Filter => error_reply(
+                status,
+                &ExtenderFilterResult {
+                    error: message,
+                    ..Default::default()
+                },
+            ),
+            Verb::Bind => error_reply(status, &ExtenderBindingResult { error: message }),
+            Verb::Prioritize | Verb::Preempt => (status, message).into_response(),
+        }
+    }
 }
 
-/// How a call ended: answered, answered with an error for kube-scheduler, or refused as
-/// malformed.
+/// How a call ended: answered, answered with an error for kube-scheduler, refused as
+/// malformed, or refused by a limit: a body too large or too slow, or too many calls at once.
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
     Ok,
     Error,
     BadRequest,
+    TooLarge,
+    TimedOut,
+    Shed,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Error, Outcome::BadRequest];
+    const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::BadRequest,
+        Outcome::TooLarge,
+        Outcome::TimedOut,
+        Outcome::Shed,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Error => "error",
             Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Shed => "shed",
         }
     }
 
+    /// 413, 408 and 503 come only from the limits in [`limited`].
     fn of(response: &Response) -> Outcome {
-        if response.status() == StatusCode::BAD_REQUEST {
-            Outcome::BadRequest
-        } else if !response.status().is_success()
-            || response.extensions().get::<AnsweredWithError>().is_some()
-        {
-            Outcome::Error
-        } else {
-            Outcome::Ok
+        match response.status() {
+            StatusCode::BAD_REQUEST => Outcome::BadRequest,
+            StatusCode::PAYLOAD_TOO_LARGE => Outcome::TooLarge,
+            StatusCode::REQUEST_TIMEOUT => Outcome::TimedOut,
+            StatusCode::SERVICE_UNAVAILABLE => Outcome::Shed,
+            status
+                if !status.is_success()
+                    || response.extensions().get::<AnsweredWithError>().is_some() =>
+            {
+                Outcome::Error
+            }
+            _ => Outcome::Ok,
         }
     }
 }
@@ -168,10 +285,11 @@ impl ExtenderCounters {
     }
 }
 
+/// Runs one call within the limits, and counts how it ended.
 async fn counted<F, Fut>(
     verb: Verb,
     state: State<ExtenderState>,
-    body: Bytes,
+    request: Request,
     handler: F,
 ) -> Response
 where
@@ -179,30 +297,112 @@ where
     Fut: std::future::Future<Output = Response>,
 {
     let counters = state.counters.clone();
-    let response = handler(state, body).await;
+    let response = limited(verb, state, request, handler).await;
     counters.count(verb, &response);
     response
+}
+
+/// Refuses a call whose declared body is too large, or that finds no room, before reading
+/// its body; then reads the body within its limits and hands it to `handler`.
+async fn limited<F, Fut>(
+    verb: Verb,
+    state: State<ExtenderState>,
+    request: Request,
+    handler: F,
+) -> Response
+where
+    F: FnOnce(State<ExtenderState>, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let limit = BodyLimit {
+        max_bytes: verb.max_body_bytes(),
+        timeout: state.limits.body_timeout,
+    };
+    let refused = |e: http::BodyError| {
+        debug!(verb = verb.name(), error = %e, "Extender call refused.");
+        verb.refusal(e.status(), format!("{}: {e}", verb.name()))
+    };
+    if let Err(e) = http::declared_length_fits(request.headers(), limit.max_bytes) {
+        return refused(e);
+    }
+    let (pool, calls) = verb.pool(&state.limits);
+    let Ok(_admitted) = pool.clone().try_acquire_owned() else {
+        debug!(verb = verb.name(), "Extender call shed: too many at once.");
+        let mut response = verb.refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{}: the scheduler is already answering {calls}, the most it takes at once; try again",
+                verb.name()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    match http::read_body(request, limit).await {
+        Ok(body) => handler(state, body).await,
+        Err(e) => refused(e),
+    }
 }
 
 // ---- wire types (k8s.io/kube-scheduler/extender/v1) ------------------------------------
 
 /// `ExtenderArgs`: the pod and its candidate nodes, as full objects or (with
-/// `nodeCacheCapable`) as names.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// `nodeCacheCapable`) as names; at most [`MAX_NODES`] of either.
+#[derive(Debug, Clone, Default)]
 pub struct ExtenderArgs {
     pub pod: Option<Pod>,
     pub nodes: Option<NodeList>,
     pub node_names: Option<Vec<String>>,
 }
 
-/// A `v1.NodeList`, with each Node kept as sent so a filtered list echoes it unchanged.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+impl ExtenderArgs {
+    fn parse(verb: &'static str, body: &[u8]) -> Result<Self, String> {
+        let fields = Fields::parse(verb, body, ARGS_FIELDS)?;
+        Ok(ExtenderArgs {
+            pod: fields.get("Pod")?,
+            nodes: fields.get("Nodes")?,
+            node_names: fields.get::<NodeSeq<String>>("NodeNames")?.map(|n| n.0),
+        })
+    }
+}
+
+/// A `v1.NodeList`, with each Node kept as the JSON it was sent as: a filtered list echoes it
+/// unchanged, and holding it costs no more than its text.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeList {
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub items: Vec<serde_json::Value>,
+    pub items: Vec<Box<RawValue>>,
+}
+
+impl<'de> Deserialize<'de> for NodeList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = NodeList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a NodeList")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeList, A::Error> {
+                let mut list = NodeList::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "items" {
+                        list.items = map
+                            .next_value::<Option<NodeSeq<Box<RawValue>>>>()?
+                            .map(|n| n.0)
+                            .unwrap_or_default();
+                    } else {
+                        let value = map.next_value()?;
+                        list.rest.insert(key, value);
+                    }
+                }
+                Ok(list)
+            }
+        }
+        d.deserialize_map(ListVisitor)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -217,7 +417,13 @@ pub struct ExtenderFilterResult {
 
 impl PartialEq for NodeList {
     fn eq(&self, other: &Self) -> bool {
-        self.rest == other.rest && self.items == other.items
+        self.rest == other.rest
+            && self.items.len() == other.items.len()
+            && self
+                .items
+                .iter()
+                .zip(&other.items)
+                .all(|(a, b)| a.get() == b.get())
     }
 }
 
@@ -228,17 +434,25 @@ pub struct HostPriority {
     pub score: i64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, Default)]
 pub struct ExtenderBindingArgs {
-    #[serde(default, deserialize_with = "null_as_default")]
     pub pod_name: String,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub pod_namespace: String,
-    #[serde(rename = "PodUID", default, deserialize_with = "null_as_default")]
     pub pod_uid: String,
-    #[serde(default, deserialize_with = "null_as_default")]
     pub node: String,
+}
+
+impl ExtenderBindingArgs {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let fields = Fields::parse("bind", body, BINDING_FIELDS)?;
+        let text = |name| Ok::<_, String>(fields.get::<String>(name)?.unwrap_or_default());
+        Ok(ExtenderBindingArgs {
+            pod_name: text("PodName")?,
+            pod_namespace: text("PodNamespace")?,
+            pod_uid: text("PodUID")?,
+            node: text("Node")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -247,8 +461,7 @@ pub struct ExtenderBindingResult {
     pub error: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[derive(Debug, Clone, Default)]
 pub struct ExtenderPreemptionArgs {
     pub pod: Option<Pod>,
     /// Used when the extender is not node-cache capable.
@@ -256,13 +469,38 @@ pub struct ExtenderPreemptionArgs {
     pub node_name_to_meta_victims: Option<BTreeMap<String, MetaVictims>>,
 }
 
+impl ExtenderPreemptionArgs {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let fields = Fields::parse("preempt", body, PREEMPTION_FIELDS)?;
+        Ok(ExtenderPreemptionArgs {
+            pod: fields.get("Pod")?,
+            node_name_to_victims: fields.victims("NodeNameToVictims", false)?,
+            node_name_to_meta_victims: fields.victims("NodeNameToMetaVictims", true)?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Victims {
     #[serde(default, deserialize_with = "null_as_default")]
-    pub pods: Vec<Pod>,
+    pub pods: Vec<VictimPod>,
     #[serde(default, rename = "NumPDBViolations")]
     pub num_pdb_violations: i64,
+}
+
+/// A victim as kube-scheduler sends it, a whole Pod, of which Suanli needs only the UID: the
+/// rest is skipped, not kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VictimPod {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: VictimMetadata,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct VictimMetadata {
+    #[serde(default)]
+    pub uid: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -542,22 +780,150 @@ const BINDING_FIELDS: &[&str] = &["PodName", "PodNamespace", "PodUID", "Node"];
 const PREEMPTION_FIELDS: &[&str] = &["Pod", "NodeNameToVictims", "NodeNameToMetaVictims"];
 const VICTIMS_FIELDS: &[&str] = &["Pods", "NumPDBViolations"];
 
-/// Renames an object's keys to `names` regardless of case: Go's decoder matches field names
-/// that way, and older kube-schedulers send lower-case names (`pod`, `nodenames`,
-/// `nodeToVictims`).
-fn canonical_keys(value: &mut serde_json::Value, names: &[&str]) {
+/// A request body's top-level fields under their Go names, each kept as the raw JSON it was
+/// sent as (borrowed from the body) until it is parsed into its type. The body is never
+/// parsed into a tree of `serde_json::Value`s, which takes several times its size.
+struct Fields<'a> {
+    verb: &'static str,
+    raw: HashMap<&'static str, &'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    fn parse(
+        verb: &'static str,
+        body: &'a [u8],
+        names: &'static [&'static str],
+    ) -> Result<Self, String> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let raw = TopLevel(names)
+            .deserialize(&mut de)
+            .and_then(|raw| de.end().map(|()| raw))
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => {
+                    format!("{verb}: request body is not a JSON object")
+                }
+                _ => format!("{verb}: request body is not valid JSON: {e}"),
+            })?;
+        Ok(Fields { verb, raw })
+    }
+
+    /// The field `name`, `None` when absent or `null`.
+    fn get<T: Deserialize<'a>>(&self, name: &'static str) -> Result<Option<T>, String> {
+        let Some(raw) = self.raw.get(name) else {
+            return Ok(None);
+        };
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        serde_path_to_error::deserialize::<_, Option<T>>(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            field_error(self.verb, name, &path, &e.into_inner())
+        })
+    }
+
+    /// A preemption's victims by node. Go matches the victims' field names (and, for
+    /// `meta`, their pods') regardless of case, so each node's victims go through a
+    /// `Value` to be renamed; one node's at a time.
+    fn victims<T: DeserializeOwned>(
+        &self,
+        name: &'static str,
+        meta: bool,
+    ) -> Result<Option<BTreeMap<String, T>>, String> {
+        let Some(by_node) = self.get::<NodeMap<&'a RawValue>>(name)? else {
+            return Ok(None);
+        };
+        let mut victims = BTreeMap::new();
+        for (node, raw) in by_node.0 {
+            let at = format!("{name}.{node}");
+            let mut value: serde_json::Value = serde_json::from_str(raw.get())
+                .map_err(|e| field_error(self.verb, &at, ".", &e))?;
+            canonical_keys(&mut value, VICTIMS_FIELDS);
+            if meta && let Some(pods) = value.get_mut("Pods").and_then(|p| p.as_array_mut()) {
+                for pod in pods {
+                    canonical_keys(pod, &["UID"]);
+                }
+            }
+            let parsed = serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                field_error(self.verb, &at, &path, &e.into_inner())
+            })?;
+            victims.insert(node, parsed);
+        }
+        Ok(Some(victims))
+    }
+}
+
+/// "`verb`: request body field `field.path`: problem", without serde_json's position, which
+/// would count within the field's text rather than the body.
+fn field_error(verb: &str, field: &str, path: &str, e: &serde_json::Error) -> String {
+    let at = match path {
+        "." => field.to_string(),
+        p if p.starts_with('[') => format!("{field}{p}"),
+        p => format!("{field}.{p}"),
+    };
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let problem = text.strip_suffix(&position).unwrap_or(&text);
+    format!("{verb}: request body field {at}: {problem}")
+}
+
+/// Reads a JSON object's fields that `names` name (matched as Go matches them, see
+/// [`canonical_name`]) as raw JSON, and skips the rest without keeping them.
+struct TopLevel(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for TopLevel {
+    type Value = HashMap<&'static str, &'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = HashMap<&'static str, &'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = HashMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match canonical_name(&key, self.0) {
+                // Like Go's decoder, a later key for the same field wins.
+                Some(name) => {
+                    fields.insert(name, map.next_value::<&'de RawValue>()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// The name in `names` that `key` stands for: the same name, else one that differs only in
+/// case, as Go's decoder matches field names. Older kube-schedulers send lower-case names
+/// (`pod`, `nodenames`) and `nodeToVictims` for `NodeNameToVictims`.
+fn canonical_name(key: &str, names: &'static [&'static str]) -> Option<&'static str> {
+    names
+        .iter()
+        .find(|n| **n == key)
+        .or_else(|| names.iter().find(|n| n.eq_ignore_ascii_case(key)))
+        .copied()
+        .or_else(|| {
+            (key.eq_ignore_ascii_case("nodetovictims") && names.contains(&"NodeNameToVictims"))
+                .then_some("NodeNameToVictims")
+        })
+}
+
+/// Renames an object's keys to `names` regardless of case (see [`canonical_name`]).
+fn canonical_keys(value: &mut serde_json::Value, names: &'static [&'static str]) {
     let Some(object) = value.as_object_mut() else {
         return;
     };
     let keys: Vec<String> = object.keys().cloned().collect();
     for key in keys {
-        let lower = key.to_ascii_lowercase();
-        let name = names
-            .iter()
-            .find(|n| n.to_ascii_lowercase() == lower)
-            .copied()
-            .or((lower == "nodetovictims").then_some("NodeNameToVictims"));
-        if let Some(name) = name.filter(|n| *n != key)
+        if let Some(name) = canonical_name(&key, names).filter(|n| *n != key)
             && let Some(v) = object.remove(&key)
         {
             object.insert(name.to_string(), v);
@@ -565,41 +931,78 @@ fn canonical_keys(value: &mut serde_json::Value, names: &[&str]) {
     }
 }
 
-/// A preemption request's victims, in either form, with canonical field names.
-fn canonical_victims(value: &mut serde_json::Value) {
-    for field in ["NodeNameToVictims", "NodeNameToMetaVictims"] {
-        let Some(by_node) = value.get_mut(field).and_then(|v| v.as_object_mut()) else {
-            continue;
-        };
-        for victims in by_node.values_mut() {
-            canonical_keys(victims, VICTIMS_FIELDS);
-            if field == "NodeNameToMetaVictims"
-                && let Some(pods) = victims.get_mut("Pods").and_then(|p| p.as_array_mut())
-            {
-                for pod in pods {
-                    canonical_keys(pod, &["UID"]);
+/// The error for a request naming more than [`MAX_NODES`] nodes.
+fn too_many_nodes(count: usize) -> String {
+    format!("{count} nodes, more than the limit of {MAX_NODES} one request may name")
+}
+
+/// A list of at most [`MAX_NODES`] nodes; past it, reading counts the rest without keeping
+/// them and fails naming the count and the limit.
+#[derive(Debug)]
+struct NodeSeq<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for NodeSeq<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SeqVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
+            type Value = NodeSeq<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of nodes")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut nodes = Vec::new();
+                while nodes.len() < MAX_NODES {
+                    match seq.next_element()? {
+                        Some(node) => nodes.push(node),
+                        None => return Ok(NodeSeq(nodes)),
+                    }
                 }
+                let mut count = nodes.len();
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                if count > MAX_NODES {
+                    return Err(de::Error::custom(too_many_nodes(count)));
+                }
+                Ok(NodeSeq(nodes))
             }
         }
+        d.deserialize_seq(SeqVisitor(PhantomData))
     }
 }
 
-/// Parses a request body, naming the field that did not fit and where.
-fn parse_body<T: DeserializeOwned>(verb: &str, body: &[u8], fields: &[&str]) -> Result<T, String> {
-    let mut value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("{verb}: request body is not valid JSON: {e}"))?;
-    if !value.is_object() {
-        return Err(format!("{verb}: request body is not a JSON object"));
+/// A map from node name of at most [`MAX_NODES`] nodes, like [`NodeSeq`].
+#[derive(Debug)]
+struct NodeMap<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for NodeMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = NodeMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object keyed by node name")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut nodes = Vec::new();
+                while nodes.len() < MAX_NODES {
+                    match map.next_entry()? {
+                        Some(entry) => nodes.push(entry),
+                        None => return Ok(NodeMap(nodes)),
+                    }
+                }
+                let mut count = nodes.len();
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                if count > MAX_NODES {
+                    return Err(de::Error::custom(too_many_nodes(count)));
+                }
+                Ok(NodeMap(nodes))
+            }
+        }
+        d.deserialize_map(MapVisitor(PhantomData))
     }
-    canonical_keys(&mut value, fields);
-    if fields == PREEMPTION_FIELDS {
-        canonical_victims(&mut value);
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        format!("{verb}: request body field {path}: {inner}")
-    })
 }
 
 fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -625,12 +1028,25 @@ fn candidate_names(args: &ExtenderArgs) -> Result<Vec<String>, String> {
         .iter()
         .enumerate()
         .map(|(i, node)| {
-            node.pointer("/metadata/name")
-                .and_then(|n| n.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| format!("Nodes.items[{i}].metadata.name: missing"))
+            node_name(node).ok_or_else(|| format!("Nodes.items[{i}].metadata.name: missing"))
         })
         .collect()
+}
+
+/// A Node's `metadata.name`, read from its JSON without building the rest of it.
+fn node_name(node: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Node {
+        metadata: Option<Metadata>,
+    }
+    #[derive(Deserialize)]
+    struct Metadata {
+        name: Option<String>,
+    }
+    serde_json::from_str::<Node>(node.get())
+        .ok()?
+        .metadata?
+        .name
 }
 
 /// The pod of a request as a Suanli job (`None`: no GPU asked for).
@@ -646,11 +1062,11 @@ fn requested_job(
 /// The request of a filter or prioritize call: its arguments, the candidate node names, and
 /// the pod as a job (`None`: it asks for no GPU). Errors are prefixed with `verb`.
 fn scoring_request(
-    verb: &str,
+    verb: &'static str,
     body: &[u8],
     settings: &ExtenderSettings,
 ) -> Result<(ExtenderArgs, Vec<String>, Option<JobSpec>), String> {
-    let args: ExtenderArgs = parse_body(verb, body, ARGS_FIELDS)?;
+    let args = ExtenderArgs::parse(verb, body)?;
     let names = candidate_names(&args).map_err(|e| format!("{verb}: {e}"))?;
     let job = requested_job(verb, args.pod.as_ref(), settings)?.map(|(_, spec)| spec);
     Ok((args, names, job))
@@ -666,7 +1082,10 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
             },
         )
     };
-    let (args, names, job) = match scoring_request("filter", &body, &state.settings) {
+    let parsed = scoring_request("filter", &body, &state.settings);
+    // The nodes are parsed out of it: the body need not be held while they are scored.
+    drop(body);
+    let (args, names, job) = match parsed {
         Ok(x) => x,
         Err(e) => return failed(StatusCode::BAD_REQUEST, e),
     };
@@ -690,25 +1109,20 @@ async fn filter(State(state): State<ExtenderState>, body: Bytes) -> Response {
                 .map(|e| (n.clone(), format!("suanli: {e}")))
         })
         .collect();
+    let by_name = args.node_names.is_some();
     let result = ExtenderFilterResult {
-        nodes: args
-            .nodes
-            .as_ref()
-            .filter(|_| args.node_names.is_none())
-            .map(|list| NodeList {
-                rest: list.rest.clone(),
-                items: list
-                    .items
-                    .iter()
-                    .filter(|node| {
-                        node.pointer("/metadata/name")
-                            .and_then(|n| n.as_str())
-                            .is_some_and(|n| passing.contains(n))
-                    })
-                    .cloned()
-                    .collect(),
-            }),
-        node_names: args.node_names.as_ref().map(|_| {
+        // Without `NodeNames`, `names` are the items' names, in their order.
+        nodes: args.nodes.filter(|_| !by_name).map(|list| NodeList {
+            rest: list.rest,
+            items: list
+                .items
+                .into_iter()
+                .zip(&names)
+                .filter(|(_, name)| passing.contains(name.as_str()))
+                .map(|(node, _)| node)
+                .collect(),
+        }),
+        node_names: by_name.then(|| {
             names
                 .iter()
                 .filter(|n| passing.contains(n.as_str()))
@@ -764,7 +1178,9 @@ pub fn scale_scores(verdicts: &[NodeVerdict]) -> Vec<HostPriority> {
 }
 
 async fn prioritize(State(state): State<ExtenderState>, body: Bytes) -> Response {
-    let (_, names, job) = match scoring_request("prioritize", &body, &state.settings) {
+    let parsed = scoring_request("prioritize", &body, &state.settings);
+    drop(body);
+    let (_, names, job) = match parsed {
         Ok(x) => x,
         Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
     };
@@ -795,7 +1211,7 @@ async fn bind(State(state): State<ExtenderState>, body: Bytes) -> Response {
             error_reply(status, &ExtenderBindingResult { error })
         }
     };
-    let args: ExtenderBindingArgs = match parse_body("bind", &body, BINDING_FIELDS) {
+    let args = match ExtenderBindingArgs::parse(&body) {
         Ok(a) => a,
         Err(e) => return answer(StatusCode::BAD_REQUEST, e),
     };
@@ -913,7 +1329,9 @@ async fn bind_pod(
 
 async fn preempt(State(state): State<ExtenderState>, body: Bytes) -> Response {
     let bad = |e: String| (StatusCode::BAD_REQUEST, e).into_response();
-    let args: ExtenderPreemptionArgs = match parse_body("preempt", &body, PREEMPTION_FIELDS) {
+    let parsed = ExtenderPreemptionArgs::parse(&body);
+    drop(body);
+    let args = match parsed {
         Ok(a) => a,
         Err(e) => return bad(e),
     };

@@ -1,6 +1,7 @@
 //! The kube-scheduler extender over real HTTP: filter, prioritize, bind and preempt as
 //! kube-scheduler sends them, binding through a Kubernetes API that speaks its wire format.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -81,14 +82,19 @@ async fn http(server: &RunningServer, method: &str, path: &str, body: &str) -> (
     (code, body)
 }
 
-/// Agents that stay connected and heartbeat until [`leave`].
+/// Agents that stay connected and heartbeat until [`leave`]. Like real agents, they keep the
+/// credential their node was issued in `credentials` (by node name) and present it when
+/// they come back.
 async fn join(
     ch: &tonic::transport::Channel,
     nodes: &[(&str, u32)],
+    credentials: &mut BTreeMap<String, String>,
 ) -> Vec<(Agent, JoinHandle<()>)> {
     let mut joined = Vec::new();
     for (name, gpus) in nodes {
-        let agent = Agent::connect(ch.clone(), inventory(name, *gpus), vec![]).await;
+        let known = credentials.get(*name).cloned().unwrap_or_default();
+        let agent = Agent::connect_with(ch.clone(), inventory(name, *gpus), vec![], &known).await;
+        credentials.insert(name.to_string(), agent.credential.clone());
         let beat = agent.keep_alive();
         joined.push((agent, beat));
     }
@@ -112,6 +118,8 @@ struct Site {
     server: RunningServer,
     ch: tonic::transport::Channel,
     agents: Vec<(Agent, JoinHandle<()>)>,
+    /// The node credentials the agents were issued, by node name.
+    credentials: BTreeMap<String, String>,
 }
 
 impl Site {
@@ -130,7 +138,7 @@ impl Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut settings = with_kube(dir.path(), api.then_some(&kube));
         tweak(&mut settings);
-        Site::boot(kube, dir, settings, nodes).await
+        Site::boot(kube, dir, settings, nodes, BTreeMap::new()).await
     }
 
     async fn boot(
@@ -138,10 +146,11 @@ impl Site {
         dir: tempfile::TempDir,
         settings: ServerConfig,
         nodes: &[(&str, u32)],
+        mut credentials: BTreeMap<String, String>,
     ) -> Site {
         let server = start(settings.clone()).await.expect("starts");
         let ch = channel(&server).await;
-        let agents = join(&ch, nodes).await;
+        let agents = join(&ch, nodes, &mut credentials).await;
         Site {
             kube,
             dir,
@@ -149,6 +158,7 @@ impl Site {
             server,
             ch,
             agents,
+            credentials,
         }
     }
 
@@ -156,7 +166,7 @@ impl Site {
     async fn restart(self, nodes: &[(&str, u32)]) -> Site {
         leave(self.agents);
         self.server.shutdown().await;
-        Site::boot(self.kube, self.dir, self.settings, nodes).await
+        Site::boot(self.kube, self.dir, self.settings, nodes, self.credentials).await
     }
 
     async fn close(self) {
@@ -651,7 +661,7 @@ async fn a_pod_keeps_its_gpus_while_its_node_is_away() {
     assert!(why.contains("lost"), "{why}");
 
     // Back, the node's GPUs are the pod's again: nothing else may take them.
-    site.agents = join(&site.ch, &[("n1", 8)]).await;
+    site.agents = join(&site.ch, &[("n1", 8)], &mut site.credentials).await;
     let why = site
         .filter_until(&next, "n1", |why| !why.contains("lost"))
         .await;
