@@ -17,6 +17,10 @@ use crate::error::CliError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Unary calls that take longer than this are given up on; streams have no limit.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest message sent or accepted. Matches the scheduler's own cap (`MAX_MESSAGE_BYTES` in
+/// `scheduler/server/src/server.rs`): below it (tonic's default is 4 MiB), a submit or cancel
+/// that succeeded was reported as an error because the answer echoing a large job was refused.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Adds `authorization: Bearer <token>` when a token is configured.
 #[derive(Debug, Clone)]
@@ -69,8 +73,12 @@ impl Client {
         let auth = Auth(auth);
         Ok(Client {
             addr: settings.addr.clone(),
-            jobs: JobServiceClient::with_interceptor(channel.clone(), auth.clone()),
-            cluster: ClusterServiceClient::with_interceptor(channel, auth),
+            jobs: JobServiceClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            cluster: ClusterServiceClient::with_interceptor(channel, auth)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })
     }
 

@@ -550,7 +550,7 @@ async fn scenario(
                     landed_after_snapshot.push(event.job_id.clone());
                     let job = commands::fetch_job(client, &event.job_id).await?;
                     if let Some(p) = &job.placement {
-                        say(&format!("      {} landed:\n", job.name))?;
+                        say(&output::line(&format!("      {} landed:", job.name)))?;
                         say(&output::placement_lines(p, "        "))?;
                     }
                 }
@@ -612,18 +612,21 @@ async fn snapshot(client: &mut Client, order: &[String]) -> Result<(), CliError>
     emit("\n  ── Where the jobs landed ──\n")?;
     for id in order {
         let job = commands::fetch_job(client, id).await?;
-        emit(&format!("  {} ({}, {})\n", job.name, job.id, job.state))?;
+        emit(&output::line(&format!(
+            "  {} ({}, {})",
+            job.name, job.id, job.state
+        )))?;
         match &job.placement {
             Some(p) => emit(&output::placement_lines(p, "    "))?,
             None => {
                 let why = commands::explain(client, id).await?;
-                emit(&format!("    waiting: {}\n", why.summary))?;
+                emit(&output::line(&format!("    waiting: {}", why.summary)))?;
                 if let Some(pending) = &why.pending {
                     for r in &pending.reasons {
-                        emit(&format!(
-                            "      {} of {} nodes: {}\n",
+                        emit(&output::line(&format!(
+                            "      {} of {} nodes: {}",
                             r.node_count, pending.nodes_considered, r.message
-                        ))?;
+                        )))?;
                     }
                 }
             }

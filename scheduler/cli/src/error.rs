@@ -90,7 +90,12 @@ fn code_text(code: Code) -> &'static str {
 }
 
 fn describe_status(status: &Status, hint: Option<&str>) -> String {
-    let mut text = format!("{}: {}", code_text(status.code()), status.message());
+    // The scheduler's words may quote what a user typed: never raw control characters.
+    let mut text = format!(
+        "{}: {}",
+        code_text(status.code()),
+        crate::output::printable(status.message())
+    );
     if let Some(hint) = hint {
         text.push_str(&format!(" ({hint})"));
     }

@@ -96,8 +96,25 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         grace_period_ms: u32,
     },
+    /// Take a node out of the cluster (admin).
+    Node {
+        #[command(subcommand)]
+        what: NodeWhat,
+    },
     /// Run a scheduler and three agents in this process, place a few jobs, and show it all.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeWhat {
+    /// Forget a node and its inventory (admin). Refused while work is bound to it, unless
+    /// --force sends that work back to pending.
+    Remove {
+        cid: String,
+        /// Remove it even while work is bound to it; that work goes back to pending.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,7 +157,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Line by line: a multi-line message (a config file's parse error) keeps its
+            // shape, while control characters inside any line are escaped.
+            let text = e.to_string();
+            let lines: Vec<_> = text.split('\n').map(output::printable).collect();
+            eprintln!("error: {}", lines.join("\n"));
             ExitCode::from(e.exit_code())
         }
     }
@@ -204,6 +225,39 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             )
             .await
         }
+        Command::Node {
+            what: NodeWhat::Remove { cid, force },
+        } => commands::remove_node(&mut connect().await?, &cid, force, format).await,
         Command::Demo(args) => demo::run(&args, format).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, NodeWhat};
+
+    #[test]
+    fn node_remove_takes_a_cid_and_force() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        let cid = "cid:acme/cn-east-1/dc-a/node-1";
+        match parse(&["suanli", "node", "remove", cid, "--force", "-o", "json"]) {
+            Ok(Command::Node {
+                what: NodeWhat::Remove { cid: got, force },
+            }) => {
+                assert_eq!(got, cid);
+                assert!(force);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["suanli", "node", "remove", cid]) {
+            Ok(Command::Node {
+                what: NodeWhat::Remove { force, .. },
+            }) => assert!(!force),
+            other => panic!("{other:?}"),
+        }
+        let missing = parse(&["suanli", "node", "remove"]).expect_err("a CID is required");
+        assert_eq!(missing.exit_code(), 2);
     }
 }

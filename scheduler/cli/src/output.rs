@@ -1,6 +1,7 @@
 //! Rendering: kubectl-style tables for people, JSON and YAML of the view structs for scripts.
 //! Every renderer takes "now" as an argument so its output is a pure function of its input.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -55,7 +56,35 @@ pub fn json_line<T: Serialize>(value: &T) -> Result<String, CliError> {
         .map_err(|e| CliError::Failed(format!("cannot serialize the output: {e}")))
 }
 
-/// Left-aligned columns three spaces apart, upper-case headers, like kubectl.
+/// `text` with its control characters escaped the way Rust's `escape_debug` writes them
+/// (`\u{1b}`, `\r`, `\n`, `\t`), everything else as it is. Job names, reasons, messages,
+/// commands and CIDs come from users and the scheduler; printed raw, an ESC could recolor or
+/// rewrite the terminal and a CR or LF could forge lines. Every table cell passes through
+/// here, and so does every line of text built from such strings.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One line of output: `text` made [`printable`], then a newline.
+pub fn line(text: &str) -> String {
+    let mut out = printable(text).into_owned();
+    out.push('\n');
+    out
+}
+
+/// Left-aligned columns three spaces apart, upper-case headers, like kubectl. Cells are
+/// made [`printable`].
 #[derive(Debug, Default)]
 pub struct Table {
     rows: Vec<Vec<String>>,
@@ -69,7 +98,15 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|cell| match printable(&cell) {
+                    Cow::Borrowed(_) => cell,
+                    Cow::Owned(escaped) => escaped,
+                })
+                .collect(),
+        );
     }
 
     pub fn render(&self) -> String {
@@ -272,7 +309,7 @@ pub fn event_line(e: &EventView, job_name: Option<&str>) -> String {
         None => e.job_id.clone(),
     };
     let from = e.from_state.as_deref().unwrap_or("-");
-    let mut line = format!(
+    let mut text = format!(
         "{:>5}  {}  {job}  {from} → {}  {}",
         e.seq,
         format_time(e.unix_ms),
@@ -280,17 +317,21 @@ pub fn event_line(e: &EventView, job_name: Option<&str>) -> String {
         e.reason
     );
     if !e.message.is_empty() {
-        let _ = write!(line, ": {}", e.message);
+        let _ = write!(text, ": {}", e.message);
     }
-    line.push('\n');
-    line
+    line(&text)
 }
 
 /// Replica → node → GPUs, one GPU per line.
 pub fn placement_lines(p: &PlacementView, indent: &str) -> String {
     let mut out = String::new();
     for r in &p.replicas {
-        let _ = writeln!(out, "{indent}replica {} → {}", r.replica, r.node_cid);
+        let _ = writeln!(
+            out,
+            "{indent}replica {} → {}",
+            r.replica,
+            printable(&r.node_cid)
+        );
         if r.gpus.is_empty() {
             let _ = writeln!(out, "{indent}    (no GPUs)");
         }
@@ -320,7 +361,7 @@ pub fn describe_text(d: &DescribeView, now_ms: i64) -> String {
     let spec = &job.spec;
     let mut out = String::new();
     let mut field = |name: &str, value: String| {
-        let _ = writeln!(out, "{:<14}{value}", format!("{name}:"));
+        let _ = writeln!(out, "{:<14}{}", format!("{name}:"), printable(&value));
     };
     field("Name", job.name.clone());
     field("ID", job.id.clone());
@@ -410,10 +451,10 @@ pub fn describe_text(d: &DescribeView, now_ms: i64) -> String {
     }
     let e = &d.explanation;
     if let Some(pending) = &e.pending {
-        let _ = writeln!(out, "Why pending:  {}", e.summary);
+        let _ = writeln!(out, "Why pending:  {}", printable(&e.summary));
         let _ = writeln!(out, "  {} nodes considered", pending.nodes_considered);
         if let Some(q) = &pending.queue_reason {
-            let _ = writeln!(out, "  queue: {q}");
+            let _ = writeln!(out, "  queue: {}", printable(q));
         }
         let mut table = Table::new(&["  NODES", "REASON", "DETAIL"]);
         for r in &pending.reasons {
@@ -427,13 +468,13 @@ pub fn describe_text(d: &DescribeView, now_ms: i64) -> String {
             out.push_str(&table.render());
         }
     } else if let Some(placed) = &e.placed {
-        let _ = writeln!(out, "Why here:     {}", e.summary);
+        let _ = writeln!(out, "Why here:     {}", printable(&e.summary));
         for r in &placed.replicas {
             let _ = writeln!(
                 out,
                 "  replica {} on {}:",
                 r.replica,
-                node_name(&r.node_cid)
+                printable(node_name(&r.node_cid))
             );
             let mut table = Table::default();
             for s in &r.score {
@@ -458,7 +499,7 @@ pub fn describe_text(d: &DescribeView, now_ms: i64) -> String {
             out.push_str(&table.render());
         }
     } else if !e.summary.is_empty() {
-        let _ = writeln!(out, "Explanation:  {}", e.summary);
+        let _ = writeln!(out, "Explanation:  {}", printable(&e.summary));
     }
     let _ = writeln!(out, "Events:");
     if d.events.is_empty() {
@@ -497,6 +538,7 @@ fn node_status(n: &NodeView) -> String {
         "ready" => "Ready".to_string(),
         "not_ready" => "NotReady".to_string(),
         "unknown" => "Unknown".to_string(),
+        "invalid" => "Invalid".to_string(),
         other => other.to_string(),
     }];
     if n.cordoned {
@@ -569,10 +611,13 @@ pub fn nodes_table(nodes: &[NodeView], wide: bool) -> String {
 /// `get node CID`: the node and each of its GPUs.
 pub fn node_detail(n: &NodeView, now_ms: i64) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<14}{}", "Node:", n.cid);
-    let _ = writeln!(out, "{:<14}{}", "Status:", node_status(n));
+    let _ = writeln!(out, "{:<14}{}", "Node:", printable(&n.cid));
+    let _ = writeln!(out, "{:<14}{}", "Status:", printable(&node_status(n)));
+    if let Some(reason) = &n.invalid_reason {
+        let _ = writeln!(out, "{:<14}{}", "Invalid:", printable(reason));
+    }
     if let Some(reason) = &n.cordon_reason {
-        let _ = writeln!(out, "{:<14}{reason}", "Cordoned for:");
+        let _ = writeln!(out, "{:<14}{}", "Cordoned for:", printable(reason));
     }
     let _ = writeln!(
         out,
@@ -585,8 +630,8 @@ pub fn node_detail(n: &NodeView, now_ms: i64) -> String {
         out,
         "{:<14}leaf {} / spine {}",
         "Fabric:",
-        dash(&n.fabric.leaf),
-        dash(&n.fabric.spine)
+        printable(&dash(&n.fabric.leaf)),
+        printable(&dash(&n.fabric.spine))
     );
     let _ = writeln!(
         out,

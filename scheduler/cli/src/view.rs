@@ -311,8 +311,11 @@ pub struct GpuUsageView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub cid: String,
-    /// `ready`, `not_ready` or `unknown`.
+    /// `ready`, `not_ready`, `unknown` or `invalid`.
     pub condition: String,
+    /// Why the node is `invalid` (quarantined, never placed on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_reason: Option<String>,
     pub cordoned: bool,
     pub draining: bool,
     pub cordon_reason: Option<String>,
@@ -359,6 +362,7 @@ impl NodeView {
         Ok(NodeView {
             cid: inventory.cid.to_string(),
             condition: condition_name(status.condition),
+            invalid_reason: nonempty(&status.invalid_reason),
             cordoned: status.cordoned,
             draining: status.draining,
             cordon_reason: nonempty(&status.cordon_reason),

@@ -234,6 +234,7 @@ fn node(name: &str, gpus: u32, used: &[(u32, u32, &str)], cordoned: bool) -> Nod
         free_gpus: usage.iter().filter(|u| u.allocated_milli == 0).count() as u32,
         gpus: usage,
         job_ids,
+        invalid_reason: String::new(),
     })
     .expect("valid node")
 }
@@ -563,4 +564,47 @@ fn yaml_output_is_the_same_data() {
     let back: JobView = serde_yaml_ng::from_str(&yaml).expect("parses back");
     assert_eq!(back, job);
     insta::assert_snapshot!(yaml);
+}
+
+/// Text from users and the scheduler never reaches the terminal raw: ESC, CSI, CR and LF in
+/// a name, a reason, a message or a command are printed escaped, in tables and in lines.
+#[test]
+fn control_characters_are_printed_escaped() {
+    let mut job = JobView::from_wire(running_training_job()).expect("valid");
+    job.name = "evil\u{1b}[2J\rname\nforged".into();
+    job.last_reason = "red\u{9b}31m reason".into();
+    job.spec.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "printf '\u{1b}]0;title\u{7}'".into(),
+    ];
+    let mut event = events()[0].clone();
+    event.message = "line one\r\nline two".into();
+    let mut text = jobs_table(std::slice::from_ref(&job), true, T0);
+    text.push_str(&event_line(&event, Some(&job.name)));
+    text.push_str(&describe_text(
+        &DescribeView {
+            job,
+            events: vec![event],
+            explanation: ExplainView::from(pb::ExplainJobResponse::default()),
+        },
+        T0,
+    ));
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn printable_text_is_left_alone() {
+    assert!(matches!(
+        printable("train-llama 训练 ✓"),
+        std::borrow::Cow::Borrowed("train-llama 训练 ✓")
+    ));
+    assert_eq!(
+        printable("a\u{1b}b\r\n\t\u{7f}"),
+        "a\\u{1b}b\\r\\n\\t\\u{7f}"
+    );
 }

@@ -18,6 +18,8 @@ use suanli_scheduler::server::RunningServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 
+mod fake_scheduler;
+
 const JOIN: &str = "itest-join-token";
 const ADMIN: &str = "itest-admin-token";
 const RESEARCH: &str = "itest-research-token";
@@ -679,6 +681,30 @@ async fn a_bad_job_file_exits_2_naming_line_and_field() {
         "{}",
         run.stderr
     );
+}
+
+/// `node remove` needs a CID (a usage error, exit 2, before anything is dialed) and reaches
+/// the scheduler with one (here none listens: exit 3).
+#[tokio::test]
+async fn node_remove_needs_a_cid() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = command(home.path());
+    cmd.args(["--addr", "http://127.0.0.1:9", "node", "remove"]);
+    let run = finish(cmd).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("<CID>"), "{}", run.stderr);
+
+    let mut cmd = command(home.path());
+    cmd.args([
+        "--addr",
+        "http://127.0.0.1:9",
+        "node",
+        "remove",
+        NODE,
+        "--force",
+    ]);
+    let run = finish(cmd).await;
+    assert_eq!(run.code, 3, "{run:?}");
 }
 
 #[tokio::test]
