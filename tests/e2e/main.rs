@@ -11,6 +11,8 @@ use suanli_tests::{
     suanli_json, wait_for, write_scheduler_config, write_scheduler_config_with,
 };
 
+mod identity;
+
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn write_job(dir: &Path, name: &str, gpus: u32, command: &str) -> String {
