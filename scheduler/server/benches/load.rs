@@ -119,7 +119,10 @@ fn spawn_scheduler(data_dir: &std::path::Path) -> Scheduler {
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SUANLI_LOAD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -145,58 +148,103 @@ async fn connect(addr: &str) -> Channel {
         .expect("connects")
 }
 
-/// Registers `nodes` agents over `channels` connections and keeps them heartbeating.
-async fn start_agents(addr: &str, nodes: usize) -> Vec<tokio::task::JoinHandle<()>> {
-    let channels: Vec<Channel> = {
-        let mut v = Vec::new();
-        for _ in 0..nodes.div_ceil(50) {
-            v.push(connect(addr).await);
-        }
-        v
+/// `nodes` agents registered and heartbeating, and the credential each node was issued.
+struct Agents {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    credentials: Vec<String>,
+}
+
+/// Registers `nodes` agents and keeps them heartbeating: 50 per connection, the connections
+/// side by side as separate machines would be. With `credentials` (from an earlier run) the
+/// agents come back as the nodes they were.
+async fn start_agents(addr: &str, nodes: usize, credentials: &[String]) -> Agents {
+    // A JoinSet: when the caller gives up (the restart is measured), registrations stop too.
+    let mut groups = tokio::task::JoinSet::new();
+    for first in (0..nodes).step_by(AGENTS_PER_CONNECTION) {
+        let channel = connect(addr).await;
+        let range = first..nodes.min(first + AGENTS_PER_CONNECTION);
+        let known: Vec<String> = range
+            .clone()
+            .map(|i| credentials.get(i).cloned().unwrap_or_default())
+            .collect();
+        groups.spawn(async move {
+            let mut tasks = Vec::new();
+            let mut issued = Vec::new();
+            for (i, credential) in range.zip(known) {
+                let (task, credential) = start_agent(channel.clone(), i, credential).await;
+                tasks.push(task);
+                issued.push(credential);
+            }
+            (first, tasks, issued)
+        });
+    }
+    let mut done = groups.join_all().await;
+    done.sort_by_key(|(first, _, _)| *first);
+    let mut agents = Agents {
+        tasks: Vec::new(),
+        credentials: Vec::new(),
     };
-    let mut tasks = Vec::new();
-    for i in 0..nodes {
-        let mut client = AgentServiceClient::new(channels[i / 50].clone());
-        let reg = client
-            .register(pb::RegisterRequest {
-                inventory: Some(inventory(i).into()),
-                agent_version: "load".into(),
-                node_credential: String::new(),
-            })
-            .await
-            .expect("registers")
-            .into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(pb::AgentMessage {
-            msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
-                node_cid: reg.node_cid.clone(),
-                session_id: reg.session_id.clone(),
-                running: vec![],
-            })),
+    for (_, tasks, issued) in done {
+        agents.tasks.extend(tasks);
+        agents.credentials.extend(issued);
+    }
+    agents
+}
+
+const AGENTS_PER_CONNECTION: usize = 50;
+
+/// Registers node `i`, opens its session and heartbeats on it; returns the task and the
+/// node's credential.
+async fn start_agent(
+    channel: Channel,
+    i: usize,
+    credential: String,
+) -> (tokio::task::JoinHandle<()>, String) {
+    let mut client = AgentServiceClient::new(channel);
+    let reg = client
+        .register(pb::RegisterRequest {
+            inventory: Some(inventory(i).into()),
+            agent_version: "load".into(),
+            node_credential: credential.clone(),
         })
         .await
-        .expect("queued");
-        let mut down = client
-            .session(ReceiverStream::new(rx))
-            .await
-            .expect("session")
-            .into_inner();
-        tasks.push(tokio::spawn(async move {
-            let mut seq = 0;
-            let mut beat = tokio::time::interval(Duration::from_millis(2000));
-            loop {
-                tokio::select! {
-                    _ = beat.tick() => {
-                        seq += 1;
-                        let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { seq, sent_unix_ms: 0 })) };
-                        if tx.send(hb).await.is_err() { return; }
-                    }
-                    m = down.next() => if m.is_none() { return; },
+        .expect("registers")
+        .into_inner();
+    let credential = if reg.node_credential.is_empty() {
+        credential
+    } else {
+        reg.node_credential.clone()
+    };
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            node_cid: reg.node_cid.clone(),
+            session_id: reg.session_id.clone(),
+            running: vec![],
+        })),
+    })
+    .await
+    .expect("queued");
+    let mut down = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    let task = tokio::spawn(async move {
+        let mut seq = 0;
+        let mut beat = tokio::time::interval(Duration::from_millis(2000));
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    seq += 1;
+                    let hb = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { seq, sent_unix_ms: 0 })) };
+                    if tx.send(hb).await.is_err() { return; }
                 }
+                m = down.next() => if m.is_none() { return; },
             }
-        }));
-    }
-    tasks
+        }
+    });
+    (task, credential)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -217,7 +265,7 @@ async fn main() {
     let addr = scheduler.grpc.clone();
 
     let t = Instant::now();
-    let agents = start_agents(&addr, nodes).await;
+    let agents = start_agents(&addr, nodes, &[]).await;
     let register_s = t.elapsed().as_secs_f64();
 
     // Placement times, keyed by job id, from the scheduler's own event stream.
@@ -293,16 +341,23 @@ async fn main() {
     };
     latencies.sort_by(f64::total_cmp);
     watcher.abort();
-    for a in agents {
+    for a in agents.tasks {
         a.abort();
     }
 
-    // Restart on the same data directory: time from spawn to the first placement.
+    // Restart on the same data directory: time from spawn to the first placement. The agents
+    // reconnect as soon as it listens (nodes without a session get no work), as real agents
+    // retrying their connection do.
     let mut scheduler = scheduler;
     stop(&mut scheduler.child);
     let restart_t = Instant::now();
     let restarted = spawn_scheduler(dir.path());
     let ready_s = restart_t.elapsed().as_secs_f64();
+    let returning = {
+        let addr = restarted.grpc.clone();
+        let credentials = agents.credentials;
+        tokio::spawn(async move { start_agents(&addr, nodes, &credentials).await })
+    };
     let ch = connect(&restarted.grpc).await;
     let mut client = JobServiceClient::new(ch);
     let mut watch = client
@@ -326,6 +381,7 @@ async fn main() {
             _ => break f64::NAN,
         }
     };
+    returning.abort();
     let mut restarted = restarted;
     stop(&mut restarted.child);
 

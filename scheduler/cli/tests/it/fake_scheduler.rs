@@ -61,7 +61,11 @@ impl FakeJobs {
     }
 
     fn requested_from_seqs(&self) -> Vec<Option<u64>> {
-        self.script.lock().expect("lock").requested_from_seqs.clone()
+        self.script
+            .lock()
+            .expect("lock")
+            .requested_from_seqs
+            .clone()
     }
 }
 
