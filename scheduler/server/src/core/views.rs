@@ -1,0 +1,190 @@
+//! What callers read: why a job waits or sits where it does, the nodes with their GPUs and
+//! jobs, and the metrics.
+
+use std::collections::{BTreeSet, HashMap};
+
+use suanli_engine::gang::GangWait;
+use suanli_engine::job::JobId;
+use suanli_engine::{Cid, JobState};
+
+use super::schedule::Wait;
+use super::{Core, CoreError, Explanation, GpuUsageView, MetricsView, NodeView, reason_key};
+use crate::auth::Identity;
+use crate::store::now_ms;
+
+impl Core {
+    pub(super) fn explain(&self, id: &JobId, by: &Identity) -> Result<Explanation, CoreError> {
+        let job = match self.visible(id, by) {
+            Ok(job) => job,
+            Err(_) => {
+                let stored = self.store.job(id)?;
+                if by.tenant_scope().is_some_and(|t| t != stored.spec.tenant) {
+                    return Err(CoreError::NotFound(format!("job {id} not found")));
+                }
+                return Ok(Explanation {
+                    state: stored.state,
+                    summary: format!("job {id} is {}: {}", stored.state, stored.reason),
+                    reasons: Vec::new(),
+                    nodes_considered: 0,
+                    queue_reason: String::new(),
+                    placement: None,
+                });
+            }
+        };
+        match (&job.placement, &job.wait) {
+            (Some(p), _) => Ok(Explanation {
+                state: job.state,
+                summary: format!(
+                    "placed by policy {} on {}",
+                    p.policy,
+                    p.nodes()
+                        .map(|c| c.to_string())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                reasons: Vec::new(),
+                nodes_considered: self.cluster.len() as u32,
+                queue_reason: String::new(),
+                placement: Some(p.clone()),
+            }),
+            (None, Some(wait)) => {
+                let (reasons, nodes_considered) = match wait {
+                    Wait::Policy(u) => (
+                        u.counts
+                            .iter()
+                            .map(|(reason, count)| {
+                                (reason_key(*reason), *count, u.describe(*reason))
+                            })
+                            .collect(),
+                        u.nodes,
+                    ),
+                    Wait::Gang(
+                        GangWait::NoNode { counts, .. } | GangWait::TooFew { counts, .. },
+                    ) => (
+                        counts
+                            .iter()
+                            .map(|(reject, count)| {
+                                (reason_key(*reject), *count, reject.describe().to_string())
+                            })
+                            .collect(),
+                        self.cluster.len() as u32,
+                    ),
+                    Wait::Gang(_) | Wait::Quota(_) | Wait::Reserved { .. } => {
+                        (Vec::new(), self.cluster.len() as u32)
+                    }
+                };
+                Ok(Explanation {
+                    state: job.state,
+                    summary: wait.to_string(),
+                    reasons,
+                    nodes_considered,
+                    queue_reason: match wait {
+                        Wait::Quota(_) | Wait::Reserved { .. } => wait.to_string(),
+                        Wait::Policy(_) | Wait::Gang(_) => String::new(),
+                    },
+                    placement: None,
+                })
+            }
+            (None, None) => Ok(Explanation {
+                state: job.state,
+                summary: if self.cluster.is_empty() {
+                    "waiting: no nodes have registered".to_string()
+                } else {
+                    "waiting for its first scheduling pass".to_string()
+                },
+                reasons: Vec::new(),
+                nodes_considered: self.cluster.len() as u32,
+                queue_reason: String::new(),
+                placement: None,
+            }),
+        }
+    }
+
+    pub(super) fn node_views(&self) -> Vec<NodeView> {
+        let mut holders: HashMap<(Cid, String), Vec<(JobId, String)>> = HashMap::new();
+        for (id, job) in &self.jobs {
+            if let Some(p) = &job.placement {
+                for slot in &p.replicas {
+                    for g in &slot.gpus {
+                        holders
+                            .entry((slot.node.clone(), g.uuid.clone()))
+                            .or_default()
+                            .push((id.clone(), job.spec.tenant.clone()));
+                    }
+                }
+            }
+        }
+        self.nodes
+            .iter()
+            .map(|(cid, entry)| {
+                let engine_node = self.node_ids.get(cid).and_then(|id| self.cluster.node(*id));
+                let gpus = entry
+                    .inventory
+                    .gpus
+                    .iter()
+                    .map(|info| {
+                        let used =
+                            engine_node.and_then(|n| n.gpus().iter().find(|g| g.uuid == info.uuid));
+                        let mut jobs = holders
+                            .get(&(cid.clone(), info.uuid.clone()))
+                            .cloned()
+                            .unwrap_or_default();
+                        jobs.sort();
+                        GpuUsageView {
+                            uuid: info.uuid.clone(),
+                            index: info.index,
+                            model: info.model.to_string(),
+                            memory_mib: info.memory_mib,
+                            milli_used: used.map_or(0, |g| g.milli_used()),
+                            memory_used: used.map_or(0, |g| g.memory_used()),
+                            exclusive: used.is_some_and(|g| g.is_exclusive()),
+                            jobs,
+                        }
+                    })
+                    .collect();
+                NodeView {
+                    inventory: entry.inventory.clone(),
+                    cordoned: entry.cordoned,
+                    cordon_reason: entry.cordon_reason.clone(),
+                    draining: entry.draining,
+                    lost: entry.lost,
+                    connected: entry.session.is_some(),
+                    invalid: entry.invalid.clone(),
+                    last_seen_ms: now_ms()
+                        - i64::try_from(entry.last_seen.elapsed().as_millis()).unwrap_or(0),
+                    cpu_used: engine_node.map_or(0, |n| n.cpu_milli() - n.cpu_left()),
+                    memory_used: engine_node.map_or(0, |n| n.memory_mib() - n.memory_left()),
+                    gpus,
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn metrics(&mut self) -> Result<MetricsView, CoreError> {
+        self.ensure_cluster();
+        let mut view = MetricsView {
+            pending: self.pending.len() as u64,
+            connected_agents: self.nodes.values().filter(|n| n.session.is_some()).count() as u64,
+            nodes: self.nodes.len() as u64,
+            placement_latencies_s: std::mem::take(&mut self.latencies),
+            ..Default::default()
+        };
+        for state in JobState::ALL {
+            view.jobs_by_state.insert(state.as_str().to_string(), 0);
+        }
+        for (state, count) in self.store.job_counts()? {
+            view.jobs_by_state.insert(state.as_str().to_string(), count);
+        }
+        for node in self.cluster.nodes() {
+            for gpu in node.gpus() {
+                let model = self.cluster.model(gpu.model).to_string();
+                let entry = view.gpu_milli_by_model.entry(model).or_default();
+                entry.0 += u64::from(gpu.milli_used());
+                entry.1 += 1000;
+            }
+        }
+        Ok(view)
+    }
+}

@@ -1,0 +1,280 @@
+//! `AgentService`: registration with node credentials, and the session an agent holds while
+//! it is connected.
+
+use std::pin::Pin;
+
+use suanli_proto::pb;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use super::{
+    MAX_GPUS_PER_POD, MAX_PODS_PER_NODE, MAX_SESSION_ID_LEN, SESSION_BUFFER, Services, convert_err,
+    parse_cid, parse_job_id,
+};
+use crate::core::{AgentCommand, Command, RunningReplica};
+
+type SchedulerStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
+
+fn command_to_wire(command: AgentCommand) -> pb::SchedulerMessage {
+    use pb::scheduler_message::Msg;
+    let msg = match command {
+        AgentCommand::Assign(a) => Msg::Assign(pb::Assignment {
+            job_id: a.job_id.0,
+            replica: a.replica,
+            command: a.spec.command.clone(),
+            env: a.spec.env.clone().into_iter().collect(),
+            gpu_uuids: a.gpu_uuids,
+            volumes: a.spec.volumes.iter().cloned().map(Into::into).collect(),
+            attempt: a.attempt,
+            resources: Some(pb::Resources {
+                cpu_milli: a.cpu_milli,
+                memory_mib: a.memory_mib,
+            }),
+        }),
+        AgentCommand::Cancel {
+            job_id,
+            replica,
+            attempt,
+            grace_period_ms,
+        } => Msg::Cancel(pb::Cancel {
+            job_id: job_id.0,
+            replica,
+            grace_period_ms,
+            attempt,
+        }),
+        AgentCommand::Reregister { reason } => Msg::Reregister(pb::Reregister { reason }),
+        AgentCommand::Replaced { reason } => Msg::Replaced(pb::SessionReplaced { reason }),
+    };
+    pb::SchedulerMessage { msg: Some(msg) }
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for Services {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let who = self.auth.agent(request.metadata())?;
+        let msg = request.into_inner();
+        if msg.node_credential.len() > crate::credential::MAX_CREDENTIAL_LEN {
+            return Err(Status::invalid_argument(format!(
+                "node_credential: is {} bytes; a node credential has at most {}",
+                msg.node_credential.len(),
+                crate::credential::MAX_CREDENTIAL_LEN
+            )));
+        }
+        let inventory =
+            suanli_proto::convert::required_inventory(msg.inventory).map_err(convert_err)?;
+        let cid = inventory.cid.clone();
+        let registration = self
+            .core
+            .ask(|reply| Command::Register {
+                inventory: Box::new(inventory),
+                credential: msg.node_credential,
+                by: who,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::RegisterResponse {
+            node_cid: cid.to_string(),
+            session_id: registration.session_id,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            telemetry_interval_ms: self.telemetry_interval_ms,
+            node_credential: registration.credential.unwrap_or_default(),
+        }))
+    }
+
+    type SessionStream = SchedulerStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        self.auth.agent(request.metadata())?;
+        let mut inbound = request.into_inner();
+        use pb::agent_message::Msg;
+        let hello = match inbound.message().await? {
+            Some(pb::AgentMessage {
+                msg: Some(Msg::Hello(hello)),
+            }) => hello,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be hello",
+                ));
+            }
+            None => return Err(Status::cancelled("session closed before hello")),
+        };
+        let node = parse_cid("hello.node_cid", &hello.node_cid)?;
+        if hello.session_id.len() > MAX_SESSION_ID_LEN {
+            return Err(Status::invalid_argument(format!(
+                "hello.session_id: is {} bytes; a session id has at most {MAX_SESSION_ID_LEN}",
+                hello.session_id.len()
+            )));
+        }
+        let mut running = Vec::new();
+        for (i, r) in hello.running.iter().enumerate() {
+            let job_id = parse_job_id(&r.job_id).map_err(|s| {
+                Status::invalid_argument(format!("hello.running[{i}].job_{}", s.message()))
+            })?;
+            running.push(RunningReplica {
+                job_id,
+                replica: r.replica,
+            });
+        }
+        let (to_agent, from_core) = mpsc::unbounded_channel::<AgentCommand>();
+        let session_id = hello.session_id.clone();
+        self.core
+            .ask(|reply| Command::SessionOpen {
+                node: node.clone(),
+                session_id: session_id.clone(),
+                running,
+                tx: to_agent,
+                reply,
+            })
+            .await?;
+        // Bounded: an agent that stops reading cannot make the scheduler buffer without end.
+        let (out_tx, out_rx) =
+            mpsc::channel::<Result<pb::SchedulerMessage, Status>>(SESSION_BUFFER);
+        // Core → agent.
+        let forward_tx = out_tx.clone();
+        tokio::spawn(async move {
+            let mut from_core = from_core;
+            while let Some(command) = from_core.recv().await {
+                let replaced = matches!(command, AgentCommand::Replaced { .. });
+                if forward_tx.send(Ok(command_to_wire(command))).await.is_err() {
+                    break;
+                }
+                if replaced {
+                    // The agent has been told why; end the stream so it stops here.
+                    let _ = forward_tx
+                        .send(Err(Status::aborted("another session holds this node now")))
+                        .await;
+                    break;
+                }
+            }
+        });
+        // Agent → core. Every report carries the session, so the core can ignore a session
+        // that no longer holds the node.
+        let core = self.core.clone();
+        let telemetry = self.telemetry.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        info!(node = %node, error = %status.message(), "Agent stream ended.");
+                        break;
+                    }
+                };
+                let Some(msg) = message.msg else { continue };
+                match msg {
+                    Msg::Hello(_) => {
+                        warn!(node = %node, "Ignoring a second hello on one session.");
+                    }
+                    Msg::Heartbeat(hb) => {
+                        core.send(Command::Heartbeat {
+                            node: node.clone(),
+                            session_id: session_id.clone(),
+                        });
+                        let ack = pb::SchedulerMessage {
+                            msg: Some(pb::scheduler_message::Msg::HeartbeatAck(pb::HeartbeatAck {
+                                seq: hb.seq,
+                            })),
+                        };
+                        match out_tx.try_send(Ok(ack)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                warn!(node = %node, "Agent does not read its session; closing it.");
+                                break;
+                            }
+                            // The stream to the agent ended (replaced, or the agent left).
+                            Err(mpsc::error::TrySendError::Closed(_)) => break,
+                        }
+                    }
+                    Msg::Telemetry(t) => {
+                        core.send(Command::Heartbeat {
+                            node: node.clone(),
+                            session_id: session_id.clone(),
+                        });
+                        if let Ok(mut map) = telemetry.lock() {
+                            map.insert(node.clone(), (t, crate::store::now_ms()));
+                        }
+                    }
+                    Msg::Inventory(update) => {
+                        match suanli_proto::convert::required_inventory(update.inventory) {
+                            Ok(inventory) => core.send(Command::InventoryUpdate {
+                                node: node.clone(),
+                                session_id: session_id.clone(),
+                                inventory: Box::new(inventory),
+                            }),
+                            Err(e) => {
+                                // The node no longer matches what the scheduler places on:
+                                // end the session, so the agent hears why and the node is not
+                                // used on stale facts.
+                                warn!(node = %node, error = %e, "Rejected an inventory update.");
+                                let _ = out_tx.try_send(Err(convert_err(e)));
+                                break;
+                            }
+                        }
+                    }
+                    Msg::PodDevices(d) => {
+                        // Bounded, so a hostile agent cannot make the core hold much.
+                        let pods = d
+                            .pods
+                            .into_iter()
+                            .take(MAX_PODS_PER_NODE)
+                            .map(|p| {
+                                let ids = p.gpu_uuids.into_iter().take(MAX_GPUS_PER_POD).collect();
+                                (p.namespace, p.name, ids)
+                            })
+                            .collect();
+                        core.send(Command::PodDevices {
+                            node: node.clone(),
+                            session_id: session_id.clone(),
+                            pods,
+                        });
+                    }
+                    Msg::Started(s) => match parse_job_id(&s.job_id) {
+                        Ok(job_id) => core.send(Command::WorkStarted {
+                            node: node.clone(),
+                            session_id: session_id.clone(),
+                            job_id,
+                            replica: s.replica,
+                            attempt: s.attempt,
+                        }),
+                        Err(e) => {
+                            warn!(node = %node, error = %e.message(), "Bad work-started report.")
+                        }
+                    },
+                    Msg::Exited(x) => match parse_job_id(&x.job_id) {
+                        Ok(job_id) => {
+                            let message = if x.signal != 0 && x.message.is_empty() {
+                                format!("killed by signal {}", x.signal)
+                            } else {
+                                x.message.chars().take(1024).collect()
+                            };
+                            core.send(Command::WorkExited {
+                                node: node.clone(),
+                                session_id: session_id.clone(),
+                                job_id,
+                                replica: x.replica,
+                                attempt: x.attempt,
+                                exit_code: x.exit_code,
+                                message,
+                            });
+                        }
+                        Err(e) => {
+                            warn!(node = %node, error = %e.message(), "Bad work-exited report.")
+                        }
+                    },
+                }
+            }
+            core.send(Command::SessionClosed { node, session_id });
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
