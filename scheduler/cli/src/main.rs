@@ -1,22 +1,13 @@
 //! `suanli`: what ML engineers and operators type to submit and follow GPU jobs, look at
-//! nodes, resolve compute identifiers and run a whole cluster on one machine (`suanli demo`).
-
-mod client;
-mod commands;
-mod config;
-mod demo;
-mod error;
-mod jobfile;
-mod output;
-mod view;
+//! nodes and resolve compute identifiers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::error::CliError;
-use crate::output::Format;
+use suanli::error::CliError;
+use suanli::output::{self, Format};
+use suanli::{client, commands, config};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,8 +92,6 @@ enum Command {
         #[command(subcommand)]
         what: NodeWhat,
     },
-    /// Run a scheduler and three agents in this process, place a few jobs, and show it all.
-    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,7 +217,6 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Node {
             what: NodeWhat::Remove { cid, force },
         } => commands::remove_node(&mut connect().await?, &cid, force, format).await,
-        Command::Demo(args) => demo::run(&args, format).await,
     }
 }
 
@@ -259,5 +247,12 @@ mod tests {
         }
         let missing = parse(&["suanli", "node", "remove"]).expect_err("a CID is required");
         assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_demo_is_not_a_subcommand() {
+        // It lives in `suanli-demo`, which links the scheduler and the agent.
+        let err = Cli::try_parse_from(["suanli", "demo"]).expect_err("no demo subcommand");
+        assert_eq!(err.exit_code(), 2);
     }
 }

@@ -139,25 +139,21 @@ impl Table {
 
 // ---- small formats ---------------------------------------------------------------------------
 
-/// `2024-11-27T04:55:01Z` (UTC).
+/// `2024-11-27T04:55:01Z` (UTC), to the second (rounded down). A time outside the years
+/// -9999..=9999 has no calendar date here and is shown as its raw milliseconds.
 pub fn format_time(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let Ok(t) = jiff::Timestamp::from_millisecond(unix_ms) else {
+        return format!("{unix_ms}ms");
+    };
+    let d = jiff::tz::Offset::UTC.to_datetime(t);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
     )
 }
 
@@ -921,6 +917,27 @@ mod tests {
         assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_time(1_732_683_301_000), "2024-11-27T04:55:01Z");
         assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn times_cross_leap_days_and_years_to_the_second() {
+        // The last second of a leap day, of a year, and the first of the next.
+        assert_eq!(format_time(1_709_251_199_999), "2024-02-29T23:59:59Z");
+        assert_eq!(format_time(1_709_251_200_000), "2024-03-01T00:00:00Z");
+        assert_eq!(format_time(1_735_689_599_999), "2024-12-31T23:59:59Z");
+        assert_eq!(format_time(1_735_689_600_000), "2025-01-01T00:00:00Z");
+        // 1900 and 2100 are not leap years.
+        assert_eq!(format_time(4_107_542_400_000), "2100-03-01T00:00:00Z");
+        assert_eq!(format_time(-2_203_891_200_000), "1900-03-01T00:00:00Z");
+        // Before 1970 seconds still round down, towards the past.
+        assert_eq!(format_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(format_time(-86_400_000), "1969-12-31T00:00:00Z");
+    }
+
+    #[test]
+    fn times_without_a_calendar_date_show_their_milliseconds() {
+        assert_eq!(format_time(i64::MAX), "9223372036854775807ms");
+        assert_eq!(format_time(i64::MIN), "-9223372036854775808ms");
     }
 
     #[test]

@@ -95,33 +95,20 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
+    // Four digits, so the year fits i16; month and day are checked by `Date::new`.
+    let date = jiff::civil::Date::new(
+        i16::try_from(year).ok()?,
+        i8::try_from(month).ok()?,
+        i8::try_from(day).ok()?,
+    )
+    .ok()?;
+    // A leap second (`:60`) is accepted and counts as the next minute's first second, which
+    // `jiff::civil::Time` would refuse; so only the date goes through the calendar.
     if hour > 23 || minute > 59 || second > 60 {
         return None;
     }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let days = date.duration_since(jiff::civil::date(1970, 1, 1));
+    Some(days.as_secs() + hour * 3600 + minute * 60 + second)
 }
 
 #[cfg(test)]
@@ -137,5 +124,21 @@ mod tests {
         assert_eq!(parse_timestamp("2017-13-01 00:00:00"), None);
         assert_eq!(parse_timestamp("2017/10/09 07:01:55"), None);
         assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn timestamps_cross_leap_days_and_year_boundaries() {
+        assert_eq!(parse_timestamp("2016-02-29 23:59:59"), Some(1_456_790_399));
+        assert_eq!(parse_timestamp("2016-03-01 00:00:00"), Some(1_456_790_400));
+        assert_eq!(parse_timestamp("2017-12-31 23:59:59"), Some(1_514_764_799));
+        assert_eq!(parse_timestamp("2018-01-01 00:00:00"), Some(1_514_764_800));
+        assert_eq!(parse_timestamp("2000-02-29 00:00:00"), Some(951_782_400));
+        assert_eq!(parse_timestamp("1900-02-29 00:00:00"), None);
+        assert_eq!(parse_timestamp("1969-12-31 23:59:59"), Some(-1));
+        assert_eq!(parse_timestamp("2017-04-31 00:00:00"), None);
+        assert_eq!(parse_timestamp("2017-10-00 00:00:00"), None);
+        // A leap second is the next minute's first second.
+        assert_eq!(parse_timestamp("2016-12-31 23:59:60"), Some(1_483_228_800));
+        assert_eq!(parse_timestamp("2017-10-09 24:00:00"), None);
     }
 }

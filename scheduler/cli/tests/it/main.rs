@@ -706,27 +706,3 @@ async fn node_remove_needs_a_cid() {
     let run = finish(cmd).await;
     assert_eq!(run.code, 3, "{run:?}");
 }
-
-#[tokio::test]
-async fn the_demo_runs_to_completion() {
-    let home = tempfile::tempdir().expect("tempdir");
-    let mut cmd = command(home.path());
-    cmd.args(["demo", "--job-seconds", "1"]);
-    let run = finish(cmd).await;
-    assert_eq!(
-        run.code, 0,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    assert!(
-        run.stdout.contains("Where the jobs landed"),
-        "{}",
-        run.stdout
-    );
-    assert!(!run.stdout.contains("MISMATCH"), "{}", run.stdout);
-    assert!(
-        run.stdout.contains("removed the temporary directory"),
-        "{}",
-        run.stdout
-    );
-}

@@ -1,50 +1,25 @@
-//! `suanli demo`: a whole cluster in this process. A scheduler on 127.0.0.1 (free ports, data
-//! in a temporary directory) and three node agents with recorded inventories (two HGX H100
-//! nodes with NVLink and RDMA, one single-H100 host) run real gRPC sessions; a training gang,
-//! inference replicas and shared-GPU notebooks are submitted through the same client the
-//! other commands use; the agents run each replica as a real process with
-//! `CUDA_VISIBLE_DEVICES` set to its grant. Nothing is left behind afterwards.
+//! What the demo does on its cluster: a training gang, inference replicas and shared-GPU
+//! notebooks are submitted through the same client `suanli` uses; events are shown as they
+//! happen, then where each job landed, and what each replica's process saw in
+//! `CUDA_VISIBLE_DEVICES` against the GPUs it was granted.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use suanli_agent::config::AgentConfig;
-use suanli_agent::discovery::{FixtureProbe, RawGpus};
-use suanli_agent::session::Agent;
-use suanli_engine::inventory::FabricPosition;
+use suanli::client::{Client, unary};
+use suanli::commands::{self, emit, now_ms};
+use suanli::error::CliError;
+use suanli::output::{self, Format};
+use suanli::view::{EventView, JobView, NodeView};
 use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind, NetworkConstraint, NetworkScope};
-use suanli_engine::{Cid, GpuModel, JobSpec};
+use suanli_engine::{GpuModel, JobSpec};
 use suanli_proto::pb;
-use suanli_scheduler::config::{AuthConfig, ServerConfig};
-use suanli_scheduler::server::RunningServer;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::client::{Client, unary};
-use crate::commands::{self, emit, now_ms};
-use crate::config::{Origin, Settings};
-use crate::error::CliError;
-use crate::output::{self, Format};
-use crate::view::{EventView, JobView, NodeView};
-
-const JOIN_TOKEN: &str = "demo-join-token";
-const ADMIN_TOKEN: &str = "demo-admin-token";
-const HGX_GPUS: &str = include_str!("../../../node-agent/fixtures/hgx-h100.json");
-const HOST_GPUS: &str = include_str!("../../../node-agent/fixtures/h100-host.json");
-/// The recorded sysfs trees (PCIe paths, RDMA NICs, NUMA), used when this binary runs from
-/// its source tree; elsewhere a minimal host tree is written into the temporary directory.
-const HGX_SYSFS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../node-agent/fixtures/hgx-h100"
-);
-const HOST_SYSFS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../node-agent/fixtures/h100-host"
-);
+use crate::cluster::{Cluster, NODES};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -57,201 +32,6 @@ pub struct DemoArgs {
     /// Placement policy: fgd, best-fit, dot-product, gpu-packing, gpu-clustering, random.
     #[arg(long, default_value = "fgd")]
     pub policy: String,
-}
-
-struct DemoNode {
-    name: &'static str,
-    gpus: &'static str,
-    sysfs: &'static str,
-    leaf: &'static str,
-}
-
-const NODES: [DemoNode; 3] = [
-    DemoNode {
-        name: "hgx-1",
-        gpus: HGX_GPUS,
-        sysfs: HGX_SYSFS,
-        leaf: "leaf-1",
-    },
-    DemoNode {
-        name: "hgx-2",
-        gpus: HGX_GPUS,
-        sysfs: HGX_SYSFS,
-        leaf: "leaf-1",
-    },
-    DemoNode {
-        name: "h100-1",
-        gpus: HOST_GPUS,
-        sysfs: HOST_SYSFS,
-        leaf: "leaf-2",
-    },
-];
-
-/// Two HGX nodes share one recording; each gets its own GPU UUIDs (the third group of the
-/// UUID becomes the node number), as two real machines would have.
-fn distinct_uuids(mut gpus: RawGpus, node_number: usize) -> RawGpus {
-    let retag = |uuid: &mut String| {
-        let mut parts: Vec<String> = uuid.split('-').map(str::to_string).collect();
-        if parts.len() >= 4 {
-            parts[3] = format!("{node_number:04x}");
-            *uuid = parts.join("-");
-        } else {
-            uuid.push_str(&format!("-n{node_number}"));
-        }
-    };
-    for gpu in &mut gpus.gpus {
-        retag(&mut gpu.uuid);
-        for device in &mut gpu.mig.devices {
-            retag(&mut device.uuid);
-        }
-    }
-    gpus
-}
-
-/// A host tree with only CPUs and memory, for runs away from the source tree.
-fn minimal_sysfs(root: &Path) -> std::io::Result<()> {
-    let cpu = root.join("sys/devices/system/cpu");
-    std::fs::create_dir_all(&cpu)?;
-    std::fs::write(cpu.join("online"), "0-127\n")?;
-    std::fs::create_dir_all(root.join("proc"))?;
-    std::fs::write(root.join("proc/meminfo"), "MemTotal:       1056964608 kB\n")
-}
-
-fn io_failed(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("{what}: {e}"))
-}
-
-struct RunningAgent {
-    name: &'static str,
-    data_dir: PathBuf,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// Everything the demo started, stopped in reverse order by [`Cluster::stop`].
-struct Cluster {
-    dir: tempfile::TempDir,
-    server: RunningServer,
-    agents: Vec<RunningAgent>,
-}
-
-impl Cluster {
-    async fn start(policy: &str) -> Result<Cluster, CliError> {
-        let dir = tempfile::Builder::new()
-            .prefix("suanli-demo-")
-            .tempdir()
-            .map_err(|e| io_failed("cannot create a temporary directory", e))?;
-        let config = ServerConfig {
-            grpc_addr: ([127, 0, 0, 1], 0).into(),
-            http_addr: ([127, 0, 0, 1], 0).into(),
-            data_dir: dir.path().join("scheduler"),
-            policy: policy.to_string(),
-            heartbeat_interval_ms: 500,
-            telemetry_interval_ms: 1000,
-            heartbeat_timeout_ms: 10_000,
-            durability: "normal".to_string(),
-            auth: AuthConfig {
-                join_tokens: vec![JOIN_TOKEN.to_string()],
-                admin_tokens: vec![ADMIN_TOKEN.to_string()],
-                tenants: BTreeMap::new(),
-            },
-            ..ServerConfig::default()
-        };
-        let server = suanli_scheduler::server::start(config)
-            .await
-            .map_err(|e| io_failed("cannot start the scheduler", e))?;
-        let mut cluster = Cluster {
-            dir,
-            server,
-            agents: Vec::new(),
-        };
-        if let Err(e) = cluster.start_agents() {
-            cluster.stop().await;
-            return Err(e);
-        }
-        Ok(cluster)
-    }
-
-    fn start_agents(&mut self) -> Result<(), CliError> {
-        let fallback_sysfs = self.dir.path().join("sysfs");
-        for (i, node) in NODES.iter().enumerate() {
-            let recorded: RawGpus = serde_json::from_str(node.gpus)
-                .map_err(|e| io_failed("the built-in GPU recording is unreadable", e))?;
-            let recorded = if node.gpus == HGX_GPUS {
-                distinct_uuids(recorded, i + 1)
-            } else {
-                recorded
-            };
-            let sysfs = if Path::new(node.sysfs).join("sys").is_dir() {
-                PathBuf::from(node.sysfs)
-            } else {
-                if !fallback_sysfs.exists() {
-                    minimal_sysfs(&fallback_sysfs)
-                        .map_err(|e| io_failed("cannot write the demo host tree", e))?;
-                }
-                fallback_sysfs.clone()
-            };
-            let node_cid = Cid::node("demo", "local", "dc-a", node.name)
-                .map_err(|e| io_failed("demo node identifier", e))?;
-            let data_dir = self.dir.path().join("agents").join(node.name);
-            let cfg = AgentConfig {
-                scheduler: format!("http://{}", self.server.grpc_addr),
-                token: JOIN_TOKEN.to_string(),
-                node_cid,
-                fabric: FabricPosition {
-                    leaf: node.leaf.to_string(),
-                    spine: "spine-1".to_string(),
-                },
-                data_dir: data_dir.clone(),
-                fixture: None,
-                sysfs_root: sysfs,
-                seed: i as u64 + 1,
-                backoff_initial: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(2),
-                rediscover_every: Duration::from_secs(60),
-                default_grace: Duration::from_secs(2),
-                kube_api: None,
-                kubelet_socket: None,
-                gpu_resource: "nvidia.com/gpu".into(),
-                pod_devices_every: Duration::from_secs(10),
-            };
-            let probe = Arc::new(FixtureProbe::new(recorded, i as u64 + 1));
-            let agent = Agent::new(cfg, probe)
-                .map_err(|e| io_failed(&format!("cannot start agent {}", node.name), e))?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(agent.run(async move {
-                let _ = stopped.await;
-            }));
-            self.agents.push(RunningAgent {
-                name: node.name,
-                data_dir,
-                stop,
-                task,
-            });
-        }
-        Ok(())
-    }
-
-    fn settings(&self) -> Settings {
-        Settings {
-            addr: format!("http://{}", self.server.grpc_addr),
-            addr_origin: Origin::Default,
-            token: Some(ADMIN_TOKEN.to_string()),
-            token_origin: Some(Origin::Default),
-        }
-    }
-
-    /// Stops the agents, then the scheduler, then removes the temporary directory.
-    async fn stop(self) {
-        for agent in self.agents {
-            let _ = agent.stop.send(());
-            let _ = timeout(Duration::from_secs(5), agent.task).await;
-        }
-        self.server.shutdown().await;
-        // Dropping the directory would ignore failures; closing reports none we could act on
-        // either, but it removes everything before we return.
-        let _ = self.dir.close();
-    }
 }
 
 fn exclusive(count: u32) -> Option<GpuRequest> {
@@ -311,7 +91,7 @@ fn demo_jobs(seconds: u32) -> Vec<JobSpec> {
     jobs
 }
 
-/// What `suanli demo -o json` prints.
+/// What `suanli-demo -o json` prints.
 #[derive(Debug, Serialize)]
 struct DemoReport {
     jobs: Vec<JobView>,
@@ -348,7 +128,7 @@ pub async fn run(args: &DemoArgs, format: Format) -> Result<(), CliError> {
     }
     let narrate = !format.is_data();
     let say = |text: &str| if narrate { emit(text) } else { Ok(()) };
-    let mut interrupt = crate::commands::listen_for_interrupt()?;
+    let mut interrupt = commands::listen_for_interrupt()?;
     say("Suanli demo: a scheduler and three node agents in this process, on 127.0.0.1.\n\n")?;
     let cluster = Cluster::start(&args.policy).await?;
     let deadline = Duration::from_secs(args.timeout.max(5));
@@ -700,37 +480,6 @@ fn last_output(agent_dir: &Path, job_id: &str, replica: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recorded_machines_parse_and_get_distinct_uuids() {
-        let hgx: RawGpus = serde_json::from_str(HGX_GPUS).expect("built-in recording parses");
-        assert_eq!(hgx.gpus.len(), 8);
-        let one = distinct_uuids(hgx.clone(), 1);
-        let two = distinct_uuids(hgx, 2);
-        for (a, b) in one.gpus.iter().zip(&two.gpus) {
-            assert_ne!(a.uuid, b.uuid);
-        }
-        assert_eq!(one.gpus[0].uuid, "GPU-00000000-5a1c-0001-9d3f-000000000000");
-        let host: RawGpus = serde_json::from_str(HOST_GPUS).expect("built-in recording parses");
-        assert_eq!(host.gpus.len(), 1);
-    }
-
-    #[test]
-    fn the_minimal_host_tree_yields_a_valid_inventory() {
-        // What agents see when the binary runs away from its source tree.
-        let dir = tempfile::tempdir().expect("tempdir");
-        minimal_sysfs(dir.path()).expect("written");
-        let recorded: RawGpus = serde_json::from_str(HOST_GPUS).expect("parses");
-        let report = suanli_agent::discovery::discover(
-            &FixtureProbe::new(recorded, 1),
-            &suanli_agent::discovery::SysfsRoot(dir.path().to_path_buf()),
-            Cid::node("demo", "local", "dc-a", "h100-1").expect("valid"),
-            FabricPosition::default(),
-        );
-        report.inventory.validate().expect("valid inventory");
-        assert_eq!(report.inventory.cpu_milli, 128_000);
-        assert_eq!(report.inventory.gpus.len(), 1);
-    }
 
     #[test]
     fn demo_jobs_are_valid() {

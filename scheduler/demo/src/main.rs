@@ -1,0 +1,64 @@
+//! `suanli-demo`: a whole cluster in this process. A scheduler on 127.0.0.1 and three node
+//! agents with recorded machines (two HGX H100 nodes with NVLink and RDMA, one single-H100
+//! host) run real gRPC sessions; jobs are submitted and shown with the `suanli` client; the
+//! agents run each replica as a real process with `CUDA_VISIBLE_DEVICES` set to its grant.
+//! Everything it needs is compiled in, and nothing is left behind afterwards.
+//!
+//! It is a crate of its own because it links the scheduler (SQLite) and the agent (NVML,
+//! kube), which the `suanli` client must not.
+
+mod cluster;
+mod fixtures;
+mod scenario;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use suanli::error::CliError;
+use suanli::output::{self, Format};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "suanli-demo",
+    version,
+    about = "Run a Suanli scheduler and three node agents in this process, place a few jobs, \
+             and show it all",
+    after_help = "Exit codes: 0 ok, 1 a demo job failed or the demo could not run, 2 usage."
+)]
+struct Cli {
+    #[command(flatten)]
+    demo: scenario::DemoArgs,
+    /// Output format: the narrated run, or the jobs and replicas as data at the end.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("SUANLI_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scenario::run(&cli.demo, cli.output)) {
+        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
+        Err(e) => {
+            let text = e.to_string();
+            let lines: Vec<_> = text.split('\n').map(output::printable).collect();
+            eprintln!("error: {}", lines.join("\n"));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
