@@ -191,7 +191,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let http_timeouts = crate::http::Timeouts::from(&config.http);
     let app = router(HttpState {
         core: core.clone(),
-        latency: Arc::new(Mutex::new(crate::http::Histogram::default())),
+        latency: crate::http::PlacementLatency::default(),
         extender: counters.clone(),
     })
     .merge(crate::extender::router(ExtenderState {
