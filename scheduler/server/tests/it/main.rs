@@ -286,7 +286,7 @@ async fn explain_until(
     let mut why = pb::ExplainJobResponse::default();
     for _ in 0..100 {
         why = jobs
-            .explain(authed(RESEARCH, pb::ExplainJobRequest { id: id.into() }))
+            .explain(authed(ADMIN, pb::ExplainJobRequest { id: id.into() }))
             .await
             .expect("explains")
             .into_inner();
@@ -296,6 +296,23 @@ async fn explain_until(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     why
+}
+
+/// Waits until a scheduling pass has tried job `id` and recorded why it waits (never a fixed
+/// sleep: "still pending after N ms" proves nothing), and returns that reason.
+async fn recorded_wait(jobs: &mut JobServiceClient<Channel>, id: &str) -> String {
+    let why = explain_until(jobs, id, |w| {
+        pending_of(w).is_some()
+            && !w.summary.is_empty()
+            && w.summary != "waiting for its first scheduling pass"
+    })
+    .await;
+    assert!(pending_of(&why).is_some(), "{id} is pending: {why:?}");
+    assert_ne!(
+        why.summary, "waiting for its first scheduling pass",
+        "a pass tried {id}"
+    );
+    why.summary
 }
 
 /// The pending explanation of an Explain answer, if it has one.
@@ -1009,9 +1026,9 @@ async fn higher_priority_preempts_and_the_victim_runs_again() {
     let mut blocked: JobSpec = job("blocked", "prod", 1).try_into().expect("valid");
     blocked.priority = 10;
     let blocked = submit(&mut jobs, PROD, blocked.into(), "blocked").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let why = recorded_wait(&mut jobs, &blocked.id).await;
     let b = get_job(&mut jobs, &blocked.id).await;
-    assert_eq!(b.state, pb::JobState::Pending as i32);
+    assert_eq!(b.state, pb::JobState::Pending as i32, "{why}");
 
     // When `high` ends, the higher-priority `blocked` runs first, then `low` (attempt 2).
     agent
@@ -1225,9 +1242,9 @@ async fn an_elastic_job_starts_at_its_minimum() {
         "w",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let why = recorded_wait(&mut jobs, &whole.id).await;
     let whole = get_job(&mut jobs, &whole.id).await;
-    assert_eq!(whole.state, pb::JobState::Pending as i32);
+    assert_eq!(whole.state, pb::JobState::Pending as i32, "{why}");
     assert!(whole.placement.is_none());
     drop(agents);
     server.shutdown().await;
@@ -1419,7 +1436,8 @@ async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
     let mut more: JobSpec = job("a-1", "research", 1).try_into().expect("valid");
     more.queue = "a".into();
     let more = submit(&mut jobs, RESEARCH, more.into(), "a1").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let why = recorded_wait(&mut jobs, &more.id).await;
+    assert!(why.starts_with("tenant research at quota"), "{why}");
     let more = get_job(&mut jobs, &more.id).await;
     assert_eq!(more.state, pb::JobState::Pending as i32);
     drop(agent);
