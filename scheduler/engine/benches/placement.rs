@@ -131,7 +131,7 @@ fn placement(c: &mut Criterion) {
 }
 
 /// The Kubernetes extender's filter and prioritize: one pod judged on every node of the
-/// cluster, as kube-scheduler sends its candidates (no lean scan, no FGD cache).
+/// cluster, as kube-scheduler sends its candidates (no column scan, no FGD cache).
 fn evaluate_all(c: &mut Criterion) {
     let base = half_full(7);
     let requests = workload();

@@ -16,6 +16,10 @@ use crate::validation::ValidationError;
 
 pub use crate::inventory::{MAX_GPUS_PER_NODE, MAX_NODE_CPU_MILLI, MAX_NODE_MEMORY_MIB};
 
+mod free_capacity;
+
+pub(crate) use free_capacity::{FAST_PATH_MAX_GPUS, FreeCapacity, FreeCapacityColumns};
+
 /// A node's position in [`Cluster::nodes`]; stable for the cluster's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub u32);
@@ -371,138 +375,6 @@ pub struct Claim {
     pub affinity: Option<AffinityTag>,
 }
 
-/// Most GPUs a node may have and still take the compact fast path of the placement scan.
-pub(crate) const HOT_GPUS: usize = 8;
-
-/// A compact copy of what the placement scan reads for a simple node (at most 8 GPUs, one
-/// model, no MIG), kept next to the other nodes' so the scan stays in cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Hot {
-    /// The node takes the fast path: schedulable, at most 8 GPUs, one model, no MIG, no link data.
-    pub simple: bool,
-    pub gpus: u8,
-    /// Bit `i`: GPU `i` is free for a whole-GPU grant.
-    pub free_mask: u8,
-    /// Bit `i`: GPU `i` can take shares (healthy, not exclusive, no MIG).
-    pub share_mask: u8,
-    pub model: u16,
-    pub total_left: u32,
-    pub cpu_left: u64,
-    pub memory_left: u64,
-    /// Compute left per GPU in milli (0 when unusable).
-    pub lefts: [u16; HOT_GPUS],
-    /// Memory left per GPU for shares, in MiB (saturating at 4 PiB).
-    pub gpu_memory_left: [u32; HOT_GPUS],
-    /// The node's version (see [`Node::version`]), for caches keyed by node state.
-    pub version: u64,
-}
-
-impl Hot {
-    fn of(node: &Node) -> Hot {
-        let mut h = Hot {
-            simple: !node.cordoned
-                && node.links.is_none()
-                && node.gpus.len() <= HOT_GPUS
-                && (node.gpus.is_empty() || node.uniform_model.is_some())
-                && node.gpus.iter().all(|g| g.mig.is_none()),
-            gpus: node.gpus.len().min(HOT_GPUS) as u8,
-            model: node.uniform_model.map_or(u16::MAX, |m| m.0),
-            cpu_left: node.cpu_left(),
-            memory_left: node.memory_left(),
-            version: node.version,
-            ..Hot::default()
-        };
-        for (i, g) in node.gpus.iter().take(HOT_GPUS).enumerate() {
-            // milli_left is at most 1000 and fits; the memory saturates rather than wraps.
-            h.lefts[i] = u16::try_from(g.milli_left()).unwrap_or(u16::MAX);
-            h.total_left += g.milli_left();
-            h.gpu_memory_left[i] = u32::try_from(g.memory_mib - g.memory_used).unwrap_or(u32::MAX);
-            if g.fully_free() {
-                h.free_mask |= 1 << i;
-            }
-            if g.usable() && g.mig.is_none() && !g.exclusive {
-                h.share_mask |= 1 << i;
-            }
-        }
-        h
-    }
-}
-
-/// The narrowest view of the nodes, one array per field, that the best-fit, dot-product,
-/// gpu-packing and random scans read. Each scan touches only the arrays it needs (a few bytes
-/// a node), and the per-node arithmetic has no branches, so the compiler vectorizes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Lean {
-    /// The node takes the lean path: it is simple (see [`Hot`]).
-    pub simple: Vec<bool>,
-    /// How many nodes are not simple.
-    pub not_simple: usize,
-    /// CPU left (a simple node has at most 100,000 cores, which fits).
-    pub cpu_left: Vec<u32>,
-    /// Memory left in MiB, saturating: requests ask for at most 2^30 MiB, so a node with
-    /// more than `u32::MAX` left fits any of them either way.
-    pub memory_left: Vec<u32>,
-    /// The GPU model; `u16::MAX` without GPUs.
-    pub model: Vec<u16>,
-    pub gpus: Vec<u8>,
-    /// Compute left on all GPUs, in milli.
-    pub total_left: Vec<u16>,
-    /// The most compute left on one GPU: a share of up to this much (and no GPU memory) fits.
-    pub max_left: Vec<u16>,
-    /// GPUs free for a whole-GPU grant.
-    pub free: Vec<u8>,
-    /// GPUs with all their compute left (fresh GPUs, as gpu-packing counts them).
-    pub full: Vec<u8>,
-    /// `lefts[g][i]`: compute left on GPU `g` of node `i` (0 when unusable, exclusive or
-    /// missing).
-    pub lefts: [Vec<u16>; HOT_GPUS],
-}
-
-impl Lean {
-    fn of(hot: &[Hot]) -> Lean {
-        let n = hot.len();
-        let mut lean = Lean {
-            simple: vec![false; n],
-            not_simple: n,
-            cpu_left: vec![0; n],
-            memory_left: vec![0; n],
-            model: vec![0; n],
-            gpus: vec![0; n],
-            total_left: vec![0; n],
-            max_left: vec![0; n],
-            free: vec![0; n],
-            full: vec![0; n],
-            lefts: std::array::from_fn(|_| vec![0; n]),
-        };
-        for (i, h) in hot.iter().enumerate() {
-            lean.set(i, h);
-        }
-        lean
-    }
-
-    fn set(&mut self, i: usize, h: &Hot) {
-        let n = usize::from(h.gpus);
-        let lefts = &h.lefts[..n];
-        self.not_simple -= usize::from(!self.simple[i]);
-        self.not_simple += usize::from(!h.simple);
-        self.simple[i] = h.simple;
-        self.cpu_left[i] = u32::try_from(h.cpu_left).unwrap_or(u32::MAX);
-        self.memory_left[i] = u32::try_from(h.memory_left).unwrap_or(u32::MAX);
-        self.model[i] = h.model;
-        self.gpus[i] = h.gpus;
-        self.total_left[i] = u16::try_from(h.total_left).unwrap_or(u16::MAX);
-        self.max_left[i] = lefts.iter().copied().max().unwrap_or(0);
-        self.free[i] = h.free_mask.count_ones() as u8;
-        self.full[i] = lefts
-            .iter()
-            .filter(|l| u32::from(**l) == MILLI_PER_GPU)
-            .count() as u8;
-        for (g, column) in self.lefts.iter_mut().enumerate() {
-            column[i] = h.lefts[g];
-        }
-    }
-}
-
 /// The whole cluster.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -513,10 +385,10 @@ pub struct Cluster {
     next_allocation: u64,
     /// Each node's position in name order, for name-ordered tie-breaking.
     name_rank: Vec<u32>,
-    /// The scan's compact view of each node, refreshed on every change.
-    hot: Vec<Hot>,
-    /// The narrower view the simple policies scan, refreshed with `hot`.
-    lean: Lean,
+    /// Each node's free capacity as the placement scan reads it, refreshed on every change.
+    free_capacity: Vec<FreeCapacity>,
+    /// The same, one array per field, for the column scan; refreshed with `free_capacity`.
+    free_capacity_columns: FreeCapacityColumns,
 }
 
 /// Clusters compare by state: nodes, models and live allocations.
@@ -559,22 +431,25 @@ impl Cluster {
             allocations: BTreeMap::new(),
             next_allocation: 1,
             name_rank: Vec::new(),
-            hot: Vec::new(),
-            lean: Lean::default(),
+            free_capacity: Vec::new(),
+            free_capacity_columns: FreeCapacityColumns::default(),
         }
     }
 
     fn refresh(&mut self, index: usize) {
-        self.hot[index] = Hot::of(&self.nodes[index]);
-        self.lean.set(index, &self.hot[index]);
+        self.free_capacity[index] = FreeCapacity::of(&self.nodes[index]);
+        self.free_capacity_columns
+            .set(index, &self.free_capacity[index]);
     }
 
-    pub(crate) fn hot(&self) -> &[Hot] {
-        &self.hot
+    /// Each node's free capacity, in node order.
+    pub(crate) fn free_capacity(&self) -> &[FreeCapacity] {
+        &self.free_capacity
     }
 
-    pub(crate) fn lean(&self) -> &Lean {
-        &self.lean
+    /// Each node's free capacity, one array per field.
+    pub(crate) fn free_capacity_columns(&self) -> &FreeCapacityColumns {
+        &self.free_capacity_columns
     }
 
     /// Every node's position in name order (see [`Cluster::name_rank`]).
@@ -589,8 +464,8 @@ impl Cluster {
         for (rank, i) in order.into_iter().enumerate() {
             self.name_rank[i] = rank as u32;
         }
-        self.hot = self.nodes.iter().map(Hot::of).collect();
-        self.lean = Lean::of(&self.hot);
+        self.free_capacity = self.nodes.iter().map(FreeCapacity::of).collect();
+        self.free_capacity_columns = FreeCapacityColumns::of(&self.free_capacity);
         self
     }
 

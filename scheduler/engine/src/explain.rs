@@ -1,10 +1,13 @@
-//! Why a request was not placed (per-reason node counts), and why it went where it did.
+//! Why a request was not placed: per-node reasons and their counts. Why a placement went
+//! where it did ([`ScoreBreakdown`]) is part of the placement, in [`crate::policy`].
 
 use std::fmt;
 
 use crate::gpu::GpuModel;
-use crate::policy::PolicyKind;
 use crate::request::{GpuDemand, Request};
+
+/// Kept at this path for callers that import it from here; it lives with the placement.
+pub use crate::policy::ScoreBreakdown;
 
 /// Why one node cannot take a request; each rejected node counts under its first reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -168,42 +171,6 @@ impl fmt::Display for Unplaceable {
 }
 
 impl std::error::Error for Unplaceable {}
-
-/// Why a placement went where it did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScoreBreakdown {
-    pub policy: PolicyKind,
-    /// The policy's 0–100 points for the chosen node.
-    pub points: i64,
-    /// Worst link rank among the chosen GPUs (0: one GPU or no link data).
-    pub link_rank: u32,
-    /// Nodes that passed every filter.
-    pub feasible_nodes: u32,
-    /// Feasible nodes with the same top points and link rank; one was drawn at random.
-    pub tied_nodes: u32,
-    /// The inputs of the policy's formula, by name (e.g. `frag_before`, `frag_after`).
-    pub terms: Vec<(&'static str, f64)>,
-}
-
-impl fmt::Display for ScoreBreakdown {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} points (best of {} feasible nodes, {} tied)",
-            self.policy.name(),
-            self.points,
-            self.feasible_nodes,
-            self.tied_nodes
-        )?;
-        if self.link_rank > 0 {
-            write!(f, ", link rank {}", self.link_rank)?;
-        }
-        for (name, value) in &self.terms {
-            write!(f, ", {name} {value}")?;
-        }
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests {

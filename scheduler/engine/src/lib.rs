@@ -51,11 +51,13 @@ pub use cluster::{
     Allocation, AllocationId, Claim, Cluster, ClusterError, Gpu, GpuGrant, ModelId, Node, NodeId,
     NodeShape,
 };
-pub use explain::{Reason, ScoreBreakdown, Unplaceable};
+pub use explain::{Reason, Unplaceable};
 pub use fgd::{MixError, MixShape, WorkloadMix};
 pub use gpu::{GpuModel, MigProfile};
 pub use inventory::NodeInventory;
 pub use job::{JobSpec, JobState};
-pub use policy::{Placement, Policy, PolicyError, PolicyKind, Score, TieBreak, evaluate, place};
+pub use policy::{
+    Placement, Policy, PolicyError, PolicyKind, Score, ScoreBreakdown, TieBreak, evaluate, place,
+};
 pub use request::{AffinityTag, GpuDemand, Request, RequestError};
 pub use validation::{Problem, ValidationError};
