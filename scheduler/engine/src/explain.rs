@@ -6,9 +6,6 @@ use std::fmt;
 use crate::gpu::GpuModel;
 use crate::request::{GpuDemand, Request};
 
-/// Kept at this path for callers that import it from here; it lives with the placement.
-pub use crate::policy::ScoreBreakdown;
-
 /// Why one node cannot take a request; each rejected node counts under its first reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {

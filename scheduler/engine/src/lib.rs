@@ -45,6 +45,7 @@ pub mod queue;
 pub mod quota;
 pub mod request;
 pub mod validation;
+pub mod workload;
 
 pub use cid::{Cid, CidError, Level};
 pub use cluster::{

@@ -24,11 +24,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use crate::cluster::{AllocationId, Cluster};
+use crate::cluster::{AllocationId, Cluster, NodeId};
 use crate::domain::DomainCatalog;
+use crate::explain::Unplaceable;
 use crate::gang::{
-    FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, ReplicaBound, allocate_gang,
-    place_gang, place_gang_if_fits,
+    FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, Hop, ReplicaBound,
+    ReplicaClaim, allocate_gang, place_gang, place_gang_if_fits,
 };
 use crate::gpu::GpuModel;
 use crate::job::{JobId, JobSpec};
@@ -36,6 +37,7 @@ use crate::links::LinkState;
 use crate::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
 use crate::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
 use crate::request::{GpuDemand, RequestError};
+use crate::workload::SingleReplicaPolicy;
 
 /// How long a job runs, as far as the scheduler knows: backfill needs an upper bound.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -158,6 +160,9 @@ pub enum WaitReason {
     },
     /// No room now (and no preemption makes room).
     Placement(GangWait),
+    /// A single replica the configured policy found no node for (and no preemption makes
+    /// room), with how many nodes failed for which reason.
+    NoNode(Unplaceable),
     /// It fits only on nodes reserved for a blocked job and would still run at that start.
     Reserved { holder: JobId, start_s: u64 },
 }
@@ -181,6 +186,7 @@ impl fmt::Display for WaitReason {
                 "queue {tenant}/{queue} is at its guarantee and non-preemptible jobs may not borrow"
             ),
             WaitReason::Placement(w) => write!(f, "{w}"),
+            WaitReason::NoNode(u) => write!(f, "{u}"),
             WaitReason::Reserved { holder, start_s } => write!(
                 f,
                 "would delay {holder}, which holds a reservation from t={start_s}s"
@@ -257,12 +263,30 @@ pub enum QueueError {
     NotPending(JobId),
 }
 
+/// Why a job found no room in a pass.
+#[derive(Debug, Clone, PartialEq)]
+enum NoRoom {
+    /// The gang planner's reason.
+    Gang(GangWait),
+    /// The single-replica policy's reason.
+    Policy(Unplaceable),
+}
+
+impl From<NoRoom> for WaitReason {
+    fn from(no_room: NoRoom) -> WaitReason {
+        match no_room {
+            NoRoom::Gang(wait) => WaitReason::Placement(wait),
+            NoRoom::Policy(unplaceable) => WaitReason::NoNode(unplaceable),
+        }
+    }
+}
+
 /// The shapes that did not fit in this pass since the last release, with why: a job of the
 /// same gang request, tenant and priority (and the same reservation to avoid) cannot fit
 /// either. Found by a hash of the request, then compared field by field.
 #[derive(Debug, Default)]
 struct FailedShapes {
-    by_hash: HashMap<u64, Vec<(QueuedJob, bool, GangWait)>>,
+    by_hash: HashMap<u64, Vec<(QueuedJob, bool, NoRoom)>>,
 }
 
 impl FailedShapes {
@@ -279,7 +303,7 @@ impl FailedShapes {
         a.gang == b.gang && a.tenant == b.tenant && a.priority == b.priority
     }
 
-    fn get(&self, job: &QueuedJob, avoids: bool) -> Option<&GangWait> {
+    fn get(&self, job: &QueuedJob, avoids: bool) -> Option<&NoRoom> {
         self.by_hash
             .get(&FailedShapes::key(job, avoids))?
             .iter()
@@ -287,7 +311,7 @@ impl FailedShapes {
             .map(|(_, _, wait)| wait)
     }
 
-    fn insert(&mut self, job: &QueuedJob, avoids: bool, wait: GangWait) {
+    fn insert(&mut self, job: &QueuedJob, avoids: bool, wait: NoRoom) {
         let list = self
             .by_hash
             .entry(FailedShapes::key(job, avoids))
@@ -328,6 +352,8 @@ pub struct Scheduler {
     usage: Usage,
     /// Every GPU model in the cluster, for quota checks of jobs that accept any model.
     models: Vec<GpuModel>,
+    /// Places jobs of one plain replica when set; otherwise the gang planner places all.
+    single: Option<SingleReplicaPolicy>,
 }
 
 impl Scheduler {
@@ -357,7 +383,15 @@ impl Scheduler {
             pending: BTreeMap::new(),
             running: BTreeMap::new(),
             usage: Usage::default(),
+            single: None,
         }
+    }
+
+    /// Places jobs of one plain replica by `policy` (see [`SingleReplicaPolicy::applies_to`])
+    /// instead of the gang planner, as the daemon does. The policy learns its workload from
+    /// the jobs submitted from now on.
+    pub fn set_single_replica_policy(&mut self, policy: SingleReplicaPolicy) {
+        self.single = Some(policy);
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -412,6 +446,9 @@ impl Scheduler {
     pub fn submit(&mut self, job: QueuedJob) -> Result<(), QueueError> {
         if self.pending.contains_key(&job.id) || self.running.contains_key(&job.id) {
             return Err(QueueError::Duplicate(job.id));
+        }
+        if let Some(single) = self.single.as_mut() {
+            single.remember(&job.gang.request);
         }
         self.pending.insert(job.id.clone(), job);
         Ok(())
@@ -559,18 +596,22 @@ impl Scheduler {
             .map(|j| (std::cmp::Reverse(j.priority), j.submitted_s, j.id.clone()))
             .collect();
         order.sort();
+        if let Some(single) = self.single.as_mut() {
+            single.refresh();
+        }
         let mut decisions = Vec::new();
         let mut reservation: Option<Reservation> = None;
         // Shapes that did not fit since the last release: they cannot fit now either.
         let mut failed = FailedShapes::default();
         let mut free_gpus = self.index.free_gpus_total();
         for (_, _, id) in order {
-            let Some(job) = self.pending.get(&id) else {
+            let Some(job) = self.pending.get(&id).cloned() else {
                 continue;
             };
+            let job = &job;
             if let Some(reason) = self.quota_precheck(job) {
                 if self.may_reclaim_from_siblings(job, &reason)
-                    && let Some(mut made) = self.preempt_for(&job.clone(), now_s, true)
+                    && let Some(mut made) = self.preempt_for(job, now_s, true)
                 {
                     failed.clear();
                     free_gpus = self.index.free_gpus_total();
@@ -602,19 +643,13 @@ impl Scheduler {
             } else if whole_needed > free_gpus {
                 // Not enough free whole GPUs in the whole cluster: no scan can succeed.
                 let per = u64::from(job.gang.request.gpu_count().max(1));
-                Err(GangWait::TooFew {
+                Err(NoRoom::Gang(GangWait::TooFew {
                     needed: job.gang.min_replicas,
                     fit: u32::try_from(free_gpus / per).unwrap_or(u32::MAX),
                     counts: Vec::new(),
-                })
+                }))
             } else {
-                place_gang(
-                    &self.cluster,
-                    &self.index,
-                    &self.catalog,
-                    &job.gang,
-                    &GangOptions { avoid },
-                )
+                self.plan(job, avoid)
             };
             let job = job.clone();
             match attempt {
@@ -660,7 +695,9 @@ impl Scheduler {
                     }
                     failed.insert(&job, avoid.is_some(), wait.clone());
                     let reason = match (&reservation, avoid) {
-                        (Some(r), Some(_)) if !matches!(wait, GangWait::Network { .. }) => {
+                        (Some(r), Some(_))
+                            if !matches!(wait, NoRoom::Gang(GangWait::Network { .. })) =>
+                        {
                             // Fits without the reservation? Then the reservation is the reason.
                             let free = place_gang_if_fits(
                                 &self.cluster,
@@ -675,10 +712,10 @@ impl Scheduler {
                                     start_s: r.start_s,
                                 }
                             } else {
-                                WaitReason::Placement(wait)
+                                wait.into()
                             }
                         }
-                        _ => WaitReason::Placement(wait),
+                        _ => wait.into(),
                     };
                     if self.config.backfill && reservation.is_none() {
                         reservation = self.reserve(&job, now_s);
@@ -688,6 +725,45 @@ impl Scheduler {
             }
         }
         decisions
+    }
+
+    /// Where `job` would go now, avoiding the nodes marked in `avoid`: by the single-replica
+    /// policy when one is set and the job is one plain replica, else by the gang planner. The
+    /// policy does not know about held nodes, so when it picks one the planner, which does,
+    /// places the job instead; so it does while the policy has no workload to build from.
+    fn plan(&mut self, job: &QueuedJob, avoid: Option<&[bool]>) -> Result<GangPlacement, NoRoom> {
+        if SingleReplicaPolicy::applies_to(&job.gang)
+            && let Some(single) = self.single.as_mut()
+        {
+            let held = |node: NodeId| avoid.is_some_and(|a| a.get(node.index()) == Some(&true));
+            match single.place(&self.cluster, &job.gang.request) {
+                Some(Ok(p)) if !held(p.claim.node) => {
+                    return Ok(GangPlacement {
+                        group: format!("node {} by {}", p.node_name, single.kind().name()),
+                        replicas: vec![ReplicaClaim {
+                            claim: p.claim,
+                            node_name: p.node_name,
+                        }],
+                        hop: Hop::SameNode,
+                        domains: Vec::new(),
+                        inter_domain_gbps: 0.0,
+                        worst_link_rank: 0,
+                        gdr_gpus: 0,
+                        feasible_nodes: 0,
+                    });
+                }
+                Some(Err(unplaceable)) => return Err(NoRoom::Policy(unplaceable)),
+                _ => {}
+            }
+        }
+        place_gang(
+            &self.cluster,
+            &self.index,
+            &self.catalog,
+            &job.gang,
+            &GangOptions { avoid },
+        )
+        .map_err(NoRoom::Gang)
     }
 
     /// The earliest time `job` fits if running jobs end when their runtime bound says, and the
@@ -940,12 +1016,12 @@ mod tests {
         }
     }
 
-    fn wait(fit: u32) -> GangWait {
-        GangWait::TooFew {
+    fn wait(fit: u32) -> NoRoom {
+        NoRoom::Gang(GangWait::TooFew {
             needed: 2,
             fit,
             counts: Vec::new(),
-        }
+        })
     }
 
     /// The memo of failed shapes answers for any job of the same gang request, tenant,

@@ -283,3 +283,76 @@ fn without_backfill_small_jobs_jump_the_gang() {
         }
     ));
 }
+
+/// With a single-replica policy set, a job of one plain replica goes where that policy
+/// (with the same seed) puts it on the same cluster, as in the daemon; gangs still go
+/// through the planner; a single replica that fits nowhere waits with the policy's reasons.
+#[test]
+fn single_replicas_go_by_the_configured_policy() {
+    use suanli_engine::policy::PolicyKind;
+    use suanli_engine::workload::SingleReplicaPolicy;
+
+    let no_preemption = QueueConfig {
+        preemption: false,
+        ..QueueConfig::default()
+    };
+    let specs = leaf("a", "s1", "l1", "n", 4);
+    let mut s = scheduler(&specs, Quotas::new(), no_preemption);
+    s.set_single_replica_policy(SingleReplicaPolicy::new(PolicyKind::BestFit, 42));
+    // Something on n-2 first, so best-fit has a favourite that is not the first node.
+    s.submit(job("warm", "t", gang(1, 6), 0, 0)).expect("queued");
+    let first = s.queue_pass(0);
+    let expected = {
+        let mut reference = SingleReplicaPolicy::new(PolicyKind::BestFit, 42);
+        reference.remember(&gang(1, 6).request);
+        assert!(reference.refresh());
+        let mut before = scheduler(&specs, Quotas::new(), no_preemption);
+        let _ = before.queue_pass(0);
+        reference
+            .place(before.cluster(), &gang(1, 6).request)
+            .expect("a policy")
+            .expect("fits")
+            .node_name
+    };
+    match &first[..] {
+        [Decision::Place { placement, .. }] => {
+            assert_eq!(placement.replicas.len(), 1);
+            assert_eq!(placement.replicas[0].node_name, expected);
+            assert!(placement.group.ends_with("by best-fit"), "{}", placement.group);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Best-fit packs: the next 2-GPU replica lands beside the first, on the fullest node.
+    s.submit(job("next", "t", gang(1, 2), 0, 1)).expect("queued");
+    match &s.queue_pass(1)[..] {
+        [Decision::Place { placement, .. }] => {
+            assert_eq!(placement.replicas[0].node_name, expected, "packed");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Two replicas: the gang planner.
+    s.submit(job("pair", "t", gang(2, 8), 0, 2)).expect("queued");
+    match &s.queue_pass(2)[..] {
+        [Decision::Place { placement, .. }] => {
+            assert_eq!(placement.replicas.len(), 2);
+            assert!(!placement.group.contains("by best-fit"), "{}", placement.group);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nine GPUs on one node fit nowhere, though the cluster has them: the policy says why,
+    // node by node.
+    let mut s = scheduler(&specs, Quotas::new(), no_preemption);
+    s.set_single_replica_policy(SingleReplicaPolicy::new(PolicyKind::BestFit, 42));
+    s.submit(job("huge", "t", gang(1, 9), 0, 0)).expect("queued");
+    let d = s.queue_pass(0);
+    assert!(
+        matches!(
+            &d[..],
+            [Decision::Wait {
+                reason: WaitReason::NoNode(_),
+                ..
+            }]
+        ),
+        "{d:?}"
+    );
+}
