@@ -7,21 +7,19 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use std::collections::VecDeque;
 use suanli_engine::cluster::{AllocationId, Cluster, NodeId};
 use suanli_engine::job::JobId;
 
 use suanli_engine::domain::DomainCatalog;
 use suanli_engine::gang::FabricIndex;
 use suanli_engine::links::LinkState;
-use suanli_engine::policy::{Policy, PolicyKind};
+use suanli_engine::policy::PolicyKind;
 use suanli_engine::quota::{Quotas, Usage};
-use suanli_engine::request::Request;
+use suanli_engine::workload::SingleReplicaPolicy;
 use suanli_engine::{Cid, GpuModel, JobSpec, JobState, NodeInventory};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -40,13 +38,12 @@ pub use nodes::Registration;
 pub use pods::{BoundPod, NodeVerdict, PodGpus, PodJobView};
 
 use crate::auth::Identity;
+use crate::clock::Clock;
 use crate::placement::{PodRef, StoredPlacement};
 use crate::store::{EventRecord, JobRecord, NewJob, Store, StoreError};
 
 /// Longest stretch the core spends placing before it looks at new commands again.
 const SCHEDULING_SLICE: Duration = Duration::from_millis(20);
-/// How many recent requests make up FGD's expected workload.
-const RECENT_WINDOW: usize = 2000;
 /// Most commands applied in one batch; bounds the latency of the first one in it.
 const MAX_BATCH: usize = 1024;
 /// Grace period between SIGTERM and SIGKILL when the scheduler stops a replica.
@@ -336,6 +333,8 @@ pub struct CoreConfig {
     /// Domain prices and links, for the gang planner.
     pub catalog: DomainCatalog,
     pub preemption: PreemptionConfig,
+    /// Where the core reads the time.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// When a pending job may stop running ones to make room.
@@ -432,17 +431,8 @@ struct Core {
     jobs: HashMap<JobId, LiveJob>,
     /// Pending jobs in scheduling order: highest priority first, then oldest.
     pending: BTreeSet<(Reverse<i32>, JobId)>,
-    policy_kind: PolicyKind,
-    /// Built lazily: FGD needs a workload mix, which comes from recent submissions.
-    policy: Option<Policy>,
-    /// The most recent requests, FGD's expected workload.
-    recent: VecDeque<Request>,
-    /// Requests added to `recent` since the FGD mix was last built.
-    recent_since_mix: usize,
-    /// Request shapes the current FGD mix was built from; a new one makes the mix stale.
-    mix_shapes: HashSet<(u64, u32, u32, Vec<suanli_engine::GpuModel>)>,
-    mix_stale: bool,
-    rng: ChaCha8Rng,
+    /// Places jobs of one plain replica; learns FGD's workload from submissions.
+    single: SingleReplicaPolicy,
     /// Set when capacity was freed or added: every pending job is worth another try.
     capacity_changed: bool,
     /// Pending jobs not tried since they arrived.
@@ -465,7 +455,7 @@ pub fn start(
     let links = LinkState::new();
     let index = FabricIndex::new(&cluster, &links, &config.catalog);
     let mut core = Core {
-        rng: ChaCha8Rng::seed_from_u64(config.seed),
+        single: SingleReplicaPolicy::new(policy_kind, config.seed),
         config,
         in_batch: std::cell::Cell::new(false),
         outbox: std::cell::RefCell::new(Outbox::default()),
@@ -482,12 +472,6 @@ pub fn start(
         node_ids: HashMap::new(),
         jobs: HashMap::new(),
         pending: BTreeSet::new(),
-        policy_kind,
-        policy: None,
-        recent: VecDeque::new(),
-        recent_since_mix: 0,
-        mix_shapes: HashSet::new(),
-        mix_stale: true,
         capacity_changed: true,
         untried: HashSet::new(),
         latencies: Vec::new(),
@@ -502,9 +486,19 @@ pub fn start(
 }
 
 impl Core {
+    /// Now, in milliseconds since the epoch, by the configured clock.
+    fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
+    /// Now, monotonic, by the configured clock.
+    fn instant(&self) -> Instant {
+        self.config.clock.instant()
+    }
+
     /// Rebuilds memory from the store: nodes, live jobs and the resources they hold.
     fn load(&mut self) -> Result<(), CoreError> {
-        let now = Instant::now();
+        let now = self.instant();
         for record in self.store.nodes()? {
             self.nodes.insert(
                 record.inventory.cid.clone(),
@@ -645,7 +639,7 @@ impl Core {
 
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
         let tick = Duration::from_millis(500);
-        let mut last_tick = Instant::now();
+        let mut last_tick = self.instant();
         let mut backlog = false;
         loop {
             // With scheduling work left over, only look for commands; otherwise wait for one.
@@ -675,7 +669,7 @@ impl Core {
             }
             self.apply_batch(batch);
             if last_tick.elapsed() >= tick {
-                last_tick = Instant::now();
+                last_tick = self.instant();
                 self.check_heartbeats();
                 self.check_time_limits();
             }
@@ -794,10 +788,11 @@ impl Core {
                 }
             }
             Command::Heartbeat { node, session_id } => {
+                let now = self.instant();
                 if let Some(entry) = self.nodes.get_mut(&node)
                     && entry.holds_session(&session_id)
                 {
-                    entry.last_seen = Instant::now();
+                    entry.last_seen = now;
                 }
             }
             // What an agent reports counts only from the session that holds its node: a

@@ -2,6 +2,7 @@
 //! and the Kubernetes scheduler extender.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod credential;

@@ -98,6 +98,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 min_runtime_s: config.preemption.min_runtime_s,
                 max_victims: config.preemption.max_victims,
             },
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
         },
     )?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)

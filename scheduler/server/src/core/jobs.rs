@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::{AgentCommand, CANCEL_GRACE_MS, Core, CoreError, LiveJob, seconds_to_ms};
 use crate::auth::Identity;
 use crate::placement::StoredPlacement;
-use crate::store::{JobRecord, StoreError, now_ms};
+use crate::store::{JobRecord, StoreError};
 
 impl Core {
     pub(super) fn visible(&self, id: &JobId, by: &Identity) -> Result<&LiveJob, CoreError> {
@@ -263,7 +263,7 @@ impl Core {
     /// Stops jobs that have run past their time limit (counted from placement) and fails
     /// them with that reason.
     pub(super) fn check_time_limits(&mut self) {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut over: Vec<(JobId, u64)> = self
             .jobs
             .iter()

@@ -7,7 +7,6 @@
 //! one are ignored, and work goes only to the current one.
 
 use std::collections::HashSet;
-use std::time::Instant;
 
 use suanli_engine::job::JobId;
 use suanli_engine::{Cid, NodeInventory};
@@ -81,13 +80,14 @@ impl Core {
             .nodes
             .get(&cid)
             .is_none_or(|n| n.lost || n.inventory != inventory);
+        let now = self.instant();
         let entry = self.nodes.entry(cid.clone()).or_insert_with(|| NodeEntry {
             inventory: inventory.clone(),
             cordoned: false,
             cordon_reason: String::new(),
             draining: false,
             lost: false,
-            last_seen: Instant::now(),
+            last_seen: now,
             issued: None,
             session: None,
             credential_sha256: None,
@@ -95,7 +95,7 @@ impl Core {
         });
         entry.inventory = inventory;
         entry.lost = false;
-        entry.last_seen = Instant::now();
+        entry.last_seen = now;
         if let Some((_, hash)) = &issued {
             entry.credential_sha256 = Some(hash.clone());
         }
@@ -127,6 +127,7 @@ impl Core {
         running: Vec<RunningReplica>,
         tx: mpsc::UnboundedSender<AgentCommand>,
     ) -> Result<(), CoreError> {
+        let now = self.instant();
         let Some(entry) = self
             .nodes
             .get_mut(node)
@@ -143,7 +144,7 @@ impl Core {
             )));
         }
         entry.session = Some((session_id, tx));
-        entry.last_seen = Instant::now();
+        entry.last_seen = now;
         self.sync_schedulable(node);
         let reported: HashSet<(JobId, u32)> = running
             .iter()

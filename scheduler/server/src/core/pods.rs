@@ -13,14 +13,14 @@ use suanli_engine::cluster::{Claim, GpuGrant, NodeId};
 use suanli_engine::explain::{Reason, Unplaceable};
 use suanli_engine::gang::GangRequest;
 use suanli_engine::job::JobId;
-use suanli_engine::policy::{evaluate, place};
+use suanli_engine::policy::evaluate;
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, JobSpec, JobState};
 use tracing::{info, warn};
 
 use super::{Core, CoreError, LiveJob};
 use crate::placement::{PodRef, StoredPlacement};
-use crate::store::{NewJob, now_ms};
+use crate::store::NewJob;
 
 /// Prefix of the idempotency key a pod's job is stored under: one job per pod UID.
 const POD_REQUEST_PREFIX: &str = "k8s-pod:";
@@ -65,15 +65,13 @@ impl Core {
     /// The policy, built from what is known of the workload; FGD needs at least one request
     /// shape, and a pod's own is the best guess before any other arrived.
     fn policy_for_pod(&mut self, spec: &JobSpec) -> Result<(), CoreError> {
-        self.refresh_policy();
-        if self.policy.is_none() {
+        if !self.single.refresh() {
             self.remember(spec);
-            self.refresh_policy();
         }
-        if self.policy.is_none() {
+        if !self.single.refresh() {
             return Err(CoreError::FailedPrecondition(format!(
                 "placement policy {} is not ready",
-                self.policy_kind.name()
+                self.single.kind().name()
             )));
         }
         Ok(())
@@ -106,7 +104,7 @@ impl Core {
         self.policy_for_pod(spec)?;
         let ids: Vec<Option<NodeId>> = names.iter().map(|n| self.cluster.node_by_name(n)).collect();
         let known: Vec<NodeId> = ids.iter().flatten().copied().collect();
-        let policy = self.policy.as_ref().expect("policy_for_pod built it");
+        let policy = self.single.policy().expect("policy_for_pod built it");
         let mut verdicts = evaluate(&self.cluster, &request, policy, &known).into_iter();
         let mut out = Vec::with_capacity(names.len());
         for (name, id) in names.iter().zip(ids) {
@@ -183,10 +181,13 @@ impl Core {
             .cloned()
             .expect("server clusters are built from inventories, which have CIDs");
         let on_node = request.with_allowed(vec![node_cid]);
-        let policy = self.policy.as_ref().expect("policy_for_pod built it");
-        let placement = place(&self.cluster, &on_node, policy, &mut self.rng).map_err(|u| {
-            CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {u}"))
-        })?;
+        let placement = self
+            .single
+            .place(&self.cluster, &on_node)
+            .expect("policy_for_pod built it")
+            .map_err(|u| {
+                CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {u}"))
+            })?;
         let charges = self.cluster.gpu_milli_by_model([&placement.claim]);
         let borrowed = self.admit(&spec, &charges).map_err(|w| {
             CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {w}"))
@@ -194,7 +195,7 @@ impl Core {
         let slot = self.slot_for(0, &placement.claim, Vec::new());
         let mut stored = StoredPlacement {
             policy: "kubernetes".to_string(),
-            placed_ms: now_ms(),
+            placed_ms: self.now_ms(),
             attempt: 1,
             replicas: vec![slot],
             score: Vec::new(),
@@ -390,7 +391,7 @@ impl Core {
             for victim in &victims {
                 self.release_resources(victim);
             }
-            let policy = self.policy.as_ref().expect("policy_for_pod built it");
+            let policy = self.single.policy().expect("policy_for_pod built it");
             let verdict = match evaluate(&self.cluster, &request, policy, &[id]).remove(0) {
                 Ok(points) => self.pod_quota(spec, &request, id).map(|()| points),
                 Err(reason) => Err(Self::node_reason(reason, &request)),

@@ -7,24 +7,23 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use suanli_engine::cluster::{AllocationId, Claim};
-use suanli_engine::explain::{ScoreBreakdown, Unplaceable};
-use suanli_engine::fgd::{DEFAULT_POPULARITY_PCT, MixShape, WorkloadMix};
+use suanli_engine::explain::Unplaceable;
 use suanli_engine::gang::{GangOptions, GangPlacement, GangRequest, GangWait, place_gang};
 use suanli_engine::job::JobId;
-use suanli_engine::policy::{Policy, PolicyKind, place};
+use suanli_engine::policy::ScoreBreakdown;
 use suanli_engine::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
 use suanli_engine::queue::{WaitReason, admit};
 use suanli_engine::quota::{QuotaVerdict, Quotas};
 use suanli_engine::request::Request;
+use suanli_engine::workload::SingleReplicaPolicy;
 use suanli_engine::{GpuModel, JobSpec, JobState};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{Core, CoreError, LiveJob, RECENT_WINDOW, seconds_to_ms};
+use super::{Core, CoreError, LiveJob, seconds_to_ms};
 use crate::placement::{GrantRecord, ReplicaSlot, ScoreItem, StoredPlacement};
-use crate::store::now_ms;
 
 /// Why a pending job is still pending.
 #[derive(Debug, Clone)]
@@ -96,12 +95,12 @@ impl Core {
     /// A pass runs for at most `budget` at a time and resumes on the next call, so commands
     /// (submits above all) are never held up behind a long pass. Returns whether work is left.
     pub(super) fn schedule(&mut self, budget: Duration) -> bool {
-        let started = Instant::now();
+        let started = self.instant();
         if self.pass.is_none() {
             if self.pending.is_empty() || (!self.capacity_changed && self.untried.is_empty()) {
                 return false;
             }
-            self.refresh_policy();
+            self.single.refresh();
             let retry_all = self.capacity_changed;
             self.capacity_changed = false;
             let order: VecDeque<JobId> = self
@@ -125,7 +124,7 @@ impl Core {
         if self.reservation.as_ref().is_some_and(|r| !holder_waits(r)) {
             self.reservation = None;
         }
-        let now = now_ms();
+        let now = self.now_ms();
         while let Some(id) = self.pass.as_mut().and_then(|p| p.order.pop_front()) {
             let Some(job) = self.jobs.get(&id) else {
                 continue;
@@ -183,55 +182,10 @@ impl Core {
         !self.pending.is_empty() && (self.capacity_changed || !self.untried.is_empty())
     }
 
-    /// Remembers a submitted request as part of the expected workload.
+    /// Counts a submitted job into the workload the placement policy expects.
     pub(super) fn remember(&mut self, spec: &JobSpec) {
         if let Ok(request) = Request::from_job(spec) {
-            let shape = MixShape::of(&request);
-            if !self.mix_shapes.contains(&(
-                shape.cpu_milli,
-                shape.gpu_milli,
-                shape.gpu_count,
-                shape.models,
-            )) {
-                self.mix_stale = true;
-            }
-            self.recent.push_back(request);
-            self.recent_since_mix += 1;
-            if self.recent.len() > RECENT_WINDOW {
-                self.recent.pop_front();
-            }
-        }
-    }
-
-    /// Builds the policy, and rebuilds FGD's mix when a request shape it has not seen arrives
-    /// or the window has turned over (rebuilding drops FGD's per-node cache, so not on every
-    /// submit).
-    pub(super) fn refresh_policy(&mut self) {
-        if self.policy_kind != PolicyKind::Fgd {
-            if self.policy.is_none() {
-                self.policy = Policy::new(self.policy_kind).ok();
-            }
-            return;
-        }
-        let stale = self.mix_stale || self.recent_since_mix >= RECENT_WINDOW;
-        if self.policy.is_some() && !stale {
-            return;
-        }
-        match WorkloadMix::typical(self.recent.iter(), DEFAULT_POPULARITY_PCT) {
-            Ok(mix) => {
-                self.mix_shapes = self
-                    .recent
-                    .iter()
-                    .map(|r| {
-                        let s = MixShape::of(r);
-                        (s.cpu_milli, s.gpu_milli, s.gpu_count, s.models)
-                    })
-                    .collect();
-                self.policy = Some(Policy::fgd(Arc::new(mix)));
-                self.recent_since_mix = 0;
-                self.mix_stale = false;
-            }
-            Err(e) => debug!(error = %e, "No FGD workload mix yet."),
+            self.single.remember(&request);
         }
     }
 
@@ -308,7 +262,7 @@ impl Core {
             .collect::<Vec<_>>();
         let placement = StoredPlacement {
             policy: how,
-            placed_ms: now_ms(),
+            placed_ms: self.now_ms(),
             attempt,
             replicas: slots,
             score,
@@ -343,7 +297,7 @@ impl Core {
         }
         let created_ms = self.jobs.get(id).map_or(0, |j| j.created_ms);
         self.latencies
-            .push((now_ms() - created_ms).max(0) as f64 / 1000.0);
+            .push((self.now_ms() - created_ms).max(0) as f64 / 1000.0);
         if self.latencies.len() > 100_000 {
             self.latencies.drain(..50_000);
         }
@@ -398,7 +352,7 @@ impl Core {
         gang: &GangRequest,
         avoid: Option<&[bool]>,
     ) -> Result<Option<(Plan, Victims)>, Wait> {
-        let plan = match self.plan(spec, gang, avoid) {
+        let plan = match self.plan(gang, avoid) {
             Ok(Some(plan)) => plan,
             Ok(None) => return Ok(None),
             Err(wait) => {
@@ -437,7 +391,7 @@ impl Core {
         if !settings.enabled {
             return None;
         }
-        let now_s = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        let now_s = u64::try_from(self.now_ms() / 1000).unwrap_or(0);
         let preemptor = Preemptor {
             tenant: &spec.tenant,
             queue: &spec.queue,
@@ -482,7 +436,7 @@ impl Core {
             }
             self.release_resources(&victim);
             taken.push((kind, victim));
-            if let Ok(Some(plan)) = self.plan(spec, gang, avoid) {
+            if let Ok(Some(plan)) = self.plan(gang, avoid) {
                 let charges = self
                     .cluster
                     .gpu_milli_by_model(plan.replicas.iter().map(|(claim, _)| claim));
@@ -587,16 +541,10 @@ impl Core {
     /// picks one the gang planner, which does, places the replica instead.
     pub(super) fn plan(
         &mut self,
-        spec: &JobSpec,
         gang: &GangRequest,
         avoid: Option<&[bool]>,
     ) -> Result<Option<Plan>, Wait> {
-        let needs_planner = gang.replicas > 1
-            || spec.topology.rdma_required
-            || spec.topology.nvlink == Some(suanli_engine::job::Requirement::Required)
-            || spec.placement.max_price_per_gpu_hour.is_some()
-            || !spec.placement.data.is_empty();
-        if needs_planner {
+        if !SingleReplicaPolicy::applies_to(gang) {
             return self.plan_gang(gang, avoid);
         }
         let single = self.plan_single(&gang.request)?;
@@ -623,7 +571,7 @@ impl Core {
         wait: Wait,
     ) -> Wait {
         if avoid.is_some() {
-            if matches!(self.plan(spec, gang, None), Ok(Some(_)))
+            if matches!(self.plan(gang, None), Ok(Some(_)))
                 && let Some(r) = &self.reservation
             {
                 return Wait::Reserved {
@@ -674,7 +622,7 @@ impl Core {
             })
             .collect();
         holders.sort();
-        let mut start_ms = Some(now_ms());
+        let mut start_ms = Some(self.now_ms());
         let mut future = self.cluster.clone();
         let mut index = self.index.clone();
         let chunk = holders.len().div_ceil(RESERVATION_TRIALS).max(1);
@@ -710,19 +658,14 @@ impl Core {
     /// One replica by the configured policy: its claim and score, or why it fits nowhere.
     /// `Ok(None)` while the policy cannot be built yet (FGD before any workload is known).
     pub(super) fn plan_single(&mut self, request: &Request) -> Result<Option<Plan>, Wait> {
-        let Some(policy) = self.policy.as_ref() else {
-            return Ok(None);
-        };
-        match place(&self.cluster, request, policy, &mut self.rng) {
-            Ok(placement) => {
-                let score = score_items(&placement.breakdown);
-                Ok(Some(Plan {
-                    replicas: vec![(placement.claim, score)],
-                    how: self.policy_kind.name().to_string(),
-                    score: Vec::new(),
-                }))
-            }
-            Err(unplaceable) => Err(Wait::Policy(unplaceable)),
+        match self.single.place(&self.cluster, request) {
+            None => Ok(None),
+            Some(Ok(placement)) => Ok(Some(Plan {
+                replicas: vec![(placement.claim, score_items(&placement.breakdown))],
+                how: self.single.kind().name().to_string(),
+                score: Vec::new(),
+            })),
+            Some(Err(unplaceable)) => Err(Wait::Policy(unplaceable)),
         }
     }
 

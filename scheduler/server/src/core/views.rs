@@ -10,7 +10,6 @@ use suanli_engine::{Cid, JobState};
 use super::schedule::Wait;
 use super::{Core, CoreError, Explanation, GpuUsageView, MetricsView, NodeView, reason_key};
 use crate::auth::Identity;
-use crate::store::now_ms;
 
 impl Core {
     pub(super) fn explain(&self, id: &JobId, by: &Identity) -> Result<Explanation, CoreError> {
@@ -152,7 +151,7 @@ impl Core {
                     lost: entry.lost,
                     connected: entry.session.is_some(),
                     invalid: entry.invalid.clone(),
-                    last_seen_ms: now_ms()
+                    last_seen_ms: self.now_ms()
                         - i64::try_from(entry.last_seen.elapsed().as_millis()).unwrap_or(0),
                     cpu_used: engine_node.map_or(0, |n| n.cpu_milli() - n.cpu_left()),
                     memory_used: engine_node.map_or(0, |n| n.memory_mib() - n.memory_left()),
