@@ -2,7 +2,9 @@
 //! kubelet's own proto, as kubelet serves it; the agent reads it as it would on a node.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use suanli_agent::kubelet::pod_gpus;
 use suanli_proto::podresources::pod_resources_lister_server::{
@@ -18,6 +20,9 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone, Default)]
 pub struct FakeKubelet {
     pub answer: Arc<Mutex<ListPodResourcesResponse>>,
+    /// List calls answered so far: proof that a reader came back, where the absence of a
+    /// message alone would prove nothing.
+    polls: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -26,7 +31,11 @@ impl PodResourcesLister for FakeKubelet {
         &self,
         _: Request<ListPodResourcesRequest>,
     ) -> Result<Response<ListPodResourcesResponse>, Status> {
-        Ok(Response::new(self.answer.lock().expect("lock").clone()))
+        let answer = self.answer.lock().expect("lock");
+        // Counted under the answer's lock, so an answer set after the count is seen was not
+        // the one given.
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(answer.clone()))
     }
 }
 
@@ -47,6 +56,21 @@ impl FakeKubelet {
 
     pub fn set(&self, pods: Vec<PodResources>) {
         self.answer.lock().expect("lock").pod_resources = pods;
+    }
+
+    pub fn polls(&self) -> usize {
+        self.polls.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` list calls have been answered in all (20 s at most).
+    pub async fn wait_polls(&self, n: usize) {
+        for _ in 0..2000 {
+            if self.polls() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("kubelet was polled {} times, not {n}", self.polls());
     }
 }
 

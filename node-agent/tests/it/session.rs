@@ -747,8 +747,24 @@ async fn the_gpus_kubelet_gave_pods_are_reported_when_they_change() {
         .await;
     let names: Vec<&str> = second.pods.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["serve", "train"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(reports(&server.messages()).len(), 2);
+    // Two more polls answered with the same pods: the later one began after the agent had
+    // weighed the earlier. Then a change, whose report follows on the same ordered stream
+    // anything sent for those unchanged answers.
+    kubelet.wait_polls(kubelet.polls() + 2).await;
+    kubelet.set(vec![pod(
+        "ml",
+        "serve",
+        &[&[("nvidia.com/gpu", &["GPU-2"])]],
+    )]);
+    let third = server
+        .wait_for("a third report", |msgs| reports(msgs).get(2).cloned())
+        .await;
+    let names: Vec<&str> = third.pods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["serve"],
+        "the unchanged answers were not sent again"
+    );
 
     let _ = stop.send(());
     let _ = agent.await;

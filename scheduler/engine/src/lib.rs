@@ -44,6 +44,8 @@ pub mod preempt;
 pub mod queue;
 pub mod quota;
 pub mod request;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validation;
 pub mod workload;
 

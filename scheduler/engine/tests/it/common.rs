@@ -34,58 +34,24 @@ pub fn whole(cpu: u64, count: u32) -> Request {
     Request::from_openb(cpu, 1024, count, 1000, "").expect("valid whole-GPU request")
 }
 
-use std::collections::BTreeMap;
-use suanli_engine::GpuModel;
-use suanli_engine::inventory::{
-    FabricPosition, GpuInfo, GpuPair, Health, LinkPath, MigState, NodeInventory, NvmlStatus,
-    PcieLink, Versions,
-};
+use suanli_engine::inventory::{LinkPath, NodeInventory};
+use suanli_engine::testing::H100Node;
 
-/// An inventory for node `name` in domain `domain` with `gpus` H100s and the given GPU pairs.
+/// An inventory for node `name` in domain `domain` with `gpus` H100s and the given GPU pairs,
+/// on a larger host than the shared builder's (128 cores, 1 TiB, two NUMA nodes), as these
+/// tests' CPU and memory requests were sized for it.
 pub fn inventory(
     domain: &str,
     name: &str,
     gpus: u32,
     pairs: &[(u32, u32, LinkPath)],
 ) -> NodeInventory {
-    NodeInventory {
-        cid: format!("cid:acme/cn-east-1/{domain}/{name}")
-            .parse()
-            .expect("valid cid"),
-        generation: 1,
-        fabric: FabricPosition::default(),
-        cpu_milli: 128_000,
-        memory_mib: 1 << 20,
-        numa_nodes: 2,
-        versions: Versions::default(),
-        nvml: NvmlStatus::default(),
-        gpus: (0..gpus)
-            .map(|i| GpuInfo {
-                uuid: format!("GPU-{name}-{i}"),
-                index: i,
-                product: "NVIDIA H100 80GB HBM3".into(),
-                model: GpuModel::from_product_name("NVIDIA H100 80GB HBM3"),
-                architecture: "Hopper".into(),
-                compute_capability: "9.0".into(),
-                memory_mib: 81_559,
-                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + i),
-                numa_node: None,
-                pcie: PcieLink::default(),
-                mig: MigState::default(),
-                nvlinks: vec![],
-                health: Health::Healthy,
-            })
-            .collect(),
-        nics: vec![],
-        gpu_pairs: pairs
-            .iter()
-            .map(|(a, b, path)| GpuPair {
-                a: *a,
-                b: *b,
-                path: *path,
-            })
-            .collect(),
-        gpu_nic_pairs: vec![],
-        labels: BTreeMap::new(),
-    }
+    let mut inv = H100Node::new(name, gpus)
+        .domain(domain)
+        .pairs(pairs)
+        .build();
+    inv.cpu_milli = 128_000;
+    inv.memory_mib = 1 << 20;
+    inv.numa_nodes = 2;
+    inv
 }

@@ -9,23 +9,21 @@ use serde_json::{Value, json};
 use suanli_proto::pb;
 use suanli_proto::pb::job_service_client::JobServiceClient;
 use suanli_scheduler::config::{KubernetesSettings, ServerConfig};
-use suanli_scheduler::server::{RunningServer, start};
+use suanli_scheduler::server::RunningServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
 use crate::kube_api::FakeKube;
-use crate::{ADMIN, Agent, authed, channel, config, inventory};
+use crate::{ADMIN, Agent, TestServer, authed, inventory};
 
-fn with_kube(dir: &std::path::Path, kube: Option<&FakeKube>) -> ServerConfig {
-    ServerConfig {
-        kubernetes: KubernetesSettings {
-            api: kube.map(|k| k.url.clone()).unwrap_or_default(),
-            reconcile_interval_s: 1,
-            ..KubernetesSettings::default()
-        },
-        ..config(dir, 60_000)
-    }
+/// The settings the extender tests share: the Kubernetes API at `kube`'s URL when given.
+fn with_kube(settings: &mut ServerConfig, kube: Option<&FakeKube>) {
+    settings.kubernetes = KubernetesSettings {
+        api: kube.map(|k| k.url.clone()).unwrap_or_default(),
+        reconcile_interval_s: 1,
+        ..KubernetesSettings::default()
+    };
 }
 
 /// A pod asking for `gpus` whole GPUs, with extra annotations.
@@ -112,11 +110,7 @@ fn leave(agents: Vec<(Agent, JoinHandle<()>)>) {
 /// A scheduler with agents, and the Kubernetes API it binds through.
 struct Site {
     kube: FakeKube,
-    dir: tempfile::TempDir,
-    /// What the scheduler was started with; a restart uses it again.
-    settings: ServerConfig,
-    server: RunningServer,
-    ch: tonic::transport::Channel,
+    server: TestServer,
     agents: Vec<(Agent, JoinHandle<()>)>,
     /// The node credentials the agents were issued, by node name.
     credentials: BTreeMap<String, String>,
@@ -135,28 +129,24 @@ impl Site {
         tweak: impl FnOnce(&mut ServerConfig),
     ) -> Site {
         let kube = FakeKube::start().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut settings = with_kube(dir.path(), api.then_some(&kube));
-        tweak(&mut settings);
-        Site::boot(kube, dir, settings, nodes, BTreeMap::new()).await
+        let server = TestServer::start_with(|settings| {
+            with_kube(settings, api.then_some(&kube));
+            tweak(settings);
+        })
+        .await;
+        Site::join(kube, server, nodes, BTreeMap::new()).await
     }
 
-    async fn boot(
+    async fn join(
         kube: FakeKube,
-        dir: tempfile::TempDir,
-        settings: ServerConfig,
+        server: TestServer,
         nodes: &[(&str, u32)],
         mut credentials: BTreeMap<String, String>,
     ) -> Site {
-        let server = start(settings.clone()).await.expect("starts");
-        let ch = channel(&server).await;
-        let agents = join(&ch, nodes, &mut credentials).await;
+        let agents = join(&server.channel(), nodes, &mut credentials).await;
         Site {
             kube,
-            dir,
-            settings,
             server,
-            ch,
             agents,
             credentials,
         }
@@ -165,8 +155,8 @@ impl Site {
     /// Stops the scheduler and starts it again on the same database, with these agents.
     async fn restart(self, nodes: &[(&str, u32)]) -> Site {
         leave(self.agents);
-        self.server.shutdown().await;
-        Site::boot(self.kube, self.dir, self.settings, nodes, self.credentials).await
+        let server = self.server.restart().await;
+        Site::join(self.kube, server, nodes, self.credentials).await
     }
 
     async fn close(self) {
@@ -194,7 +184,7 @@ impl Site {
     }
 
     fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
-        JobServiceClient::new(self.ch.clone())
+        self.server.jobs()
     }
 }
 
@@ -349,7 +339,17 @@ async fn pods_are_filtered_scored_bound_and_released_through_the_extender() {
     // A restart and the agent's return keep the pod's GPUs held.
     let site = site.restart(&[("big", 8)]).await;
     let mut jobs = site.jobs();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The agent's hello carries the work it runs (none: the pod's containers are kubelet's),
+    // and is applied when its session opens, so a Ready node has had that report weighed.
+    let node = crate::wait_node(
+        &mut site.server.cluster(),
+        "cid:acme/cn-east-1/dc-a/big",
+        "became Ready",
+        |n| n.condition == pb::NodeCondition::Ready as i32,
+    )
+    .await;
+    assert_eq!(node.job_ids, std::slice::from_ref(&job_id));
+    assert_eq!(node.free_gpus, 4);
     let (_, out) = site.post("/extender/filter", &args(&five, &["big"])).await;
     assert_eq!(out["NodeNames"], json!([]), "{out}");
     assert_eq!(
@@ -661,7 +661,7 @@ async fn a_pod_keeps_its_gpus_while_its_node_is_away() {
     assert!(why.contains("lost"), "{why}");
 
     // Back, the node's GPUs are the pod's again: nothing else may take them.
-    site.agents = join(&site.ch, &[("n1", 8)], &mut site.credentials).await;
+    site.agents = join(&site.server.channel(), &[("n1", 8)], &mut site.credentials).await;
     let why = site
         .filter_until(&next, "n1", |why| !why.contains("lost"))
         .await;

@@ -59,13 +59,12 @@ async fn open_session(
 
 #[tokio::test]
 async fn the_join_token_alone_cannot_take_over_a_node() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut owner = Agent::connect(ch.clone(), inventory("n1", 8), vec![]).await;
     assert!(owner.credential.starts_with("suanli-node-"));
     let beat = owner.keep_alive();
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let mut secret_job = job("secret", "prod", 8);
     secret_job
         .env
@@ -80,7 +79,7 @@ async fn the_join_token_alone_cannot_take_over_a_node() {
     wait_state(&mut jobs, &id, pb::JobState::Running).await;
 
     // The attacker holds the join token and the node's CID, but not its credential.
-    let mut attacker = AgentServiceClient::new(ch.clone());
+    let mut attacker = server.agents();
     let err = attacker
         .register(register(inventory("n1", 8), JOIN, ""))
         .await
@@ -160,13 +159,11 @@ async fn the_join_token_alone_cannot_take_over_a_node() {
     // Once the node is free of any agent, the join token still cannot claim it.
     drop(restarted);
     drop(owner);
-    let mut cluster = ClusterServiceClient::new(ch.clone());
-    for _ in 0..100 {
-        if node_status(&mut cluster, N1).await.condition != pb::NodeCondition::Ready as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut cluster = server.cluster();
+    wait_node(&mut cluster, N1, "lost its session", |n| {
+        n.condition != pb::NodeCondition::Ready as i32
+    })
+    .await;
     let err = attacker
         .register(register(inventory("n1", 8), JOIN, ""))
         .await
@@ -185,12 +182,11 @@ async fn the_join_token_alone_cannot_take_over_a_node() {
 
 #[tokio::test]
 async fn inventories_past_the_limits_are_refused_and_the_cluster_keeps_placing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut good = Agent::connect(ch.clone(), inventory("n1", 2), vec![]).await;
     let beat = good.keep_alive();
-    let mut agents = AgentServiceClient::new(ch.clone());
+    let mut agents = server.agents();
 
     let err = agents
         .register(register(inventory("big", 65), JOIN, ""))
@@ -238,12 +234,12 @@ async fn inventories_past_the_limits_are_refused_and_the_cluster_keeps_placing()
         }
         other => panic!("expected the session to end with the reason, got {other:?}"),
     }
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     let n2 = node_status(&mut cluster, "cid:acme/cn-east-1/dc-a/n2").await;
     assert_eq!(n2.inventory.expect("inventory").gpus.len(), 1);
 
     // The cluster still places.
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let id = submit(&mut jobs, RESEARCH, job("still", "research", 2), "")
         .await
         .id;
@@ -254,23 +250,23 @@ async fn inventories_past_the_limits_are_refused_and_the_cluster_keeps_placing()
     beat.abort();
     let credential = good.credential.clone();
     drop((good, poisoned));
-    server.shutdown().await;
 
     // A store that already holds an inventory this version refuses (written by an older,
     // looser version) quarantines that node only: the rest loads and places, and the running
     // job keeps its GPUs.
-    {
-        let mut store = Store::open(dir.path(), Durability::Normal).expect("store opens");
-        store
-            .upsert_node(&inventory("big", 65))
-            .expect("old versions stored it");
-        let mut greedy = inventory("greedy", 1);
-        greedy.cpu_milli = u64::MAX;
-        store.upsert_node(&greedy).expect("stored");
-    }
-    let server = start(config(dir.path(), 60_000)).await.expect("restarts");
-    let ch = channel(&server).await;
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let server = server
+        .restart_after(|dir| {
+            let mut store = Store::open(dir, Durability::Normal).expect("store opens");
+            store
+                .upsert_node(&inventory("big", 65))
+                .expect("old versions stored it");
+            let mut greedy = inventory("greedy", 1);
+            greedy.cpu_milli = u64::MAX;
+            store.upsert_node(&greedy).expect("stored");
+        })
+        .await;
+    let ch = server.channel();
+    let mut cluster = server.cluster();
     let big = node_status(&mut cluster, "cid:acme/cn-east-1/dc-a/big").await;
     assert_eq!(big.condition, pb::NodeCondition::Invalid as i32);
     assert!(
@@ -301,7 +297,7 @@ async fn inventories_past_the_limits_are_refused_and_the_cluster_keeps_placing()
     .await;
     let beat = good.keep_alive();
     let _n3 = Agent::connect(ch.clone(), inventory("n3", 1), vec![]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let job = get_job(&mut jobs, &id).await;
     assert_eq!(
         job.state,
@@ -324,10 +320,8 @@ fn job_named(name: &str, gpus: u32) -> pb::JobSpec {
 
 #[tokio::test]
 async fn a_huge_job_is_refused_and_listing_works() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let server = TestServer::start().await;
+    let mut jobs = server.jobs();
     let mut spec = job("huge", "research", 1);
     spec.command = vec!["python".into(), "x".repeat(15 * 1024 * 1024)];
     let err = jobs
@@ -404,16 +398,15 @@ async fn a_huge_job_is_refused_and_listing_works() {
 
 #[tokio::test]
 async fn a_node_without_a_session_gets_no_work_and_can_be_removed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     // A ghost registers with the join token but never opens a session.
-    let mut agents = AgentServiceClient::new(ch.clone());
+    let mut agents = server.agents();
     agents
         .register(register(inventory("ghost", 8), JOIN, ""))
         .await
         .expect("registers");
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let id = submit(&mut jobs, RESEARCH, job("first", "research", 8), "")
         .await
         .id;
@@ -427,7 +420,7 @@ async fn a_node_without_a_session_gets_no_work_and_can_be_removed() {
     real.report_started(&a).await;
     wait_state(&mut jobs, &id, pb::JobState::Running).await;
 
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     let remove = |cid: &str, force: bool| {
         authed(
             ADMIN,
@@ -511,12 +504,11 @@ async fn a_node_without_a_session_gets_no_work_and_can_be_removed() {
 
 #[tokio::test]
 async fn tenants_see_only_their_own_jobs_on_a_node() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 2), vec![]).await;
     let beat = agent.keep_alive();
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let mine = submit(&mut jobs, RESEARCH, job("mine", "research", 1), "")
         .await
         .id;
@@ -528,7 +520,7 @@ async fn tenants_see_only_their_own_jobs_on_a_node() {
         agent.report_started(&a).await;
     }
     wait_state(&mut jobs, &theirs, pb::JobState::Running).await;
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     let as_research = cluster
         .get_node(authed(RESEARCH, pb::GetNodeRequest { cid: N1.into() }))
         .await
@@ -557,10 +549,9 @@ async fn tenants_see_only_their_own_jobs_on_a_node() {
 
 #[tokio::test]
 async fn hostile_strings_get_bounded_invalid_argument_errors() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let server = TestServer::start().await;
+    let ch = server.channel();
+    let mut jobs = server.jobs();
     let err = jobs
         .submit(authed(
             RESEARCH,
@@ -588,7 +579,7 @@ async fn hostile_strings_get_bounded_invalid_argument_errors() {
         .expect_err("control characters in a reason");
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     let err = cluster
         .get_node(authed(
             ADMIN,
@@ -649,13 +640,10 @@ async fn hostile_strings_get_bounded_invalid_argument_errors() {
 /// A session that never says hello, or a call whose body never comes, holds nothing for long.
 #[tokio::test]
 async fn a_silent_session_is_ended_at_the_request_timeout() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = config(dir.path(), 60_000);
-    settings.grpc.request_timeout_ms = 300;
-    let server = start(settings).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start_with(|c| c.grpc.request_timeout_ms = 300).await;
+    let ch = server.channel();
     let (_up, rx) = mpsc::channel::<pb::AgentMessage>(1);
-    let mut client = AgentServiceClient::new(ch.clone());
+    let mut client = server.agents();
     let call = client.session(authed(JOIN, ReceiverStream::new(rx)));
     let err = tokio::time::timeout(Duration::from_secs(20), call)
         .await
@@ -672,11 +660,10 @@ async fn a_silent_session_is_ended_at_the_request_timeout() {
 /// queue answers without end: the session is closed.
 #[tokio::test]
 async fn an_agent_that_stops_reading_is_closed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     assert_eq!(
         node_status(&mut cluster, N1).await.condition,
         pb::NodeCondition::Ready as i32

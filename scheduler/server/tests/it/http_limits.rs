@@ -6,25 +6,21 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use suanli_scheduler::config::{HttpSettings, ServerConfig};
+use suanli_scheduler::config::HttpSettings;
 use suanli_scheduler::extender::{
     MAX_BIND_BODY_BYTES, MAX_NODES, MAX_SCORING_BODY_BYTES, MAX_SCORING_CALLS,
 };
-use suanli_scheduler::server::{RunningServer, start};
+use suanli_scheduler::server::RunningServer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::TestServer;
 
 /// Generous: only a server that never lets go takes this long.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-async fn serve(http: HttpSettings) -> (tempfile::TempDir, RunningServer) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = ServerConfig {
-        http,
-        ..crate::config(dir.path(), 60_000)
-    };
-    let server = start(config).await.expect("starts");
-    (dir, server)
+async fn serve(http: HttpSettings) -> TestServer {
+    TestServer::start_with(|c| c.http = http).await
 }
 
 /// A pod that asks for no GPU: every node passes it, so a filter echoes every node back.
@@ -155,7 +151,7 @@ fn counted(metrics: &str, verb: &str, outcome: &str) -> u64 {
 
 #[tokio::test]
 async fn bodies_past_their_limit_are_refused_while_read() {
-    let (_dir, server) = serve(HttpSettings::default()).await;
+    let server = serve(HttpSettings::default()).await;
 
     // Declared too large: refused before a byte of the body is read.
     let mut stream = connect(&server).await;
@@ -224,7 +220,7 @@ async fn bodies_past_their_limit_are_refused_while_read() {
 
 #[tokio::test]
 async fn requests_naming_more_nodes_than_the_limit_are_refused() {
-    let (_dir, server) = serve(HttpSettings::default()).await;
+    let server = serve(HttpSettings::default()).await;
     let too_many = MAX_NODES + 1;
     let limit =
         format!("{too_many} nodes, more than the limit of {MAX_NODES} one request may name");
@@ -295,7 +291,7 @@ fn short_timeouts() -> HttpSettings {
 
 #[tokio::test]
 async fn a_stalled_head_or_body_is_cut_off_and_an_idle_connection_closed() {
-    let (_dir, server) = serve(short_timeouts()).await;
+    let server = serve(short_timeouts()).await;
 
     // Half a head, then nothing: the server hangs up.
     let mut stalled_head = connect(&server).await;
@@ -340,7 +336,7 @@ async fn a_stalled_head_or_body_is_cut_off_and_an_idle_connection_closed() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_its_answer_is_cut_off() {
-    let (_dir, server) = serve(short_timeouts()).await;
+    let server = serve(short_timeouts()).await;
     // 2,000 nodes of 10 KiB each, all passing: a 20 MiB answer, more than loopback buffers
     // take in.
     let pad = "x".repeat(10 * 1024);
@@ -394,7 +390,7 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off() {
 
 #[tokio::test]
 async fn extender_calls_past_the_limit_are_shed_and_the_rest_answered() {
-    let (_dir, server) = serve(HttpSettings {
+    let server = serve(HttpSettings {
         body_read_timeout_ms: 60_000,
         ..HttpSettings::default()
     })
@@ -469,7 +465,7 @@ async fn extender_calls_past_the_limit_are_shed_and_the_rest_answered() {
 
 #[tokio::test]
 async fn shutdown_stops_the_http_listener() {
-    let (_dir, server) = serve(HttpSettings::default()).await;
+    let server = serve(HttpSettings::default()).await;
     let addr = server.http_addr;
     // A connection that is open and idle does not hold the shutdown up.
     let _idle = connect(&server).await;

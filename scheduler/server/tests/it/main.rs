@@ -5,12 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use suanli_engine::inventory::{
-    FabricPosition, GpuInfo, GpuNicPair, Health, LinkLayer, LinkPath, MigState, NicPort,
-    NodeInventory, NvmlStatus, PcieLink, PortState, RdmaNic, Versions,
-};
+use suanli_engine::JobSpec;
+use suanli_engine::inventory::{NodeInventory, PortState};
 use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
-use suanli_engine::{GpuModel, JobSpec};
+use suanli_engine::testing::H100Node;
 use suanli_proto::pb;
 use suanli_proto::pb::agent_service_client::AgentServiceClient;
 use suanli_proto::pb::cluster_service_client::ClusterServiceClient;
@@ -54,46 +52,11 @@ fn config(dir: &Path, heartbeat_timeout_ms: u64) -> ServerConfig {
     }
 }
 
+/// The test node `node`: `gpus` H100s under leaf-1/spine-1.
 fn inventory(node: &str, gpus: u32) -> NodeInventory {
-    NodeInventory {
-        cid: format!("cid:acme/cn-east-1/dc-a/{node}")
-            .parse()
-            .expect("cid"),
-        generation: 1,
-        fabric: FabricPosition {
-            leaf: "leaf-1".into(),
-            spine: "spine-1".into(),
-        },
-        cpu_milli: 64_000,
-        memory_mib: 512 * 1024,
-        numa_nodes: 1,
-        versions: Versions::default(),
-        nvml: NvmlStatus::default(),
-        gpus: (0..gpus)
-            .map(|i| GpuInfo {
-                uuid: format!("GPU-{node}-{i}"),
-                index: i,
-                product: "NVIDIA H100 80GB HBM3".into(),
-                model: GpuModel::from_product_name("NVIDIA H100 80GB HBM3"),
-                architecture: "Hopper".into(),
-                compute_capability: "9.0".into(),
-                memory_mib: 81_559,
-                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + i),
-                numa_node: None,
-                pcie: PcieLink {
-                    generation: 5,
-                    width: 16,
-                },
-                mig: MigState::default(),
-                nvlinks: vec![],
-                health: Health::Healthy,
-            })
-            .collect(),
-        nics: vec![],
-        gpu_pairs: vec![],
-        gpu_nic_pairs: vec![],
-        labels: BTreeMap::new(),
-    }
+    H100Node::new(node, gpus)
+        .fabric("leaf-1", "spine-1")
+        .build()
 }
 
 fn job(name: &str, tenant: &str, gpus: u32) -> pb::JobSpec {
@@ -124,6 +87,85 @@ async fn channel(server: &RunningServer) -> Channel {
         .connect()
         .await
         .expect("connects")
+}
+
+/// A scheduler on 127.0.0.1 with free ports, over a data directory that lives as long as the
+/// fixture, so that [`TestServer::restart`] finds the same database. Derefs to the running
+/// server for its addresses.
+struct TestServer {
+    dir: tempfile::TempDir,
+    /// What the scheduler was started with; a restart uses it again.
+    settings: ServerConfig,
+    server: RunningServer,
+    ch: Channel,
+}
+
+impl TestServer {
+    /// With [`config`]'s settings: a 60 s heartbeat timeout, so agents need not heartbeat.
+    async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// [`TestServer::start`], with `tweak` applied to the settings.
+    async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = config(dir.path(), 60_000);
+        tweak(&mut settings);
+        TestServer::boot(dir, settings).await
+    }
+
+    async fn boot(dir: tempfile::TempDir, settings: ServerConfig) -> TestServer {
+        let server = start(settings.clone()).await.expect("starts");
+        let ch = channel(&server).await;
+        TestServer {
+            dir,
+            settings,
+            server,
+            ch,
+        }
+    }
+
+    /// A channel to the gRPC API; clones share one connection.
+    fn channel(&self) -> Channel {
+        self.ch.clone()
+    }
+
+    fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel())
+    }
+
+    fn cluster(&self) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.channel())
+    }
+
+    fn agents(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel())
+    }
+
+    /// Stops the scheduler and starts it again on the same database and settings.
+    async fn restart(self) -> TestServer {
+        self.restart_after(|_| {}).await
+    }
+
+    /// [`TestServer::restart`], running `between` on the data directory while the scheduler
+    /// is down.
+    async fn restart_after(self, between: impl FnOnce(&Path)) -> TestServer {
+        self.server.shutdown().await;
+        between(self.dir.path());
+        TestServer::boot(self.dir, self.settings).await
+    }
+
+    async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = RunningServer;
+
+    fn deref(&self) -> &RunningServer {
+        &self.server
+    }
 }
 
 /// A fake agent speaking the real protocol: registers, holds a session, reports work.
@@ -336,12 +378,11 @@ async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, want: pb::Jo
 
 #[tokio::test]
 async fn a_job_runs_on_an_agent_and_succeeds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 2), vec![]).await;
     agent.heartbeat(1).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
 
     let submitted = submit(
         &mut jobs,
@@ -449,7 +490,7 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
             nic_ports: vec![],
         }))
         .await;
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     let mut seen = None;
     for _ in 0..100 {
         let t = cluster
@@ -479,10 +520,8 @@ async fn a_job_runs_on_an_agent_and_succeeds() {
 
 #[tokio::test]
 async fn tenants_see_and_cancel_only_their_own_jobs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let server = TestServer::start().await;
+    let mut jobs = server.jobs();
     let id = submit(
         &mut jobs,
         RESEARCH,
@@ -566,10 +605,8 @@ async fn tenants_see_and_cancel_only_their_own_jobs() {
 
 #[tokio::test]
 async fn bad_requests_name_the_field() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let server = TestServer::start().await;
+    let mut jobs = server.jobs();
     let mut spec = job("x", "research", 1);
     spec.replicas = 0;
     let err = jobs
@@ -603,7 +640,7 @@ async fn bad_requests_name_the_field() {
         .expect_err("invalid");
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    let mut agents = AgentServiceClient::new(ch.clone());
+    let mut agents = server.agents();
     let mut bad = inventory("n1", 2);
     bad.gpus[1].uuid = bad.gpus[0].uuid.clone();
     let err = agents
@@ -632,7 +669,7 @@ async fn bad_requests_name_the_field() {
         .await
         .expect_err("tenant tokens cannot register agents");
     assert_eq!(err.code(), Code::PermissionDenied);
-    let mut cluster = ClusterServiceClient::new(ch);
+    let mut cluster = server.cluster();
     let err = cluster
         .cordon(authed(
             RESEARCH,
@@ -649,12 +686,11 @@ async fn bad_requests_name_the_field() {
 
 #[tokio::test]
 async fn a_lost_agent_sends_its_jobs_elsewhere() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 700)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start_with(|c| c.heartbeat_timeout_ms = 700).await;
+    let ch = server.channel();
     let mut a = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
     let a_alive = a.keep_alive();
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let id = submit(
         &mut jobs,
         RESEARCH,
@@ -675,7 +711,7 @@ async fn a_lost_agent_sends_its_jobs_elsewhere() {
     assert_eq!(second.gpu_uuids, ["GPU-n2-0"]);
     let j = wait_state(&mut jobs, &id, pb::JobState::Placed).await;
     assert_eq!(j.attempts, 2);
-    let mut cluster = ClusterServiceClient::new(ch);
+    let mut cluster = server.cluster();
     let nodes = cluster
         .list_nodes(authed(ADMIN, pb::ListNodesRequest::default()))
         .await
@@ -693,12 +729,11 @@ async fn a_lost_agent_sends_its_jobs_elsewhere() {
 
 #[tokio::test]
 async fn a_restart_keeps_jobs_and_never_double_allocates() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
     agent.heartbeat(1).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let mut ids = Vec::new();
     for name in ["first", "second"] {
         ids.push(
@@ -716,13 +751,11 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
     assert_eq!(a.job_id, ids[0]);
     agent.report_started(&a).await;
     wait_state(&mut jobs, &ids[0], pb::JobState::Running).await;
-    server.shutdown().await;
     let credential = agent.credential.clone();
+    let server = server.restart().await;
     drop(agent);
-
-    let server = start(config(dir.path(), 60_000)).await.expect("restarts");
-    let ch = channel(&server).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let ch = server.channel();
+    let mut jobs = server.jobs();
     // A retried submit with the same request id is the same job.
     let again = submit(
         &mut jobs,
@@ -792,12 +825,11 @@ async fn a_restart_keeps_jobs_and_never_double_allocates() {
 
 #[tokio::test]
 async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
     agent.heartbeat(1).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let id = submit(
         &mut jobs,
         RESEARCH,
@@ -808,13 +840,11 @@ async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
     .id;
     // The agent starts the work, but the scheduler goes down before hearing about it.
     let a = agent.next_assignment().await;
-    server.shutdown().await;
     let credential = agent.credential.clone();
+    let server = server.restart().await;
     drop(agent);
-
-    let server = start(config(dir.path(), 60_000)).await.expect("restarts");
-    let ch = channel(&server).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let ch = server.channel();
+    let mut jobs = server.jobs();
     let agent = Agent::connect_with(
         ch,
         inventory("n1", 1),
@@ -836,12 +866,7 @@ async fn a_start_report_lost_in_a_restart_is_taken_from_the_agent() {
 }
 
 fn inventory_at(node: &str, gpus: u32, leaf: &str, spine: &str) -> NodeInventory {
-    let mut inv = inventory(node, gpus);
-    inv.fabric = FabricPosition {
-        leaf: leaf.into(),
-        spine: spine.into(),
-    };
-    inv
+    H100Node::new(node, gpus).fabric(leaf, spine).build()
 }
 
 fn placed_nodes(job: &pb::Job) -> Vec<String> {
@@ -867,20 +892,20 @@ fn placed_nodes(job: &pb::Job) -> Vec<String> {
 /// and a tenant at its quota waits with that reason while another tenant's job runs.
 #[tokio::test]
 async fn gangs_stay_on_a_leaf_replicas_spread_and_quota_holds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = config(dir.path(), 60_000);
-    cfg.quotas = BTreeMap::from([(
-        "research".to_string(),
-        BTreeMap::from([(
-            "H100".to_string(),
-            QuotaGpus {
-                guaranteed: 4,
-                max: Some(8),
-            },
-        )]),
-    )]);
-    let server = start(cfg).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start_with(|cfg| {
+        cfg.quotas = BTreeMap::from([(
+            "research".to_string(),
+            BTreeMap::from([(
+                "H100".to_string(),
+                QuotaGpus {
+                    guaranteed: 4,
+                    max: Some(8),
+                },
+            )]),
+        )]);
+    })
+    .await;
+    let ch = server.channel();
     // Two lone 4-GPU nodes on their own leaves (first by name), and two on one leaf.
     let mut agents = Vec::new();
     for (node, leaf, spine) in [
@@ -891,7 +916,7 @@ async fn gangs_stay_on_a_leaf_replicas_spread_and_quota_holds() {
     ] {
         agents.push(Agent::connect(ch.clone(), inventory_at(node, 4, leaf, spine), vec![]).await);
     }
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
 
     let mut gang: JobSpec = job("gang", "research", 4).try_into().expect("valid");
     gang.replicas = 2;
@@ -974,13 +999,10 @@ async fn history(jobs: &mut JobServiceClient<Channel>, id: &str) -> Vec<pb::JobE
 /// again when room returns; a non-preemptible job is never stopped.
 #[tokio::test]
 async fn higher_priority_preempts_and_the_victim_runs_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = config(dir.path(), 60_000);
-    cfg.preemption.min_runtime_s = 0;
-    let server = start(cfg).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start_with(|cfg| cfg.preemption.min_runtime_s = 0).await;
+    let ch = server.channel();
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 4), vec![]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
 
     let mut low: JobSpec = job("low", "research", 2).try_into().expect("valid");
     low.priority = 0;
@@ -1069,16 +1091,34 @@ async fn node_status(cluster: &mut ClusterServiceClient<Channel>, cid: &str) -> 
         .into_inner()
 }
 
+/// Reads node `cid` until `done` holds, for up to 5 s; panics with the last status if it
+/// never does.
+async fn wait_node(
+    cluster: &mut ClusterServiceClient<Channel>,
+    cid: &str,
+    what: &str,
+    done: impl Fn(&pb::NodeStatus) -> bool,
+) -> pb::NodeStatus {
+    let mut node = pb::NodeStatus::default();
+    for _ in 0..100 {
+        node = node_status(cluster, cid).await;
+        if done(&node) {
+            return node;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("node {cid} never {what}: {node:?}");
+}
+
 /// A cordon keeps its reason, a drain shows as draining, both survive a restart, and
 /// uncordoning clears them.
 #[tokio::test]
 async fn cordon_reasons_and_drains_are_kept() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let a = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
     let mut b = Agent::connect(ch.clone(), inventory("n2", 1), vec![]).await;
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     let cordoned = cluster
         .cordon(authed(
             ADMIN,
@@ -1093,7 +1133,7 @@ async fn cordon_reasons_and_drains_are_kept() {
     assert!(cordoned.cordoned && !cordoned.draining);
     assert_eq!(cordoned.cordon_reason, "fan replacement");
     // n1 is cordoned, so this job runs on n2, until n2 is drained with a short grace period.
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let evicted = submit(&mut jobs, RESEARCH, job("evicted", "research", 1), "ev").await;
     assert_eq!(b.next_assignment().await.job_id, evicted.id);
     let drained = cluster
@@ -1118,11 +1158,8 @@ async fn cordon_reasons_and_drains_are_kept() {
         (evicted.id.as_str(), 1234)
     );
     drop((a, b));
-    server.shutdown().await;
-
-    let server = start(config(dir.path(), 60_000)).await.expect("restarts");
-    let ch = channel(&server).await;
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let server = server.restart().await;
+    let mut cluster = server.cluster();
     let a = node_status(&mut cluster, "cid:acme/cn-east-1/dc-a/n1").await;
     assert_eq!(
         (a.cordoned, a.draining, a.cordon_reason.as_str()),
@@ -1153,14 +1190,13 @@ async fn cordon_reasons_and_drains_are_kept() {
 /// Resolve answers in pages whose tokens lead through every match exactly once.
 #[tokio::test]
 async fn resolve_pages_through_every_match() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut agents = Vec::new();
     for node in ["n1", "n2", "n3"] {
         agents.push(Agent::connect(ch.clone(), inventory(node, 2), vec![]).await);
     }
-    let mut cluster = ClusterServiceClient::new(ch.clone());
+    let mut cluster = server.cluster();
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
@@ -1206,14 +1242,13 @@ async fn resolve_pages_through_every_match() {
 /// An elastic job starts with its minimum when the whole of it does not fit.
 #[tokio::test]
 async fn an_elastic_job_starts_at_its_minimum() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut agents = Vec::new();
     for node in ["n1", "n2"] {
         agents.push(Agent::connect(ch.clone(), inventory(node, 2), vec![]).await);
     }
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let mut elastic: JobSpec = job("elastic", "research", 2).try_into().expect("valid");
     elastic.replicas = 4;
     elastic.min_replicas = Some(2);
@@ -1250,77 +1285,37 @@ async fn an_elastic_job_starts_at_its_minimum() {
     server.shutdown().await;
 }
 
-/// One 400 Gb/s NIC, GPUDirect-local to every GPU, with its port in `state`.
-fn with_nic(mut inv: NodeInventory, state: PortState) -> NodeInventory {
-    inv.nics = vec![RdmaNic {
-        name: "mlx5_0".into(),
-        pci_bus_id: "0000:1a:00.0".into(),
-        numa_node: None,
-        node_guid: String::new(),
-        firmware: String::new(),
-        netdevs: vec![],
-        ports: vec![NicPort {
-            port: 1,
-            state,
-            link_layer: LinkLayer::Infiniband,
-            rate_gbps: if state == PortState::Active {
-                400.0
-            } else {
-                0.0
-            },
-            gid_type: String::new(),
-        }],
-        health: Health::Healthy,
-    }];
-    inv.gpu_nic_pairs = inv
-        .gpus
-        .iter()
-        .map(|g| GpuNicPair {
-            gpu: g.index,
-            nic: "mlx5_0".into(),
-            path: LinkPath::Pix,
-            gdr_local: true,
-        })
-        .collect();
-    inv
+/// Node `node` with two GPUs and one 400 Gb/s NIC, GPUDirect-local to both, its port in
+/// `state`.
+fn with_nic(node: &str, state: PortState) -> NodeInventory {
+    H100Node::new(node, 2)
+        .fabric("leaf-1", "spine-1")
+        .nic("mlx5_0", state)
+        .build()
 }
 
 /// A NIC that goes down (reported in an inventory update) takes its node out of the running
 /// for `rdma: required` work; with every NIC down the job waits and says why.
 #[tokio::test]
 async fn rdma_jobs_follow_live_nic_state() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
-    let n1 = Agent::connect(
-        ch.clone(),
-        with_nic(inventory("n1", 2), PortState::Active),
-        vec![],
-    )
-    .await;
-    let n2 = Agent::connect(
-        ch.clone(),
-        with_nic(inventory("n2", 2), PortState::Active),
-        vec![],
-    )
-    .await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
+    let n1 = Agent::connect(ch.clone(), with_nic("n1", PortState::Active), vec![]).await;
+    let n2 = Agent::connect(ch.clone(), with_nic("n2", PortState::Active), vec![]).await;
     // n1's port goes down: the agent's rediscovery sends a new generation.
-    let mut down = with_nic(inventory("n1", 2), PortState::Down);
+    let mut down = with_nic("n1", PortState::Down);
     down.generation = 2;
     n1.send(pb::agent_message::Msg::Inventory(pb::InventoryUpdate {
         inventory: Some(down.into()),
     }))
     .await;
-    let mut cluster = ClusterServiceClient::new(ch.clone());
-    for _ in 0..100 {
-        let node = node_status(&mut cluster, &n1.cid).await;
-        if node.inventory.is_some_and(|i| i.generation == 2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut cluster = server.cluster();
+    wait_node(&mut cluster, &n1.cid, "took generation 2", |n| {
+        n.inventory.as_ref().is_some_and(|i| i.generation == 2)
+    })
+    .await;
 
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let mut rdma: JobSpec = job("rdma", "research", 1).try_into().expect("valid");
     rdma.topology.rdma_required = true;
     let first = submit(&mut jobs, RESEARCH, rdma.clone().into(), "r1").await;
@@ -1332,7 +1327,7 @@ async fn rdma_jobs_follow_live_nic_state() {
     );
 
     // n2 loses its NIC as well: the next RDMA job waits, with the reason counted per node.
-    let mut down = with_nic(inventory("n2", 2), PortState::Down);
+    let mut down = with_nic("n2", PortState::Down);
     down.generation = 2;
     n2.send(pb::agent_message::Msg::Inventory(pb::InventoryUpdate {
         inventory: Some(down.into()),
@@ -1361,9 +1356,6 @@ async fn rdma_jobs_follow_live_nic_state() {
 /// queue borrowed, and no more.
 #[tokio::test]
 async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = config(dir.path(), 60_000);
-    cfg.preemption.min_runtime_s = 0;
     let limit = |guaranteed, max| {
         BTreeMap::from([(
             "H100".to_string(),
@@ -1373,15 +1365,18 @@ async fn a_queue_owed_its_guarantee_reclaims_from_a_sibling() {
             },
         )])
     };
-    cfg.quotas = BTreeMap::from([
-        ("research".to_string(), limit(4, 4)),
-        ("research/a".to_string(), limit(2, 4)),
-        ("research/b".to_string(), limit(2, 4)),
-    ]);
-    let server = start(cfg).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start_with(|cfg| {
+        cfg.preemption.min_runtime_s = 0;
+        cfg.quotas = BTreeMap::from([
+            ("research".to_string(), limit(4, 4)),
+            ("research/a".to_string(), limit(2, 4)),
+            ("research/b".to_string(), limit(2, 4)),
+        ]);
+    })
+    .await;
+    let ch = server.channel();
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 8), vec![]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
 
     // Queue b takes the tenant's whole maximum: 2 GPUs of its own and 2 borrowed.
     let mut borrowers = Vec::new();
@@ -1494,12 +1489,11 @@ async fn occupy_one_gpu_each<const N: usize>(
 /// starts as soon as the running work ends.
 #[tokio::test]
 async fn a_blocked_gang_holds_its_nodes_against_smaller_jobs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut n1 = Agent::connect(ch.clone(), inventory("n1", 4), vec![]).await;
     let mut n2 = Agent::connect(ch.clone(), inventory("n2", 4), vec![]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
 
     // One GPU busy on each node (pinned there: the policy would pack both on one).
     occupy_one_gpu_each(&mut jobs, [&n1, &n2], None).await;
@@ -1553,11 +1547,10 @@ async fn a_blocked_gang_holds_its_nodes_against_smaller_jobs() {
 /// A job past its time limit is stopped and fails with that reason.
 #[tokio::test]
 async fn a_job_past_its_time_limit_is_stopped() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut agent = Agent::connect(ch.clone(), inventory("n1", 1), vec![]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     let mut spec: JobSpec = job("bounded", "research", 1).try_into().expect("valid");
     spec.time_limit_s = Some(1);
     let bounded = submit(&mut jobs, RESEARCH, spec.into(), "b").await;
@@ -1576,12 +1569,11 @@ async fn a_job_past_its_time_limit_is_stopped() {
 /// may not.
 #[tokio::test]
 async fn short_jobs_backfill_ahead_of_a_blocked_gang() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(config(dir.path(), 60_000)).await.expect("starts");
-    let ch = channel(&server).await;
+    let server = TestServer::start().await;
+    let ch = server.channel();
     let mut n1 = Agent::connect(ch.clone(), inventory("n1", 4), vec![]).await;
     let mut n2 = Agent::connect(ch.clone(), inventory("n2", 4), vec![]).await;
-    let mut jobs = JobServiceClient::new(ch.clone());
+    let mut jobs = server.jobs();
     occupy_one_gpu_each(&mut jobs, [&n1, &n2], Some(600)).await;
     n1.next_assignment().await;
     n2.next_assignment().await;
