@@ -300,7 +300,8 @@ fn single_replicas_go_by_the_configured_policy() {
     let mut s = scheduler(&specs, Quotas::new(), no_preemption);
     s.set_single_replica_policy(SingleReplicaPolicy::new(PolicyKind::BestFit, 42));
     // Something on n-2 first, so best-fit has a favourite that is not the first node.
-    s.submit(job("warm", "t", gang(1, 6), 0, 0)).expect("queued");
+    s.submit(job("warm", "t", gang(1, 6), 0, 0))
+        .expect("queued");
     let first = s.queue_pass(0);
     let expected = {
         let mut reference = SingleReplicaPolicy::new(PolicyKind::BestFit, 42);
@@ -318,12 +319,17 @@ fn single_replicas_go_by_the_configured_policy() {
         [Decision::Place { placement, .. }] => {
             assert_eq!(placement.replicas.len(), 1);
             assert_eq!(placement.replicas[0].node_name, expected);
-            assert!(placement.group.ends_with("by best-fit"), "{}", placement.group);
+            assert!(
+                placement.group.ends_with("by best-fit"),
+                "{}",
+                placement.group
+            );
         }
         other => panic!("{other:?}"),
     }
     // Best-fit packs: the next 2-GPU replica lands beside the first, on the fullest node.
-    s.submit(job("next", "t", gang(1, 2), 0, 1)).expect("queued");
+    s.submit(job("next", "t", gang(1, 2), 0, 1))
+        .expect("queued");
     match &s.queue_pass(1)[..] {
         [Decision::Place { placement, .. }] => {
             assert_eq!(placement.replicas[0].node_name, expected, "packed");
@@ -331,11 +337,16 @@ fn single_replicas_go_by_the_configured_policy() {
         other => panic!("{other:?}"),
     }
     // Two replicas: the gang planner.
-    s.submit(job("pair", "t", gang(2, 8), 0, 2)).expect("queued");
+    s.submit(job("pair", "t", gang(2, 8), 0, 2))
+        .expect("queued");
     match &s.queue_pass(2)[..] {
         [Decision::Place { placement, .. }] => {
             assert_eq!(placement.replicas.len(), 2);
-            assert!(!placement.group.contains("by best-fit"), "{}", placement.group);
+            assert!(
+                !placement.group.contains("by best-fit"),
+                "{}",
+                placement.group
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -343,7 +354,8 @@ fn single_replicas_go_by_the_configured_policy() {
     // node by node.
     let mut s = scheduler(&specs, Quotas::new(), no_preemption);
     s.set_single_replica_policy(SingleReplicaPolicy::new(PolicyKind::BestFit, 42));
-    s.submit(job("huge", "t", gang(1, 9), 0, 0)).expect("queued");
+    s.submit(job("huge", "t", gang(1, 9), 0, 0))
+        .expect("queued");
     let d = s.queue_pass(0);
     assert!(
         matches!(
