@@ -20,7 +20,7 @@
 //!    jobs may backfill onto those nodes only if they end before that time (by their time
 //!    limit or expected duration); elsewhere they run freely.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -261,6 +261,8 @@ pub enum QueueError {
     NotRunning(JobId),
     #[error("no pending job {0}")]
     NotPending(JobId),
+    #[error("the resources job {0} holds are not free in the cluster")]
+    Unclaimable(JobId),
 }
 
 /// Why a job found no room in a pass.
@@ -284,7 +286,7 @@ impl From<NoRoom> for WaitReason {
 /// The shapes that did not fit in this pass since the last release, with why: a job of the
 /// same gang request, tenant and priority (and the same reservation to avoid) cannot fit
 /// either. Found by a hash of the request, then compared field by field.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct FailedShapes {
     by_hash: HashMap<u64, Vec<(QueuedJob, bool, NoRoom)>>,
 }
@@ -338,6 +340,21 @@ struct Reservation {
     nodes: Vec<bool>,
 }
 
+/// A pass over the queue in progress, kept between slices.
+#[derive(Debug, Clone)]
+struct Pass {
+    /// Jobs still to try, in order.
+    order: VecDeque<JobId>,
+    /// The first blocked job's claim on the future, once there is one.
+    reservation: Option<Reservation>,
+    /// Shapes that did not fit since capacity was last released: they cannot fit now either.
+    failed: FailedShapes,
+    /// Free whole GPUs in the cluster.
+    free_gpus: u64,
+    /// Capacity was released since the last slice: the memo and the count are stale.
+    capacity_changed: bool,
+}
+
 /// The queue and the cluster it places into.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -354,6 +371,8 @@ pub struct Scheduler {
     models: Vec<GpuModel>,
     /// Places jobs of one plain replica when set; otherwise the gang planner places all.
     single: Option<SingleReplicaPolicy>,
+    /// The pass in progress when the last slice stopped before its end.
+    pass: Option<Pass>,
 }
 
 impl Scheduler {
@@ -384,6 +403,7 @@ impl Scheduler {
             running: BTreeMap::new(),
             usage: Usage::default(),
             single: None,
+            pass: None,
         }
     }
 
@@ -424,12 +444,14 @@ impl Scheduler {
 
     /// Changes the cluster (cordon, health, MIG mode) and re-indexes what changed.
     pub fn update_cluster(&mut self, change: impl FnOnce(&mut Cluster)) {
+        self.pass = None;
         change(&mut self.cluster);
         self.index.sync(&self.cluster, &self.links);
     }
 
     /// Replaces the live link state (from telemetry).
     pub fn set_links(&mut self, links: LinkState) {
+        self.pass = None;
         let plain = self.index.plain_scan();
         self.links = links;
         self.index = FabricIndex::new(&self.cluster, &self.links, &self.catalog);
@@ -468,7 +490,44 @@ impl Scheduler {
             .remove(id)
             .ok_or_else(|| QueueError::NotRunning(id.clone()))?;
         self.release(&job);
+        if let Some(pass) = self.pass.as_mut() {
+            pass.capacity_changed = true;
+        }
         Ok(job)
+    }
+
+    /// Stops a running job and queues it again in its old place (it keeps its submission
+    /// time): its node was lost, or it is retried.
+    pub fn requeue(&mut self, id: &JobId) -> Result<(), QueueError> {
+        let job = self.finish(id)?.job;
+        self.pending.insert(job.id.clone(), job);
+        Ok(())
+    }
+
+    /// Books a job that is already running on exactly the resources of `placement` (after a
+    /// restart, or a pod that Kubernetes started): allocated and charged to its quotas, not
+    /// decided again. It counts as borrowed if it is above a guarantee now.
+    pub fn restore_running(
+        &mut self,
+        job: QueuedJob,
+        placement: GangPlacement,
+        started_s: u64,
+    ) -> Result<(), QueueError> {
+        if self.pending.contains_key(&job.id) || self.running.contains_key(&job.id) {
+            return Err(QueueError::Duplicate(job.id));
+        }
+        let charges = self.charges(&placement);
+        let borrowed = matches!(
+            self.quotas
+                .check_in_queue(&self.usage, &job.tenant, &job.queue, &charges),
+            QuotaVerdict::Borrowing | QuotaVerdict::Over(_)
+        );
+        let id = job.id.clone();
+        if self.start(job, placement, charges, borrowed, started_s) {
+            Ok(())
+        } else {
+            Err(QueueError::Unclaimable(id))
+        }
     }
 
     fn release(&mut self, job: &RunningJob) {
@@ -589,6 +648,43 @@ impl Scheduler {
     /// One pass over the queue at time `now_s`. Decisions are already applied to the
     /// scheduler's state: placed jobs are running, preempted ones pending again.
     pub fn queue_pass(&mut self, now_s: u64) -> Vec<Decision> {
+        self.pass = None;
+        self.queue_pass_until(now_s, || true).0
+    }
+
+    /// A pass in slices: runs the pass in progress (or a new one) until it is done or
+    /// `keep_going` says stop, and returns the decisions made and whether the pass is done. A
+    /// later call resumes where this one stopped, with the same order, reservation and memo of
+    /// failed shapes, so a pass cut into slices decides what one pass would. Jobs submitted in
+    /// between wait for the next pass; capacity released in between is seen by the rest of
+    /// this one; a changed cluster starts a new pass.
+    pub fn queue_pass_until(
+        &mut self,
+        now_s: u64,
+        mut keep_going: impl FnMut() -> bool,
+    ) -> (Vec<Decision>, bool) {
+        let mut pass = match self.pass.take() {
+            Some(pass) => pass,
+            None => self.start_pass(),
+        };
+        if pass.capacity_changed {
+            pass.failed.clear();
+            pass.free_gpus = self.index.free_gpus_total();
+            pass.capacity_changed = false;
+        }
+        let mut decisions = Vec::new();
+        while let Some(id) = pass.order.pop_front() {
+            self.pass_step(&mut pass, id, now_s, &mut decisions);
+            if !pass.order.is_empty() && !keep_going() {
+                self.pass = Some(pass);
+                return (decisions, false);
+            }
+        }
+        (decisions, true)
+    }
+
+    /// A new pass: pending jobs by priority, then submission, then id.
+    fn start_pass(&mut self) -> Pass {
         // `Reverse`, not negation: `-i32::MIN` overflows.
         let mut order: Vec<(std::cmp::Reverse<i32>, u64, JobId)> = self
             .pending
@@ -599,132 +695,134 @@ impl Scheduler {
         if let Some(single) = self.single.as_mut() {
             single.refresh();
         }
-        let mut decisions = Vec::new();
-        let mut reservation: Option<Reservation> = None;
-        // Shapes that did not fit since the last release: they cannot fit now either.
-        let mut failed = FailedShapes::default();
-        let mut free_gpus = self.index.free_gpus_total();
-        for (_, _, id) in order {
-            let Some(job) = self.pending.get(&id).cloned() else {
-                continue;
-            };
-            let job = &job;
-            if let Some(reason) = self.quota_precheck(job) {
-                if self.may_reclaim_from_siblings(job, &reason)
-                    && let Some(mut made) = self.preempt_for(job, now_s, true)
+        Pass {
+            order: order.into_iter().map(|(_, _, id)| id).collect(),
+            reservation: None,
+            failed: FailedShapes::default(),
+            free_gpus: self.index.free_gpus_total(),
+            capacity_changed: false,
+        }
+    }
+
+    /// Tries the pending job `id` within `pass`.
+    fn pass_step(&mut self, pass: &mut Pass, id: JobId, now_s: u64, decisions: &mut Vec<Decision>) {
+        let Some(job) = self.pending.get(&id).cloned() else {
+            return;
+        };
+        let job = &job;
+        if let Some(reason) = self.quota_precheck(job) {
+            if self.may_reclaim_from_siblings(job, &reason)
+                && let Some(mut made) = self.preempt_for(job, now_s, true)
+            {
+                pass.failed.clear();
+                pass.free_gpus = self.index.free_gpus_total();
+                decisions.append(&mut made);
+                return;
+            }
+            decisions.push(Decision::Wait { job: id, reason });
+            return;
+        }
+        let ends_before_reservation = pass.reservation.as_ref().is_some_and(|r| {
+            job.runtime
+                .bound_s()
+                .is_some_and(|d| now_s.saturating_add(d) <= r.start_s)
+        });
+        let avoid = pass
+            .reservation
+            .as_ref()
+            .filter(|_| !ends_before_reservation)
+            .map(|r| r.nodes.as_slice());
+        let whole_needed = match job.gang.request.gpu() {
+            GpuDemand::Exclusive { count } => u64::from(*count) * u64::from(job.gang.min_replicas),
+            _ => 0,
+        };
+        let memo = pass.failed.get(job, avoid.is_some()).cloned();
+        let from_memo = memo.is_some();
+        let attempt = if let Some(w) = memo {
+            Err(w)
+        } else if whole_needed > pass.free_gpus {
+            // Not enough free whole GPUs in the whole cluster: no scan can succeed.
+            let per = u64::from(job.gang.request.gpu_count().max(1));
+            Err(NoRoom::Gang(GangWait::TooFew {
+                needed: job.gang.min_replicas,
+                fit: u32::try_from(pass.free_gpus / per).unwrap_or(u32::MAX),
+                counts: Vec::new(),
+            }))
+        } else {
+            self.plan(job, avoid)
+        };
+        let job = job.clone();
+        match attempt {
+            Ok(placement) => {
+                let charges = self.charges(&placement);
+                match self.admit(&job, &charges) {
+                    Ok(borrowed) => {
+                        let used = placed_whole_gpus(&placement);
+                        let backfilled = pass.reservation.is_some();
+                        self.pending.remove(&id);
+                        if self.start(job, placement.clone(), charges, borrowed, now_s) {
+                            pass.free_gpus = pass.free_gpus.saturating_sub(used);
+                            decisions.push(Decision::Place {
+                                job: id,
+                                placement,
+                                borrowed,
+                                backfilled,
+                            });
+                        }
+                    }
+                    Err(reason) => {
+                        if self.may_reclaim_from_siblings(&job, &reason)
+                            && let Some(mut made) = self.preempt_for(&job, now_s, true)
+                        {
+                            pass.failed.clear();
+                            pass.free_gpus = self.index.free_gpus_total();
+                            decisions.append(&mut made);
+                            return;
+                        }
+                        decisions.push(Decision::Wait { job: id, reason });
+                    }
+                }
+            }
+            Err(wait) => {
+                if self.config.preemption
+                    && !from_memo
+                    && let Some(mut made) = self.preempt_for(&job, now_s, false)
                 {
-                    failed.clear();
-                    free_gpus = self.index.free_gpus_total();
+                    pass.failed.clear();
+                    pass.free_gpus = self.index.free_gpus_total();
                     decisions.append(&mut made);
-                    continue;
+                    return;
+                }
+                pass.failed.insert(&job, avoid.is_some(), wait.clone());
+                let reason = match (&pass.reservation, avoid) {
+                    (Some(r), Some(_))
+                        if !matches!(wait, NoRoom::Gang(GangWait::Network { .. })) =>
+                    {
+                        // Fits without the pass.reservation? Then the pass.reservation is the reason.
+                        let free = place_gang_if_fits(
+                            &self.cluster,
+                            &self.index,
+                            &self.catalog,
+                            &job.gang,
+                            &GangOptions::default(),
+                        );
+                        if free.is_some() {
+                            WaitReason::Reserved {
+                                holder: r.holder.clone(),
+                                start_s: r.start_s,
+                            }
+                        } else {
+                            wait.into()
+                        }
+                    }
+                    _ => wait.into(),
+                };
+                if self.config.backfill && pass.reservation.is_none() {
+                    pass.reservation = self.reserve(&job, now_s);
                 }
                 decisions.push(Decision::Wait { job: id, reason });
-                continue;
-            }
-            let ends_before_reservation = reservation.as_ref().is_some_and(|r| {
-                job.runtime
-                    .bound_s()
-                    .is_some_and(|d| now_s.saturating_add(d) <= r.start_s)
-            });
-            let avoid = reservation
-                .as_ref()
-                .filter(|_| !ends_before_reservation)
-                .map(|r| r.nodes.as_slice());
-            let whole_needed = match job.gang.request.gpu() {
-                GpuDemand::Exclusive { count } => {
-                    u64::from(*count) * u64::from(job.gang.min_replicas)
-                }
-                _ => 0,
-            };
-            let memo = failed.get(job, avoid.is_some()).cloned();
-            let from_memo = memo.is_some();
-            let attempt = if let Some(w) = memo {
-                Err(w)
-            } else if whole_needed > free_gpus {
-                // Not enough free whole GPUs in the whole cluster: no scan can succeed.
-                let per = u64::from(job.gang.request.gpu_count().max(1));
-                Err(NoRoom::Gang(GangWait::TooFew {
-                    needed: job.gang.min_replicas,
-                    fit: u32::try_from(free_gpus / per).unwrap_or(u32::MAX),
-                    counts: Vec::new(),
-                }))
-            } else {
-                self.plan(job, avoid)
-            };
-            let job = job.clone();
-            match attempt {
-                Ok(placement) => {
-                    let charges = self.charges(&placement);
-                    match self.admit(&job, &charges) {
-                        Ok(borrowed) => {
-                            let used = placed_whole_gpus(&placement);
-                            let backfilled = reservation.is_some();
-                            self.pending.remove(&id);
-                            if self.start(job, placement.clone(), charges, borrowed, now_s) {
-                                free_gpus = free_gpus.saturating_sub(used);
-                                decisions.push(Decision::Place {
-                                    job: id,
-                                    placement,
-                                    borrowed,
-                                    backfilled,
-                                });
-                            }
-                        }
-                        Err(reason) => {
-                            if self.may_reclaim_from_siblings(&job, &reason)
-                                && let Some(mut made) = self.preempt_for(&job, now_s, true)
-                            {
-                                failed.clear();
-                                free_gpus = self.index.free_gpus_total();
-                                decisions.append(&mut made);
-                                continue;
-                            }
-                            decisions.push(Decision::Wait { job: id, reason });
-                        }
-                    }
-                }
-                Err(wait) => {
-                    if self.config.preemption
-                        && !from_memo
-                        && let Some(mut made) = self.preempt_for(&job, now_s, false)
-                    {
-                        failed.clear();
-                        free_gpus = self.index.free_gpus_total();
-                        decisions.append(&mut made);
-                        continue;
-                    }
-                    failed.insert(&job, avoid.is_some(), wait.clone());
-                    let reason = match (&reservation, avoid) {
-                        (Some(r), Some(_))
-                            if !matches!(wait, NoRoom::Gang(GangWait::Network { .. })) =>
-                        {
-                            // Fits without the reservation? Then the reservation is the reason.
-                            let free = place_gang_if_fits(
-                                &self.cluster,
-                                &self.index,
-                                &self.catalog,
-                                &job.gang,
-                                &GangOptions::default(),
-                            );
-                            if free.is_some() {
-                                WaitReason::Reserved {
-                                    holder: r.holder.clone(),
-                                    start_s: r.start_s,
-                                }
-                            } else {
-                                wait.into()
-                            }
-                        }
-                        _ => wait.into(),
-                    };
-                    if self.config.backfill && reservation.is_none() {
-                        reservation = self.reserve(&job, now_s);
-                    }
-                    decisions.push(Decision::Wait { job: id, reason });
-                }
             }
         }
-        decisions
     }
 
     /// Where `job` would go now, avoiding the nodes marked in `avoid`: by the single-replica

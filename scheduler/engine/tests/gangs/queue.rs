@@ -368,3 +368,124 @@ fn single_replicas_go_by_the_configured_policy() {
         "{d:?}"
     );
 }
+
+/// A busy queue: running work of mixed priority and runtime, then gangs and single replicas
+/// of several priorities, some of which preempt, block or backfill.
+fn busy_queue() -> Scheduler {
+    let mut specs = leaf("a", "s1", "l1", "n", 4);
+    specs.extend(leaf("a", "s1", "l2", "m", 4));
+    let mut s = scheduler(&specs, Quotas::new(), QueueConfig::default());
+    for i in 0..6 {
+        let mut j = job(
+            &format!("old-{i}"),
+            "t",
+            gang(1, 4 + i % 3),
+            i as i32 % 2,
+            0,
+        );
+        j.runtime.limit_s = Some(600 + 300 * i as u64);
+        s.submit(j).expect("queued");
+    }
+    let _ = s.queue_pass(0);
+    for i in 0..24u32 {
+        let replicas = if i % 5 == 0 { 4 } else { 1 };
+        let mut j = job(
+            &format!("j-{i:02}"),
+            if i % 3 == 0 { "u" } else { "t" },
+            gang(replicas, 1 + i % 8),
+            (i % 4) as i32,
+            1_000 + u64::from(i),
+        );
+        if i % 2 == 0 {
+            j.runtime.limit_s = Some(120 + 60 * u64::from(i));
+        }
+        s.submit(j).expect("queued");
+    }
+    s
+}
+
+#[test]
+fn a_pass_in_slices_decides_what_one_pass_would() {
+    let mut whole = busy_queue();
+    let mut sliced = whole.clone();
+    let expected = whole.queue_pass(2_000);
+    assert!(
+        expected.iter().any(|d| matches!(d, Decision::Place { .. }))
+            && expected.iter().any(|d| matches!(d, Decision::Wait { .. })),
+        "it places some jobs and blocks others: {expected:?}"
+    );
+    assert!(
+        expected
+            .iter()
+            .any(|d| matches!(d, Decision::Preempt { .. }))
+            && expected.iter().any(|d| matches!(
+                d,
+                Decision::Wait {
+                    reason: WaitReason::Reserved { .. },
+                    ..
+                }
+            )),
+        "it preempts and holds a reservation: {expected:?}"
+    );
+    let mut got = Vec::new();
+    let mut slices = 0;
+    loop {
+        // Stop after every job: the most slices a pass can be cut into.
+        let (mut made, done) = sliced.queue_pass_until(2_000, || false);
+        got.append(&mut made);
+        slices += 1;
+        if done {
+            break;
+        }
+    }
+    assert!(slices > 10, "cut into {slices} slices");
+    assert_eq!(got, expected);
+    let running = |s: &Scheduler| {
+        let mut ids: Vec<String> = s.running().map(|r| r.job.id.0.clone()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(running(&sliced), running(&whole));
+}
+
+#[test]
+fn a_running_job_is_restored_on_exactly_its_resources() {
+    let specs = leaf("a", "s1", "l1", "n", 2);
+    let mut first = scheduler(&specs, Quotas::new(), QueueConfig::default());
+    first
+        .submit(job("kept", "t", gang(2, 8), 0, 0))
+        .expect("queued");
+    let _ = first.queue_pass(0);
+    let kept = first
+        .running_job(&JobId("kept".into()))
+        .expect("running")
+        .clone();
+
+    // A new scheduler on the same nodes books it again, as a restart does.
+    let mut again = scheduler(&specs, Quotas::new(), QueueConfig::default());
+    again
+        .restore_running(kept.job.clone(), kept.placement.clone(), 0)
+        .expect("restored");
+    assert_eq!(
+        again.restore_running(kept.job.clone(), kept.placement.clone(), 0),
+        Err(suanli_engine::queue::QueueError::Duplicate(JobId(
+            "kept".into()
+        )))
+    );
+    let mut twin = kept.job.clone();
+    twin.id = JobId("twin".into());
+    assert_eq!(
+        again.restore_running(twin, kept.placement.clone(), 0),
+        Err(suanli_engine::queue::QueueError::Unclaimable(JobId(
+            "twin".into()
+        ))),
+        "its GPUs are taken"
+    );
+    // Nothing else fits while it runs; once it is requeued it runs again, first in line.
+    again
+        .submit(job("later", "t", gang(1, 8), 0, 5))
+        .expect("queued");
+    assert!(placed(&again.queue_pass(10)).is_empty());
+    again.requeue(&JobId("kept".into())).expect("requeued");
+    assert_eq!(placed(&again.queue_pass(20)), ["kept"]);
+}
