@@ -54,7 +54,7 @@ pub use cluster::{
     Allocation, AllocationId, Claim, Cluster, ClusterError, Gpu, GpuGrant, ModelId, Node, NodeId,
     NodeShape,
 };
-pub use explain::{Reason, Unplaceable};
+pub use explain::{Refusal, Unplaceable};
 pub use fgd::{MixError, MixShape, WorkloadMix};
 pub use gpu::{GpuModel, MigProfile};
 pub use inventory::NodeInventory;

@@ -2,6 +2,7 @@
 //! none: the request resolved against the cluster, the per-node check, and the scans.
 
 use crate::cluster::{Cluster, ModelId, Node};
+use crate::explain::{Refusal, RefusalCounts, sorted_counts};
 use crate::job::Requirement;
 use crate::request::{GpuDemand, Request};
 
@@ -9,7 +10,7 @@ use super::buckets::IRREGULAR;
 use super::index::FabricIndex;
 use super::node_plan::plan_node;
 use super::request::{GangOptions, GangRequest};
-use super::wait::{REJECTS, Reject};
+use super::wait::GANG_REFUSALS;
 
 /// What one replica needs, resolved against one cluster: the request, the GPU models it
 /// accepts as cluster ids, whether it needs NVLink or RDMA, and its price ceiling.
@@ -58,29 +59,29 @@ pub(super) fn node_fit(
     i: usize,
     cap: u32,
     options: &GangOptions<'_>,
-) -> Result<u32, Reject> {
+) -> Result<u32, Refusal> {
     let f = &index.facts[i];
     if f.cordoned {
-        return Err(Reject::Cordoned);
+        return Err(Refusal::Cordoned);
     }
     if options
         .avoid
         .is_some_and(|a| a.get(i).copied().unwrap_or(false))
     {
-        return Err(Reject::Reserved);
+        return Err(Refusal::Reserved);
     }
     let node = &cluster.nodes()[i];
     if !needs.request.allowed().is_empty() && !node.within(needs.request.allowed()) {
-        return Err(Reject::OutsideAllowed);
+        return Err(Refusal::OutsideAllowed);
     }
     if let Some(max) = needs.max_price {
         match index.domains[f.domain as usize].1 {
             Some(p) if p <= max => {}
-            _ => return Err(Reject::Price),
+            _ => return Err(Refusal::Price),
         }
     }
     if needs.rdma_required && f.network_known && !f.nic_usable {
-        return Err(Reject::RdmaDown);
+        return Err(Refusal::RdmaDown);
     }
     let req = needs.request;
     let by_host = bound(f.cpu_left, req.cpu_milli()).min(bound(f.memory_left, req.memory_mib()));
@@ -89,7 +90,7 @@ pub(super) fn node_fit(
             if let Some(model) = f.model
                 && !needs.model_ok(model)
             {
-                return Err(Reject::ModelNotAllowed);
+                return Err(Refusal::ModelNotAllowed);
             }
             u64::from(f.free_mask.count_ones() / count)
         }
@@ -97,41 +98,41 @@ pub(super) fn node_fit(
         _ => {
             let plans = plan_node(node, needs, cap as usize);
             if plans.is_empty() {
-                return Err(gpu_reject(node, needs));
+                return Err(gpu_refusal(node, needs));
             }
             plans.len() as u64
         }
     };
     if gpu_fit == 0 {
-        return Err(Reject::FewerFreeGpus);
+        return Err(Refusal::FewerFreeGpus);
     }
     if by_host == 0 {
         return Err(if bound(f.cpu_left, req.cpu_milli()) == 0 {
-            Reject::NotEnoughCpu
+            Refusal::NotEnoughCpu
         } else {
-            Reject::NotEnoughMemory
+            Refusal::NotEnoughMemory
         });
     }
     Ok(gpu_fit.min(by_host).min(u64::from(cap)) as u32)
 }
 
 /// The reason a node's GPUs hold no replica.
-fn gpu_reject(node: &Node, needs: &ReplicaNeeds<'_>) -> Reject {
+fn gpu_refusal(node: &Node, needs: &ReplicaNeeds<'_>) -> Refusal {
     if !node.gpus().iter().any(|g| needs.model_ok(g.model)) {
-        return Reject::ModelNotAllowed;
+        return Refusal::ModelNotAllowed;
     }
     match needs.request.gpu() {
-        GpuDemand::Exclusive { .. } if needs.nvlink_required => Reject::NoNvlinkSet,
-        GpuDemand::Exclusive { .. } | GpuDemand::None => Reject::FewerFreeGpus,
-        GpuDemand::Shared { .. } => Reject::NoShareRoom,
-        GpuDemand::Mig { .. } => Reject::NoMigSlots,
+        GpuDemand::Exclusive { .. } if needs.nvlink_required => Refusal::NoNvlinkSet,
+        GpuDemand::Exclusive { .. } | GpuDemand::None => Refusal::FewerFreeGpus,
+        GpuDemand::Shared { .. } => Refusal::NoShareRoom,
+        GpuDemand::Mig { .. } => Refusal::NoMigSlots,
     }
 }
 
 /// Nodes that can hold replicas, with how many, and the per-reason counts of the rest.
 pub(super) struct Scan {
     pub(super) nodes: Vec<(u32, u32)>,
-    pub(super) counts: Vec<(Reject, u32)>,
+    pub(super) counts: Vec<(Refusal, u32)>,
 }
 
 pub(super) fn scan(
@@ -142,22 +143,18 @@ pub(super) fn scan(
     options: &GangOptions<'_>,
 ) -> Scan {
     let mut nodes = Vec::new();
-    let mut raw = [0u32; REJECTS.len()];
+    let mut raw: RefusalCounts = [0; Refusal::ALL.len()];
     for i in 0..index.facts.len().min(cluster.len()) {
         match node_fit(cluster, index, needs, i, cap, options) {
             Ok(k) if k > 0 => nodes.push((i as u32, k)),
-            Ok(_) => raw[Reject::FewerFreeGpus as usize] += 1,
+            Ok(_) => raw[Refusal::FewerFreeGpus as usize] += 1,
             Err(r) => raw[r as usize] += 1,
         }
     }
-    let mut counts: Vec<(Reject, u32)> = REJECTS
-        .iter()
-        .zip(raw)
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, n)| (*r, n))
-        .collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    Scan { nodes, counts }
+    Scan {
+        nodes,
+        counts: sorted_counts(&raw, &GANG_REFUSALS),
+    }
 }
 
 /// Nodes that can hold replicas of a whole-GPU request, from the buckets with enough free

@@ -47,7 +47,7 @@ pub use placement::{GangPlacement, Hop, ReplicaClaim, allocate_gang};
 pub(crate) use replica_bound::ReplicaBound;
 pub use request::{DEFAULT_REPLICA_TRAFFIC_GBPS, GangOptions, GangRequest};
 pub use score::{DomainScore, GroupScore, NodeScore};
-pub use wait::{GangWait, Reject};
+pub use wait::GangWait;
 
 use feasible::{resolve, scan_buckets};
 use search::{place_gang_scan, place_scanned};

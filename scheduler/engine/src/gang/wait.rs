@@ -1,9 +1,10 @@
-//! Why a gang waits: per-node refusals ([`Reject`]) and the gang-level reason
-//! ([`GangWait`]), each reading as a sentence.
+//! Why a gang waits: the gang-level reason ([`GangWait`]), with per-node [`Refusal`]
+//! counts, reading as a sentence.
 
 use std::fmt;
 
 use crate::cluster::Cluster;
+use crate::explain::Refusal;
 use crate::job::NetworkScope;
 
 use super::feasible::Scan;
@@ -12,60 +13,21 @@ use super::placement::Hop;
 use super::request::GangRequest;
 use super::search::GroupRoom;
 
-/// Why one node cannot hold even one replica; each node counts under its first reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Reject {
-    Cordoned,
-    /// Held for a blocked gang's reservation.
-    Reserved,
-    OutsideAllowed,
-    ModelNotAllowed,
-    /// The domain's price is unknown or above the job's maximum.
-    Price,
-    /// `rdma: required` and no NIC of the node is usable.
-    RdmaDown,
-    FewerFreeGpus,
-    NoNvlinkSet,
-    NoShareRoom,
-    NoMigSlots,
-    NotEnoughCpu,
-    NotEnoughMemory,
-}
-
-/// Every [`Reject`], in declaration order (`REJECTS[r as usize] == r`).
-pub(super) const REJECTS: [Reject; 12] = [
-    Reject::Cordoned,
-    Reject::Reserved,
-    Reject::OutsideAllowed,
-    Reject::ModelNotAllowed,
-    Reject::Price,
-    Reject::RdmaDown,
-    Reject::FewerFreeGpus,
-    Reject::NoNvlinkSet,
-    Reject::NoShareRoom,
-    Reject::NoMigSlots,
-    Reject::NotEnoughCpu,
-    Reject::NotEnoughMemory,
+/// The refusals the gang planner gives, in the order equal counts are listed.
+pub(super) const GANG_REFUSALS: [Refusal; 12] = [
+    Refusal::Cordoned,
+    Refusal::Reserved,
+    Refusal::OutsideAllowed,
+    Refusal::ModelNotAllowed,
+    Refusal::Price,
+    Refusal::RdmaDown,
+    Refusal::FewerFreeGpus,
+    Refusal::NoNvlinkSet,
+    Refusal::NoShareRoom,
+    Refusal::NoMigSlots,
+    Refusal::NotEnoughCpu,
+    Refusal::NotEnoughMemory,
 ];
-
-impl Reject {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Reject::Cordoned => "cordoned or agent not connected",
-            Reject::Reserved => "reserved for a blocked gang",
-            Reject::OutsideAllowed => "outside the allowed places",
-            Reject::ModelNotAllowed => "GPU model not allowed",
-            Reject::Price => "domain price unknown or above the job's maximum",
-            Reject::RdmaDown => "no usable RDMA NIC",
-            Reject::FewerFreeGpus => "too few free GPUs",
-            Reject::NoNvlinkSet => "no free NVLink-joined GPU set",
-            Reject::NoShareRoom => "no GPU with room for the share",
-            Reject::NoMigSlots => "no free MIG slots for the profile",
-            Reject::NotEnoughCpu => "not enough CPU",
-            Reject::NotEnoughMemory => "not enough memory",
-        }
-    }
-}
 
 /// Why a gang cannot be placed now. Reads as a sentence (`Display`).
 #[derive(Debug, Clone, PartialEq)]
@@ -73,13 +35,13 @@ pub enum GangWait {
     /// No node can hold a single replica.
     NoNode {
         nodes: u32,
-        counts: Vec<(Reject, u32)>,
+        counts: Vec<(Refusal, u32)>,
     },
     /// The whole allowed scope holds fewer replicas than needed.
     TooFew {
         needed: u32,
         fit: u32,
-        counts: Vec<(Reject, u32)>,
+        counts: Vec<(Refusal, u32)>,
     },
     /// A required network scope cannot be met: the best group holds `best` of `needed`.
     Network {
@@ -110,7 +72,7 @@ pub enum GangWait {
     },
 }
 
-fn write_counts(f: &mut fmt::Formatter<'_>, counts: &[(Reject, u32)]) -> fmt::Result {
+fn write_counts(f: &mut fmt::Formatter<'_>, counts: &[(Refusal, u32)]) -> fmt::Result {
     for (i, (reason, n)) in counts.iter().enumerate() {
         f.write_str(if i == 0 { " (" } else { "; " })?;
         let noun = if *n == 1 { "node" } else { "nodes" };

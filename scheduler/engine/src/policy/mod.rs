@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use rand::{Rng, RngCore};
 
 use crate::cluster::{Claim, Cluster, FreeCapacity, GpuGrant, Node, NodeId};
-use crate::explain::{Reason, Unplaceable};
+use crate::explain::{Refusal, RefusalCounts, Unplaceable};
 use crate::fgd::WorkloadMix;
 use crate::request::{GpuDemand, Request};
 
@@ -157,7 +157,7 @@ pub fn evaluate(
     request: &Request,
     policy: &Policy,
     nodes: &[NodeId],
-) -> Vec<Result<i64, Reason>> {
+) -> Vec<Result<i64, Refusal>> {
     let mut scorer = Scorer {
         kind: policy.kind,
         ctx: Ctx::new(cluster, request),
@@ -173,7 +173,7 @@ pub fn evaluate(
         .map(|id| {
             let i = id.index();
             let (Some(node), Some(h)) = (cluster.nodes().get(i), capacity.get(i)) else {
-                return Err(Reason::OutsideAllowed);
+                return Err(Refusal::OutsideAllowed);
             };
             filter(&scorer.ctx, node)?;
             Ok(scorer.points(i, node, h, false).0)
@@ -219,7 +219,7 @@ fn place_by<R: RngCore + ?Sized>(
         Some(need) if columns_allowed => scan_columns(&mut scorer, cluster, policy, nonce, need),
         _ => Best::default(),
     };
-    let mut reasons = [0u32; 10];
+    let mut reasons: RefusalCounts = [0; Refusal::ALL.len()];
     if best.best.is_none() {
         // Nothing fits (the column scan keeps no reasons), or the column scan does not apply.
         best = scan_full(&mut scorer, cluster, policy, nonce, &mut reasons);

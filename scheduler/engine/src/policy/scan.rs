@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 
 use crate::cluster::{Cluster, FreeCapacity, ModelId, NodeId};
-use crate::explain::Reason;
+use crate::explain::{Refusal, RefusalCounts};
 use crate::request::GpuDemand;
 
 use super::scorer::Scorer;
@@ -64,7 +64,7 @@ pub(super) fn scan_full(
     cluster: &Cluster,
     policy: &Policy,
     nonce: u64,
-    reasons: &mut [u32; 10],
+    reasons: &mut RefusalCounts,
 ) -> Best {
     let capacity = cluster.free_capacity();
     let ranks = cluster.name_ranks();
@@ -95,29 +95,29 @@ pub(super) fn scan_full(
 }
 
 /// The first reason a simple node (see [`FreeCapacity`]) cannot take the request.
-fn fast_filter(ctx: &Ctx<'_>, h: &FreeCapacity) -> Result<(), Reason> {
+fn fast_filter(ctx: &Ctx<'_>, h: &FreeCapacity) -> Result<(), Refusal> {
     let demand = ctx.req.gpu();
     if !matches!(demand, GpuDemand::None) {
         if h.gpus == 0 {
-            return Err(Reason::NoGpus);
+            return Err(Refusal::NoGpus);
         }
         if let Some(models) = &ctx.models
             && !models.contains(&ModelId(h.model))
         {
-            return Err(Reason::ModelNotAllowed);
+            return Err(Refusal::ModelNotAllowed);
         }
     }
     if h.cpu_left < ctx.cpu {
-        return Err(Reason::NotEnoughCpu);
+        return Err(Refusal::NotEnoughCpu);
     }
     if h.memory_left < ctx.mem {
-        return Err(Reason::NotEnoughMemory);
+        return Err(Refusal::NotEnoughMemory);
     }
     match demand {
         GpuDemand::None => Ok(()),
         GpuDemand::Exclusive { count } => {
             if h.free_mask.count_ones() < *count {
-                Err(Reason::FewerFreeGpus)
+                Err(Refusal::FewerFreeGpus)
             } else {
                 Ok(())
             }
@@ -131,9 +131,9 @@ fn fast_filter(ctx: &Ctx<'_>, h: &FreeCapacity) -> Result<(), Reason> {
             if fits {
                 Ok(())
             } else {
-                Err(Reason::NoShareRoom)
+                Err(Refusal::NoShareRoom)
             }
         }
-        GpuDemand::Mig { .. } => Err(Reason::NoMigProfile),
+        GpuDemand::Mig { .. } => Err(Refusal::NoMigProfile),
     }
 }

@@ -1,7 +1,7 @@
 //! Filters (can this node take the request at all?) and GPU choice inside one node.
 
 use crate::cluster::{GpuGrant, MigGpu, ModelId, Node};
-use crate::explain::Reason;
+use crate::explain::Refusal;
 use crate::gpu::MigProfile;
 use crate::job::MILLI_PER_GPU;
 use crate::request::{GpuDemand, Request, mig_milli};
@@ -48,17 +48,17 @@ impl<'a> Ctx<'a> {
 }
 
 /// The first reason `node` cannot take the request, if any.
-pub(crate) fn filter(ctx: &Ctx<'_>, node: &Node) -> Result<(), Reason> {
+pub(crate) fn filter(ctx: &Ctx<'_>, node: &Node) -> Result<(), Refusal> {
     if node.is_cordoned() {
-        return Err(Reason::Cordoned);
+        return Err(Refusal::Cordoned);
     }
     if !ctx.req.allowed().is_empty() && !node.within(ctx.req.allowed()) {
-        return Err(Reason::OutsideAllowed);
+        return Err(Refusal::OutsideAllowed);
     }
     let demand = ctx.req.gpu();
     if !matches!(demand, GpuDemand::None) {
         if node.gpus().is_empty() {
-            return Err(Reason::NoGpus);
+            return Err(Refusal::NoGpus);
         }
         if let Some(models) = &ctx.models {
             let ok = match node.uniform_model() {
@@ -66,15 +66,15 @@ pub(crate) fn filter(ctx: &Ctx<'_>, node: &Node) -> Result<(), Reason> {
                 None => node.gpus().iter().any(|g| models.contains(&g.model)),
             };
             if !ok {
-                return Err(Reason::ModelNotAllowed);
+                return Err(Refusal::ModelNotAllowed);
             }
         }
     }
     if node.cpu_left() < ctx.cpu {
-        return Err(Reason::NotEnoughCpu);
+        return Err(Refusal::NotEnoughCpu);
     }
     if node.memory_left() < ctx.mem {
-        return Err(Reason::NotEnoughMemory);
+        return Err(Refusal::NotEnoughMemory);
     }
     match demand {
         GpuDemand::None => Ok(()),
@@ -85,7 +85,7 @@ pub(crate) fn filter(ctx: &Ctx<'_>, node: &Node) -> Result<(), Reason> {
                 .filter(|g| g.fully_free() && ctx.model_ok(g.model))
                 .count();
             if free < *count as usize {
-                Err(Reason::FewerFreeGpus)
+                Err(Refusal::FewerFreeGpus)
             } else {
                 Ok(())
             }
@@ -98,7 +98,7 @@ pub(crate) fn filter(ctx: &Ctx<'_>, node: &Node) -> Result<(), Reason> {
             {
                 Ok(())
             } else {
-                Err(Reason::NoShareRoom)
+                Err(Refusal::NoShareRoom)
             }
         }
         GpuDemand::Mig { profile, count } => {
@@ -110,9 +110,9 @@ pub(crate) fn filter(ctx: &Ctx<'_>, node: &Node) -> Result<(), Reason> {
                         .is_some_and(|m| profile.spec_for(m.class).is_some())
             });
             if !offering {
-                Err(Reason::NoMigProfile)
+                Err(Refusal::NoMigProfile)
             } else if plan_mig(ctx, node, profile, *count).is_none() {
-                Err(Reason::MigSlotsTaken)
+                Err(Refusal::MigSlotsTaken)
             } else {
                 Ok(())
             }

@@ -3,14 +3,14 @@
 use suanli_engine::Cluster;
 use suanli_engine::domain::DomainCatalog;
 use suanli_engine::gang::{
-    FabricIndex, GangOptions, GangWait, Hop, Reject, allocate_gang, place_gang, place_gang_once,
+    FabricIndex, GangOptions, GangWait, Hop, allocate_gang, place_gang, place_gang_once,
 };
 use suanli_engine::inventory::PortState;
 use suanli_engine::job::{
     JobKind, NetworkConstraint, NetworkScope, PlacementConstraints, Requirement, Topology,
 };
 use suanli_engine::links::LinkState;
-use suanli_engine::{GpuDemand, Request};
+use suanli_engine::{GpuDemand, Refusal, Request};
 
 use crate::fabric::{Spec, catalog, domain, gang, inventories, leaf, spec};
 
@@ -227,7 +227,7 @@ fn data_gravity_and_price_choose_the_domain() {
     let GangWait::TooFew { counts, .. } = &wait else {
         panic!("expected too few: {wait}");
     };
-    assert!(counts.contains(&(Reject::Price, 2)), "{wait}");
+    assert!(counts.contains(&(Refusal::Price, 2)), "{wait}");
 }
 
 #[test]
@@ -308,7 +308,7 @@ fn rdma_prefers_gpudirect_nics_and_avoids_impaired_links() {
     let GangWait::TooFew { fit: 3, counts, .. } = &wait else {
         panic!("{wait}");
     };
-    assert_eq!(counts, &[(Reject::RdmaDown, 1)]);
+    assert_eq!(counts, &[(Refusal::RdmaDown, 1)]);
     // Without RDMA required, the healthy-link nodes still come first.
     let plain = place_gang_once(&cluster, &links, &none, &gang(2, 8)).expect("fits");
     assert_eq!(names(&plain), ["n0-phb", "n1-gdr"]);

@@ -1,8 +1,8 @@
 //! Bad input gets a typed error or an explanation, never a panic.
 
 use suanli_engine::{
-    AllocationId, Cluster, ClusterError, GpuDemand, NodeShape, Policy, PolicyKind, Reason, Request,
-    RequestError, place,
+    AllocationId, Cluster, ClusterError, GpuDemand, NodeShape, Policy, PolicyKind, Refusal,
+    Request, RequestError, place,
 };
 
 use crate::common::{cluster, rng, shapes, whole};
@@ -69,7 +69,7 @@ fn unknown_model_and_impossible_requests_are_explained() {
     let best_fit = Policy::new(PolicyKind::BestFit).expect("no mix");
     let h100 = Request::from_openb(1000, 1, 1, 1000, "H100").expect("valid");
     let err = place(&c, &h100, &best_fit, &mut rng(1)).expect_err("no H100 here");
-    assert_eq!(err.count(Reason::ModelNotAllowed), 3);
+    assert_eq!(err.count(Refusal::ModelNotAllowed), 3);
     assert_eq!(err.to_string(), "3 nodes: model not in [H100]");
     let huge = whole(1000, 16);
     let err = place(&c, &huge, &best_fit, &mut rng(1)).expect_err("no node has 16 GPUs");

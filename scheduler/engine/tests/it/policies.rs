@@ -2,7 +2,7 @@
 
 use suanli_engine::inventory::LinkPath;
 use suanli_engine::{
-    Cluster, GpuDemand, NodeId, NodeShape, Policy, PolicyKind, Reason, Request, TieBreak,
+    Cluster, GpuDemand, NodeId, NodeShape, Policy, PolicyKind, Refusal, Request, TieBreak,
     WorkloadMix, place,
 };
 
@@ -212,7 +212,7 @@ fn mig_profiles_go_where_their_slots_are_free() {
     assert_eq!(starts, vec![0, 4]);
     c.allocate(&p.claim).expect("fits");
     let err = place(&c, &mig("1g.10gb", 1), &best_fit, &mut rng(1)).expect_err("all slices used");
-    assert_eq!(err.count(Reason::MigSlotsTaken), 1, "{err}");
+    assert_eq!(err.count(Refusal::MigSlotsTaken), 1, "{err}");
     assert!(whole_on_mig_gpu_is_refused(&c));
 }
 
@@ -223,7 +223,7 @@ fn whole_on_mig_gpu_is_refused(c: &Cluster) -> bool {
         &policy(PolicyKind::BestFit),
         &mut rng(1),
     )
-    .is_err_and(|e| e.count(Reason::FewerFreeGpus) == 1)
+    .is_err_and(|e| e.count(Refusal::FewerFreeGpus) == 1)
 }
 
 #[test]
