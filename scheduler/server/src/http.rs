@@ -40,7 +40,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use crate::config::HttpSettings;
-use crate::core::{Command, CoreError, CoreHandle, MetricsView};
+use crate::core::{CoreError, CoreHandle, MetricsView};
 use crate::extender::ExtenderCounters;
 
 /// Most HTTP connections open at once; past it the listener accepts no more until one closes.
@@ -176,7 +176,7 @@ pub async fn read_body(request: Request, limit: BodyLimit) -> Result<Bytes, Body
 /// The core's counts, its new latency samples folded into the histogram: whichever endpoint
 /// asks takes them from the core, so neither may drop them.
 async fn core_view(state: &HttpState) -> Result<MetricsView, CoreError> {
-    let view = state.core.ask(|reply| Command::Metrics { reply }).await?;
+    let view = state.core.metrics().await?;
     state.latency.observe(&view.placement_latencies_s);
     Ok(view)
 }

@@ -11,7 +11,7 @@ use suanli_engine::JobState;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::core::{BoundPod, Command, CoreHandle, PodJobView};
+use crate::core::{BoundPod, CoreHandle, PodJobView};
 use crate::placement::PodRef;
 
 /// Annotations the scheduler reads from pods and writes to them.
@@ -169,7 +169,7 @@ fn pod_outcome(job: &PodJobView, seen: Option<&Pod>) -> Option<(JobState, String
 /// from the list is looked up by name before its job ends, so a list served from a stale
 /// cache cannot free GPUs that are in use.
 pub async fn reconcile_once(core: &CoreHandle, kube: &KubeApi) -> Result<usize, KubeError> {
-    let Ok(jobs) = core.ask(|reply| Command::PodJobs { reply }).await else {
+    let Ok(jobs) = core.pod_jobs().await else {
         return Ok(0);
     };
     if jobs.is_empty() {
@@ -189,13 +189,7 @@ pub async fn reconcile_once(core: &CoreHandle, kube: &KubeApi) -> Result<usize, 
             continue;
         };
         let result = core
-            .ask(|reply| Command::EndPod {
-                job_id: job.job_id.clone(),
-                state,
-                reason,
-                message: message.clone(),
-                reply,
-            })
+            .end_pod(job.job_id.clone(), state, reason, message.clone())
             .await;
         match result {
             Ok(()) => {

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
-use crate::core::{self, Command, CoreConfig, CoreHandle};
+use crate::core::{self, CoreConfig, CoreHandle};
 use crate::extender::{ExtenderSettings, ExtenderState};
 use crate::grpc::Services;
 use crate::http::{HttpState, router};
@@ -63,7 +63,7 @@ impl RunningServer {
         for task in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        self.core.send(Command::Shutdown);
+        self.core.shutdown();
         if let Some(thread) = self.core_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use suanli_engine::cluster::{Claim, GpuGrant, NodeId};
-use suanli_engine::explain::{Reason, Unplaceable};
+use suanli_engine::explain::{Refusal, Unplaceable};
 use suanli_engine::gang::GangRequest;
 use suanli_engine::job::JobId;
 use suanli_engine::policy::evaluate;
@@ -122,7 +122,7 @@ impl Core {
     }
 
     /// The engine's wording for one node's reason.
-    fn node_reason(reason: Reason, request: &Request) -> String {
+    fn node_reason(reason: Refusal, request: &Request) -> String {
         Unplaceable::one_node(reason, request).describe(reason)
     }
 

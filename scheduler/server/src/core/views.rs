@@ -8,7 +8,7 @@ use suanli_engine::job::JobId;
 use suanli_engine::{Cid, JobState};
 
 use super::schedule::Wait;
-use super::{Core, CoreError, Explanation, GpuUsageView, MetricsView, NodeView, reason_key};
+use super::{Core, CoreError, Explanation, GpuUsageView, MetricsView, NodeView};
 use crate::auth::Identity;
 
 impl Core {
@@ -54,7 +54,7 @@ impl Core {
                         u.counts
                             .iter()
                             .map(|(reason, count)| {
-                                (reason_key(*reason), *count, u.describe(*reason))
+                                (reason.key().to_string(), *count, u.describe(*reason))
                             })
                             .collect(),
                         u.nodes,
@@ -64,8 +64,12 @@ impl Core {
                     ) => (
                         counts
                             .iter()
-                            .map(|(reject, count)| {
-                                (reason_key(*reject), *count, reject.describe().to_string())
+                            .map(|(refusal, count)| {
+                                (
+                                    refusal.key().to_string(),
+                                    *count,
+                                    refusal.describe().to_string(),
+                                )
                             })
                             .collect(),
                         self.cluster.len() as u32,

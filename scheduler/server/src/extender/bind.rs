@@ -12,7 +12,7 @@ use super::error::Problem;
 use super::pod::{PodError, PodJob, pod_job};
 use super::request::RequestError;
 use super::wire::{ExtenderBindingArgs, ExtenderBindingResult, json_reply};
-use crate::core::{Command, CoreError};
+use crate::core::CoreError;
 use crate::kubernetes::{KubeApi, KubeError};
 use crate::placement::PodRef;
 
@@ -110,12 +110,7 @@ async fn bind_pod(
     };
     let bound = state
         .core
-        .ask(|reply| Command::BindPod {
-            pod: pod_ref.clone(),
-            spec: Box::new(spec),
-            node: args.node.clone(),
-            reply,
-        })
+        .bind_pod(pod_ref.clone(), spec, args.node.clone())
         .await?;
     let written = async {
         kube.annotate(&pod_ref, &bound).await?;
@@ -133,13 +128,12 @@ async fn bind_pod(
         let refused = BindError::Refused(e);
         let _ = state
             .core
-            .ask(|reply| Command::EndPod {
-                job_id: bound.job_id.clone(),
-                state: JobState::Failed,
-                reason: "bind_failed".into(),
-                message: refused.to_string(),
-                reply,
-            })
+            .end_pod(
+                bound.job_id.clone(),
+                JobState::Failed,
+                "bind_failed".into(),
+                refused.to_string(),
+            )
             .await;
         return Err(refused);
     }

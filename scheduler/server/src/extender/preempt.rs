@@ -13,7 +13,6 @@ use super::request::requested_job;
 use super::wire::{
     ExtenderPreemptionArgs, ExtenderPreemptionResult, MetaPod, MetaVictims, json_reply,
 };
-use crate::core::Command;
 
 pub(super) async fn preempt(state: ExtenderState, body: Bytes) -> Result<Response, Problem> {
     let parsed = ExtenderPreemptionArgs::parse(&body);
@@ -47,14 +46,7 @@ pub(super) async fn preempt(state: ExtenderState, body: Bytes) -> Result<Respons
         .iter()
         .map(|(node, v)| (node.clone(), v.pods.iter().map(|p| p.uid.clone()).collect()))
         .collect();
-    let verdicts = state
-        .core
-        .ask(|reply| Command::PreemptPod {
-            spec: Box::new(job.spec),
-            candidates,
-            reply,
-        })
-        .await?;
+    let verdicts = state.core.preempt_pod(job.spec, candidates).await?;
     let fits: HashMap<String, bool> = verdicts.into_iter().map(|(n, v)| (n, v.is_ok())).collect();
     proposed.retain(|node, _| fits.get(node).copied().unwrap_or(false));
     Ok(json_reply(

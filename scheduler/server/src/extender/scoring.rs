@@ -14,7 +14,7 @@ use super::error::Problem;
 use super::request::{RequestError, requested_job};
 use super::wire::{ExtenderArgs, ExtenderFilterResult, HostPriority, NodeList, json_reply};
 use super::{ExtenderSettings, ExtenderState};
-use crate::core::{Command, CoreError, CoreHandle, NodeVerdict};
+use crate::core::{CoreError, CoreHandle, NodeVerdict};
 
 /// Highest score the extender API allows (`extenderv1.MaxExtenderPriority`).
 pub const MAX_PRIORITY: i64 = 10;
@@ -73,12 +73,7 @@ async fn score(
     spec: JobSpec,
     nodes: Vec<String>,
 ) -> Result<Vec<NodeVerdict>, CoreError> {
-    core.ask(|reply| Command::ScorePod {
-        spec: Box::new(spec),
-        nodes,
-        reply,
-    })
-    .await
+    core.score_pod(spec, nodes).await
 }
 
 pub(super) async fn filter(state: ExtenderState, body: Bytes) -> Result<Response, Problem> {

@@ -14,7 +14,7 @@ use super::{
     MAX_GPUS_PER_POD, MAX_PODS_PER_NODE, MAX_SESSION_ID_LEN, SESSION_BUFFER, Services, convert_err,
     parse_cid, parse_job_id,
 };
-use crate::core::{AgentCommand, Command, RunningReplica};
+use crate::core::{AgentCommand, AgentSession, RunningReplica};
 
 type SchedulerStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
@@ -71,12 +71,7 @@ impl pb::agent_service_server::AgentService for Services {
         let cid = inventory.cid.clone();
         let registration = self
             .core
-            .ask(|reply| Command::Register {
-                inventory: Box::new(inventory),
-                credential: msg.node_credential,
-                by: who,
-                reply,
-            })
+            .register(inventory, msg.node_credential, who)
             .await?;
         Ok(Response::new(pb::RegisterResponse {
             node_cid: cid.to_string(),
@@ -125,16 +120,11 @@ impl pb::agent_service_server::AgentService for Services {
             });
         }
         let (to_agent, from_core) = mpsc::unbounded_channel::<AgentCommand>();
-        let session_id = hello.session_id.clone();
-        self.core
-            .ask(|reply| Command::SessionOpen {
-                node: node.clone(),
-                session_id: session_id.clone(),
-                running,
-                tx: to_agent,
-                reply,
-            })
-            .await?;
+        let session = AgentSession {
+            node: node.clone(),
+            session_id: hello.session_id.clone(),
+        };
+        self.core.open_session(&session, running, to_agent).await?;
         // Bounded: an agent that stops reading cannot make the scheduler buffer without end.
         let (out_tx, out_rx) =
             mpsc::channel::<Result<pb::SchedulerMessage, Status>>(SESSION_BUFFER);
@@ -176,10 +166,7 @@ impl pb::agent_service_server::AgentService for Services {
                         warn!(node = %node, "Ignoring a second hello on one session.");
                     }
                     Msg::Heartbeat(hb) => {
-                        core.send(Command::Heartbeat {
-                            node: node.clone(),
-                            session_id: session_id.clone(),
-                        });
+                        core.heartbeat(&session);
                         let ack = pb::SchedulerMessage {
                             msg: Some(pb::scheduler_message::Msg::HeartbeatAck(pb::HeartbeatAck {
                                 seq: hb.seq,
@@ -196,21 +183,14 @@ impl pb::agent_service_server::AgentService for Services {
                         }
                     }
                     Msg::Telemetry(t) => {
-                        core.send(Command::Heartbeat {
-                            node: node.clone(),
-                            session_id: session_id.clone(),
-                        });
+                        core.heartbeat(&session);
                         if let Ok(mut map) = telemetry.lock() {
                             map.insert(node.clone(), (t, crate::store::now_ms()));
                         }
                     }
                     Msg::Inventory(update) => {
                         match suanli_proto::convert::required_inventory(update.inventory) {
-                            Ok(inventory) => core.send(Command::InventoryUpdate {
-                                node: node.clone(),
-                                session_id: session_id.clone(),
-                                inventory: Box::new(inventory),
-                            }),
+                            Ok(inventory) => core.inventory_update(&session, inventory),
                             Err(e) => {
                                 // The node no longer matches what the scheduler places on:
                                 // end the session, so the agent hears why and the node is not
@@ -232,20 +212,10 @@ impl pb::agent_service_server::AgentService for Services {
                                 (p.namespace, p.name, ids)
                             })
                             .collect();
-                        core.send(Command::PodDevices {
-                            node: node.clone(),
-                            session_id: session_id.clone(),
-                            pods,
-                        });
+                        core.pod_devices(&session, pods);
                     }
                     Msg::Started(s) => match parse_job_id(&s.job_id) {
-                        Ok(job_id) => core.send(Command::WorkStarted {
-                            node: node.clone(),
-                            session_id: session_id.clone(),
-                            job_id,
-                            replica: s.replica,
-                            attempt: s.attempt,
-                        }),
+                        Ok(job_id) => core.work_started(&session, job_id, s.replica, s.attempt),
                         Err(e) => {
                             warn!(node = %node, error = %e.message(), "Bad work-started report.")
                         }
@@ -257,15 +227,14 @@ impl pb::agent_service_server::AgentService for Services {
                             } else {
                                 x.message.chars().take(1024).collect()
                             };
-                            core.send(Command::WorkExited {
-                                node: node.clone(),
-                                session_id: session_id.clone(),
+                            core.work_exited(
+                                &session,
                                 job_id,
-                                replica: x.replica,
-                                attempt: x.attempt,
-                                exit_code: x.exit_code,
+                                x.replica,
+                                x.attempt,
+                                x.exit_code,
                                 message,
-                            });
+                            );
                         }
                         Err(e) => {
                             warn!(node = %node, error = %e.message(), "Bad work-exited report.")
@@ -273,7 +242,7 @@ impl pb::agent_service_server::AgentService for Services {
                     },
                 }
             }
-            core.send(Command::SessionClosed { node, session_id });
+            core.session_closed(session);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }

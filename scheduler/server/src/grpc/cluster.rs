@@ -7,11 +7,11 @@ use tracing::info;
 
 use super::{Services, check_reason, fit_page, node_to_wire, page_size, parse_cid};
 use crate::auth::Identity;
-use crate::core::{Command, NodeView};
+use crate::core::NodeView;
 
 impl Services {
     async fn node_views(&self) -> Result<Vec<NodeView>, Status> {
-        Ok(self.core.ask(|reply| Command::Nodes { reply }).await?)
+        Ok(self.core.nodes().await?)
     }
 
     async fn set_cordon(
@@ -21,15 +21,7 @@ impl Services {
         reason: String,
     ) -> Result<Response<pb::NodeStatus>, Status> {
         let node = parse_cid("cid", cid)?;
-        let view = self
-            .core
-            .ask(|reply| Command::Cordon {
-                node,
-                cordoned,
-                reason,
-                reply,
-            })
-            .await?;
+        let view = self.core.cordon(node, cordoned, reason).await?;
         Ok(Response::new(node_to_wire(&view, &Identity::Admin)))
     }
 
@@ -191,12 +183,7 @@ impl pb::cluster_service_server::ClusterService for Services {
         let reason = check_reason("reason", &msg.reason)?;
         let evicted = self
             .core
-            .ask(|reply| Command::Drain {
-                node: cid.clone(),
-                reason,
-                grace_ms: msg.grace_period_ms,
-                reply,
-            })
+            .drain(cid.clone(), reason, msg.grace_period_ms)
             .await?;
         let view = self.node_view(&cid).await?;
         Ok(Response::new(pb::DrainResponse {
@@ -217,14 +204,7 @@ impl pb::cluster_service_server::ClusterService for Services {
                 "cid: {node} is not a node identifier (provider/region/domain/node)"
             )));
         }
-        let requeued = self
-            .core
-            .ask(|reply| Command::RemoveNode {
-                node: node.clone(),
-                force: msg.force,
-                reply,
-            })
-            .await?;
+        let requeued = self.core.remove_node(node.clone(), msg.force).await?;
         info!(node = %node, force = msg.force, requeued = requeued.len(), "Node removed by an admin.");
         Ok(Response::new(pb::RemoveNodeResponse {
             cid: node.to_string(),

@@ -16,7 +16,6 @@ use super::{
     page_size, parse_job_id,
 };
 use crate::auth::Identity;
-use crate::core::Command;
 use crate::store::{EventRecord, JobFilter, JobRecord, NewJob};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -226,13 +225,7 @@ impl pb::job_service_server::JobService for Services {
             ));
         }
         let request_id = (!msg.request_id.is_empty()).then_some(msg.request_id);
-        let record = self
-            .core
-            .ask(|reply| Command::Submit {
-                job: NewJob { spec, request_id },
-                reply,
-            })
-            .await?;
+        let record = self.core.submit(NewJob { spec, request_id }).await?;
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(job_to_wire(&record)),
         }))
@@ -337,14 +330,7 @@ impl pb::job_service_server::JobService for Services {
         let id = parse_job_id(&msg.id)?;
         let record = self
             .core
-            .ask(|reply| Command::Update {
-                id,
-                by: who,
-                priority: msg.priority,
-                preemptible: msg.preemptible,
-                queue: msg.queue,
-                reply,
-            })
+            .update(id, who, msg.priority, msg.preemptible, msg.queue)
             .await?;
         Ok(Response::new(job_to_wire(&record)))
     }
@@ -357,15 +343,7 @@ impl pb::job_service_server::JobService for Services {
         let msg = request.into_inner();
         let id = parse_job_id(&msg.id)?;
         let reason = check_reason("reason", &msg.reason)?;
-        let record = self
-            .core
-            .ask(|reply| Command::Cancel {
-                id,
-                by: who,
-                reason,
-                reply,
-            })
-            .await?;
+        let record = self.core.cancel(id, who, reason).await?;
         Ok(Response::new(job_to_wire(&record)))
     }
 
@@ -416,14 +394,7 @@ impl pb::job_service_server::JobService for Services {
     ) -> Result<Response<pb::ExplainJobResponse>, Status> {
         let who = self.auth.user(request.metadata())?;
         let id = parse_job_id(&request.get_ref().id)?;
-        let explanation = self
-            .core
-            .ask(|reply| Command::Explain {
-                id: id.clone(),
-                by: who,
-                reply,
-            })
-            .await?;
+        let explanation = self.core.explain(id.clone(), who).await?;
         Ok(Response::new(explanation_to_wire(&id, explanation)))
     }
 }
