@@ -39,6 +39,7 @@ pub mod gpu;
 pub mod inventory;
 pub mod job;
 pub mod links;
+pub mod model;
 pub mod policy;
 pub mod preempt;
 pub mod queue;

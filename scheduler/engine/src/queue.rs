@@ -28,12 +28,12 @@ use crate::cluster::{AllocationId, Cluster, NodeId};
 use crate::domain::DomainCatalog;
 use crate::explain::Unplaceable;
 use crate::gang::{
-    FabricIndex, GangOptions, GangPlacement, GangRequest, GangWait, Hop, ReplicaBound,
-    ReplicaClaim, allocate_gang, place_gang, place_gang_if_fits,
+    GangOptions, GangPlacement, GangRequest, GangWait, Hop, ReplicaBound, ReplicaClaim,
 };
 use crate::gpu::GpuModel;
 use crate::job::{JobId, JobSpec};
 use crate::links::LinkState;
+use crate::model::ClusterModel;
 use crate::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
 use crate::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
 use crate::request::{GpuDemand, RequestError};
@@ -358,10 +358,8 @@ struct Pass {
 /// The queue and the cluster it places into.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
-    cluster: Cluster,
-    links: LinkState,
-    catalog: DomainCatalog,
-    index: FabricIndex,
+    /// The cluster, its links and catalog, and the capacity index, kept in step.
+    model: ClusterModel,
     quotas: Quotas,
     config: QueueConfig,
     pending: BTreeMap<JobId, QueuedJob>,
@@ -383,7 +381,6 @@ impl Scheduler {
         quotas: Quotas,
         config: QueueConfig,
     ) -> Scheduler {
-        let index = FabricIndex::new(&cluster, &links, &catalog);
         let mut models: Vec<GpuModel> = cluster
             .nodes()
             .iter()
@@ -393,10 +390,7 @@ impl Scheduler {
         models.dedup();
         Scheduler {
             models,
-            cluster,
-            links,
-            catalog,
-            index,
+            model: ClusterModel::new(cluster, links, catalog),
             quotas,
             config,
             pending: BTreeMap::new(),
@@ -415,7 +409,7 @@ impl Scheduler {
     }
 
     pub fn cluster(&self) -> &Cluster {
-        &self.cluster
+        self.model.cluster()
     }
 
     pub fn quotas(&self) -> &Quotas {
@@ -445,23 +439,19 @@ impl Scheduler {
     /// Changes the cluster (cordon, health, MIG mode) and re-indexes what changed.
     pub fn update_cluster(&mut self, change: impl FnOnce(&mut Cluster)) {
         self.pass = None;
-        change(&mut self.cluster);
-        self.index.sync(&self.cluster, &self.links);
+        self.model.update(change);
     }
 
     /// Replaces the live link state (from telemetry).
     pub fn set_links(&mut self, links: LinkState) {
         self.pass = None;
-        let plain = self.index.plain_scan();
-        self.links = links;
-        self.index = FabricIndex::new(&self.cluster, &self.links, &self.catalog);
-        self.index.set_plain_scan(plain);
+        self.model.set_links(links);
     }
 
     /// Places with the plain scan over every node instead of the capacity index: slower,
     /// same decisions. The reference the index is checked against.
     pub fn set_plain_scan(&mut self, on: bool) {
-        self.index.set_plain_scan(on);
+        self.model.set_plain_scan(on);
     }
 
     /// Queues a job.
@@ -532,9 +522,7 @@ impl Scheduler {
 
     fn release(&mut self, job: &RunningJob) {
         for id in &job.allocations {
-            if let Ok(alloc) = self.cluster.release(*id) {
-                self.index.refresh(&self.cluster, &self.links, alloc.node);
-            }
+            let _ = self.model.release(*id);
         }
         self.usage
             .remove_in_queue(&job.job.tenant, &job.job.queue, &job.charges);
@@ -542,7 +530,8 @@ impl Scheduler {
 
     /// GPU-milli per model a placement charges.
     fn charges(&self, placement: &GangPlacement) -> Vec<(GpuModel, u64)> {
-        self.cluster
+        self.model
+            .cluster()
             .gpu_milli_by_model(placement.replicas.iter().map(|r| &r.claim))
     }
 
@@ -555,12 +544,9 @@ impl Scheduler {
         borrowed: bool,
         now_s: u64,
     ) -> bool {
-        let Ok(allocations) = allocate_gang(&mut self.cluster, &placement) else {
+        let Ok(allocations) = self.model.allocate_gang(&placement) else {
             return false;
         };
-        for node in placement.nodes() {
-            self.index.refresh(&self.cluster, &self.links, node);
-        }
         self.usage.add_in_queue(&job.tenant, &job.queue, &charges);
         self.running.insert(
             job.id.clone(),
@@ -669,7 +655,7 @@ impl Scheduler {
         };
         if pass.capacity_changed {
             pass.failed.clear();
-            pass.free_gpus = self.index.free_gpus_total();
+            pass.free_gpus = self.model.index().free_gpus_total();
             pass.capacity_changed = false;
         }
         let mut decisions = Vec::new();
@@ -699,7 +685,7 @@ impl Scheduler {
             order: order.into_iter().map(|(_, _, id)| id).collect(),
             reservation: None,
             failed: FailedShapes::default(),
-            free_gpus: self.index.free_gpus_total(),
+            free_gpus: self.model.index().free_gpus_total(),
             capacity_changed: false,
         }
     }
@@ -715,7 +701,7 @@ impl Scheduler {
                 && let Some(mut made) = self.preempt_for(job, now_s, true)
             {
                 pass.failed.clear();
-                pass.free_gpus = self.index.free_gpus_total();
+                pass.free_gpus = self.model.index().free_gpus_total();
                 decisions.append(&mut made);
                 return;
             }
@@ -775,7 +761,7 @@ impl Scheduler {
                             && let Some(mut made) = self.preempt_for(&job, now_s, true)
                         {
                             pass.failed.clear();
-                            pass.free_gpus = self.index.free_gpus_total();
+                            pass.free_gpus = self.model.index().free_gpus_total();
                             decisions.append(&mut made);
                             return;
                         }
@@ -789,7 +775,7 @@ impl Scheduler {
                     && let Some(mut made) = self.preempt_for(&job, now_s, false)
                 {
                     pass.failed.clear();
-                    pass.free_gpus = self.index.free_gpus_total();
+                    pass.free_gpus = self.model.index().free_gpus_total();
                     decisions.append(&mut made);
                     return;
                 }
@@ -799,13 +785,9 @@ impl Scheduler {
                         if !matches!(wait, NoRoom::Gang(GangWait::Network { .. })) =>
                     {
                         // Fits without the pass.reservation? Then the pass.reservation is the reason.
-                        let free = place_gang_if_fits(
-                            &self.cluster,
-                            &self.index,
-                            &self.catalog,
-                            &job.gang,
-                            &GangOptions::default(),
-                        );
+                        let free = self
+                            .model
+                            .place_gang_if_fits(&job.gang, &GangOptions::default());
                         if free.is_some() {
                             WaitReason::Reserved {
                                 holder: r.holder.clone(),
@@ -834,7 +816,7 @@ impl Scheduler {
             && let Some(single) = self.single.as_mut()
         {
             let held = |node: NodeId| avoid.is_some_and(|a| a.get(node.index()) == Some(&true));
-            match single.place(&self.cluster, &job.gang.request) {
+            match single.place(self.model.cluster(), &job.gang.request) {
                 Some(Ok(p)) if !held(p.claim.node) => {
                     return Ok(GangPlacement {
                         group: format!("node {} by {}", p.node_name, single.kind().name()),
@@ -854,14 +836,9 @@ impl Scheduler {
                 _ => {}
             }
         }
-        place_gang(
-            &self.cluster,
-            &self.index,
-            &self.catalog,
-            &job.gang,
-            &GangOptions { avoid },
-        )
-        .map_err(NoRoom::Gang)
+        self.model
+            .place_gang(&job.gang, &GangOptions { avoid })
+            .map_err(NoRoom::Gang)
     }
 
     /// The earliest time `job` fits if running jobs end when their runtime bound says, and the
@@ -885,7 +862,7 @@ impl Scheduler {
             .collect();
         // A trial before enough GPUs could be free cannot succeed: start at the first moment
         // that frees enough, and when none does, skip copying the cluster altogether.
-        let first = match ReplicaBound::new(&self.cluster, &self.index, &job.gang) {
+        let first = match ReplicaBound::new(self.model.cluster(), self.model.index(), &job.gang) {
             Some(mut bound) => {
                 let need = u64::from(job.gang.min_replicas.max(1));
                 let mut first = None;
@@ -893,7 +870,7 @@ impl Scheduler {
                     for (_, r) in moment.iter() {
                         for replica in &r.placement.replicas {
                             let gpus = u32::try_from(replica.claim.gpus.len()).unwrap_or(u32::MAX);
-                            bound.free(&self.cluster, replica.claim.node, gpus);
+                            bound.free(self.model.cluster(), replica.claim.node, gpus);
                         }
                     }
                     if bound.replicas() >= need {
@@ -905,27 +882,18 @@ impl Scheduler {
             }
             None => 0,
         };
-        let mut future = self.cluster.clone();
-        let mut index = self.index.clone();
+        let mut future = self.model.clone();
         for (k, moment) in moments.iter().enumerate() {
             for (_, r) in moment.iter() {
                 for id in &r.allocations {
-                    if let Ok(alloc) = future.release(*id) {
-                        index.refresh(&future, &self.links, alloc.node);
-                    }
+                    let _ = future.release(*id);
                 }
             }
             if k < first {
                 continue;
             }
-            if let Some(p) = place_gang_if_fits(
-                &future,
-                &index,
-                &self.catalog,
-                &job.gang,
-                &GangOptions::default(),
-            ) {
-                let mut nodes = vec![false; self.cluster.len()];
+            if let Some(p) = future.place_gang_if_fits(&job.gang, &GangOptions::default()) {
+                let mut nodes = vec![false; self.model.cluster().len()];
                 for n in p.nodes() {
                     nodes[n.index()] = true;
                 }
@@ -991,13 +959,10 @@ impl Scheduler {
             let victim = self.running.remove(&id).expect("present just above");
             self.release(&victim);
             taken.push((kind, victim));
-            if let Some(p) = place_gang_if_fits(
-                &self.cluster,
-                &self.index,
-                &self.catalog,
-                &job.gang,
-                &GangOptions::default(),
-            ) {
+            if let Some(p) = self
+                .model
+                .place_gang_if_fits(&job.gang, &GangOptions::default())
+            {
                 let charges = self.charges(&p);
                 if let Ok(borrowed) = self.admit(job, &charges) {
                     found = Some((p, charges, borrowed));
@@ -1037,11 +1002,8 @@ impl Scheduler {
     /// Puts released victims back exactly where they were.
     fn restore(&mut self, taken: Vec<(VictimKind, RunningJob)>) {
         for (_, mut victim) in taken.into_iter().rev() {
-            match allocate_gang(&mut self.cluster, &victim.placement) {
+            match self.model.allocate_gang(&victim.placement) {
                 Ok(ids) => {
-                    for node in victim.placement.nodes() {
-                        self.index.refresh(&self.cluster, &self.links, node);
-                    }
                     victim.allocations = ids;
                     self.usage
                         .add_in_queue(&victim.job.tenant, &victim.job.queue, &victim.charges);

@@ -15,8 +15,8 @@ use suanli_engine::cluster::{AllocationId, Cluster, NodeId};
 use suanli_engine::job::JobId;
 
 use suanli_engine::domain::DomainCatalog;
-use suanli_engine::gang::FabricIndex;
 use suanli_engine::links::LinkState;
+use suanli_engine::model::ClusterModel;
 use suanli_engine::policy::PolicyKind;
 use suanli_engine::quota::{Quotas, Usage};
 use suanli_engine::workload::SingleReplicaPolicy;
@@ -697,11 +697,9 @@ struct Core {
     store: Store,
     events: broadcast::Sender<EventRecord>,
     nodes: BTreeMap<Cid, NodeEntry>,
-    cluster: Cluster,
-    /// Link state of the nodes in `cluster`, from their inventories.
-    links: LinkState,
-    /// The gang planner's view of `cluster`; refreshed on every allocation and release.
-    index: FabricIndex,
+    /// The engine's cluster, the links between its GPUs and NICs, and the gang planner's
+    /// capacity index, kept in step on every allocation and release.
+    model: ClusterModel,
     /// Nodes held for the first blocked job, if any.
     reservation: Option<Reservation>,
     /// GPU-milli each tenant's placed jobs hold, per model.
@@ -732,8 +730,7 @@ pub fn start(
         .parse()
         .map_err(|e| CoreError::InvalidArgument(format!("policy {:?}: {e}", config.policy)))?;
     let cluster = Cluster::from_inventories(&[]).expect("an empty cluster is valid");
-    let links = LinkState::new();
-    let index = FabricIndex::new(&cluster, &links, &config.catalog);
+    let model = ClusterModel::new(cluster, LinkState::new(), config.catalog.clone());
     let mut core = Core {
         single: SingleReplicaPolicy::new(policy_kind, config.seed),
         config,
@@ -744,9 +741,7 @@ pub fn start(
         store,
         events: events.clone(),
         nodes: BTreeMap::new(),
-        cluster,
-        links,
-        index,
+        model,
         reservation: None,
         usage: Usage::default(),
         node_ids: HashMap::new(),

@@ -3,9 +3,9 @@
 //! drains.
 
 use suanli_engine::cluster::{Claim, Cluster, GpuGrant, NodeId};
-use suanli_engine::gang::FabricIndex;
 use suanli_engine::job::JobId;
 use suanli_engine::links::LinkState;
+use suanli_engine::model::ClusterModel;
 use suanli_engine::quota::Usage;
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, MigProfile, NodeInventory};
@@ -51,17 +51,17 @@ impl Core {
                 entry.invalid = Some(skip.error.to_string());
             }
         }
-        self.cluster = cluster;
-        self.links = LinkState::from_inventories(&usable, None);
+        let links = LinkState::from_inventories(&usable, None);
+        self.model = ClusterModel::new(cluster, links, self.config.catalog.clone());
         self.usage = Usage::default();
         self.node_ids = self
-            .cluster
+            .model
+            .cluster()
             .nodes()
             .iter()
             .enumerate()
             .filter_map(|(i, n)| n.cid().map(|c| (c.clone(), NodeId(i as u32))))
             .collect();
-        self.index = FabricIndex::new(&self.cluster, &self.links, &self.config.catalog);
         // Node positions may have moved; the next full pass reserves again.
         self.reservation = None;
         // In placement order, so quota borrowing is judged as it was when they were placed.
@@ -111,7 +111,7 @@ impl Core {
             .iter()
             .map(|slot| {
                 let node = *self.node_ids.get(&slot.node)?;
-                let gpus_here = self.cluster.nodes()[node.index()].gpus();
+                let gpus_here = self.model.cluster().nodes()[node.index()].gpus();
                 let gpus = slot
                     .gpus
                     .iter()

@@ -170,11 +170,8 @@ impl Core {
             return;
         };
         for alloc in job.allocations.drain(..) {
-            match self.cluster.release(alloc) {
-                Ok(released) => self
-                    .index
-                    .refresh(&self.cluster, &self.links, released.node),
-                Err(e) => warn!(job = %id, error = %e, "Release of an unknown allocation."),
+            if let Err(e) = self.model.release(alloc) {
+                warn!(job = %id, error = %e, "Release of an unknown allocation.");
             }
         }
         let charges = std::mem::take(&mut job.charges);

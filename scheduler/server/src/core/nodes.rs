@@ -266,12 +266,12 @@ impl Core {
         };
         if let Some(id) = self.node_ids.get(node).copied()
             && self
-                .cluster
+                .model
+                .cluster()
                 .node(id)
                 .is_some_and(|n| n.is_cordoned() == schedulable)
         {
-            let _ = self.cluster.set_cordoned(id, !schedulable);
-            self.index.refresh(&self.cluster, &self.links, id);
+            let _ = self.model.set_cordoned(id, !schedulable);
         }
         if schedulable {
             self.capacity_changed = true;

@@ -102,10 +102,13 @@ impl Core {
         let request = Self::pod_request(spec)?;
         self.ensure_cluster();
         self.policy_for_pod(spec)?;
-        let ids: Vec<Option<NodeId>> = names.iter().map(|n| self.cluster.node_by_name(n)).collect();
+        let ids: Vec<Option<NodeId>> = names
+            .iter()
+            .map(|n| self.model.cluster().node_by_name(n))
+            .collect();
         let known: Vec<NodeId> = ids.iter().flatten().copied().collect();
         let policy = self.single.policy().expect("policy_for_pod built it");
-        let mut verdicts = evaluate(&self.cluster, &request, policy, &known).into_iter();
+        let mut verdicts = evaluate(self.model.cluster(), &request, policy, &known).into_iter();
         let mut out = Vec::with_capacity(names.len());
         for (name, id) in names.iter().zip(ids) {
             let Some(id) = id else {
@@ -133,10 +136,11 @@ impl Core {
             return Ok(());
         }
         let Some(model) = self
-            .cluster
+            .model
+            .cluster()
             .node(id)
             .and_then(|n| n.uniform_model())
-            .map(|m| self.cluster.model(m).clone())
+            .map(|m| self.model.cluster().model(m).clone())
         else {
             return Ok(());
         };
@@ -168,14 +172,15 @@ impl Core {
         let request = Self::pod_request(&spec)?;
         self.ensure_cluster();
         self.policy_for_pod(&spec)?;
-        let Some(id) = self.cluster.node_by_name(node_name) else {
+        let Some(id) = self.model.cluster().node_by_name(node_name) else {
             return Err(CoreError::FailedPrecondition(format!(
                 "pod {pod} cannot go to {node_name}: {}",
                 self.missing_node(node_name)
             )));
         };
         let node_cid = self
-            .cluster
+            .model
+            .cluster()
             .node(id)
             .and_then(|n| n.cid())
             .cloned()
@@ -183,12 +188,12 @@ impl Core {
         let on_node = request.with_allowed(vec![node_cid]);
         let placement = self
             .single
-            .place(&self.cluster, &on_node)
+            .place(self.model.cluster(), &on_node)
             .expect("policy_for_pod built it")
             .map_err(|u| {
                 CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {u}"))
             })?;
-        let charges = self.cluster.gpu_milli_by_model([&placement.claim]);
+        let charges = self.model.cluster().gpu_milli_by_model([&placement.claim]);
         let borrowed = self.admit(&spec, &charges).map_err(|w| {
             CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {w}"))
         })?;
@@ -202,7 +207,7 @@ impl Core {
             pod: Some(pod.clone()),
         };
         stored.replicas[0].started = true;
-        let allocation = self.cluster.allocate(&placement.claim).map_err(|e| {
+        let allocation = self.model.allocate(&placement.claim).map_err(|e| {
             CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {e}"))
         })?;
         let job_id = match self.store_bound_pod(pod, &spec, &stored, node_name) {
@@ -212,8 +217,6 @@ impl Core {
                 return Err(e);
             }
         };
-        self.index
-            .refresh(&self.cluster, &self.links, placement.claim.node);
         self.usage.add_in_queue(&spec.tenant, &spec.queue, &charges);
         self.remember(&spec);
         let created_ms = stored.placed_ms;
@@ -380,7 +383,7 @@ impl Core {
             .collect();
         let mut out = Vec::with_capacity(candidates.len());
         for (name, victim_uids) in candidates {
-            let Some(id) = self.cluster.node_by_name(name) else {
+            let Some(id) = self.model.cluster().node_by_name(name) else {
                 out.push((name.clone(), Err(self.missing_node(name))));
                 continue;
             };
@@ -392,7 +395,7 @@ impl Core {
                 self.release_resources(victim);
             }
             let policy = self.single.policy().expect("policy_for_pod built it");
-            let verdict = match evaluate(&self.cluster, &request, policy, &[id]).remove(0) {
+            let verdict = match evaluate(self.model.cluster(), &request, policy, &[id]).remove(0) {
                 Ok(points) => self.pod_quota(spec, &request, id).map(|()| points),
                 Err(reason) => Err(Self::node_reason(reason, &request)),
             };
@@ -428,7 +431,7 @@ impl Core {
         let Some(&node_id) = self.node_ids.get(node) else {
             return;
         };
-        let gpus_here: Vec<(String, u64)> = self.cluster.nodes()[node_id.index()]
+        let gpus_here: Vec<(String, u64)> = self.model.cluster().nodes()[node_id.index()]
             .gpus()
             .iter()
             .map(|g| (g.uuid.clone(), g.memory_mib))
@@ -548,7 +551,7 @@ impl Core {
                 .collect(),
             affinity: Request::from_job(&job.spec).ok().and_then(|r| r.affinity()),
         };
-        let allocation = match self.cluster.allocate(&claim) {
+        let allocation = match self.model.allocate(&claim) {
             Ok(a) => a,
             Err(e) => {
                 warn!(job = %id, error = %e, "Could not hold the GPUs kubelet gave the pod; keeping the old placement.");
@@ -558,8 +561,7 @@ impl Core {
                 return;
             }
         };
-        self.index.refresh(&self.cluster, &self.links, node);
-        let charges = self.cluster.gpu_milli_by_model([&claim]);
+        let charges = self.model.cluster().gpu_milli_by_model([&claim]);
         let mut slot = self.slot_for(0, &claim, Vec::new());
         slot.started = true;
         let Some(job) = self.jobs.get_mut(id) else {

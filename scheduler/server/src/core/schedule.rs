@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use suanli_engine::cluster::{AllocationId, Claim};
 use suanli_engine::explain::Unplaceable;
-use suanli_engine::gang::{GangOptions, GangPlacement, GangRequest, GangWait, place_gang};
+use suanli_engine::gang::{GangOptions, GangPlacement, GangRequest, GangWait};
 use suanli_engine::job::JobId;
 use suanli_engine::policy::ScoreBreakdown;
 use suanli_engine::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
@@ -229,7 +229,8 @@ impl Core {
             }
         };
         let charges = self
-            .cluster
+            .model
+            .cluster()
             .gpu_milli_by_model(claims.iter().map(|(claim, _)| claim));
         let borrowed = match self.admit(&spec, &charges) {
             Ok(borrowed) => borrowed,
@@ -241,7 +242,7 @@ impl Core {
         };
         let mut allocations = Vec::with_capacity(claims.len());
         for (claim, _) in &claims {
-            match self.cluster.allocate(claim) {
+            match self.model.allocate(claim) {
                 Ok(alloc) => allocations.push(alloc),
                 Err(e) => {
                     warn!(job = %id, error = %e, "Engine placement did not fit.");
@@ -250,9 +251,6 @@ impl Core {
                     return Ok(false);
                 }
             }
-        }
-        for (claim, _) in &claims {
-            self.index.refresh(&self.cluster, &self.links, claim.node);
         }
         let attempt = self.jobs.get(id).map_or(1, |j| j.attempts + 1);
         let slots = claims
@@ -363,7 +361,8 @@ impl Core {
             }
         };
         let charges = self
-            .cluster
+            .model
+            .cluster()
             .gpu_milli_by_model(plan.replicas.iter().map(|(claim, _)| claim));
         match self.admit(spec, &charges) {
             Ok(_) => Ok(Some((plan, Vec::new()))),
@@ -438,7 +437,8 @@ impl Core {
             taken.push((kind, victim));
             if let Ok(Some(plan)) = self.plan(gang, avoid) {
                 let charges = self
-                    .cluster
+                    .model
+                    .cluster()
                     .gpu_milli_by_model(plan.replicas.iter().map(|(claim, _)| claim));
                 if self.admit(spec, &charges).is_ok() {
                     return Some((plan, taken));
@@ -470,17 +470,16 @@ impl Core {
         let claims = self
             .claims_of(id)
             .ok_or_else(|| "a node or GPU of its placement is gone".to_string())?;
-        let charges = self.cluster.gpu_milli_by_model(claims.iter());
+        let charges = self.model.cluster().gpu_milli_by_model(claims.iter());
         let mut allocations = Vec::with_capacity(claims.len());
         for claim in &claims {
-            match self.cluster.allocate(claim) {
+            match self.model.allocate(claim) {
                 Ok(a) => allocations.push(a),
                 Err(e) => {
                     self.release_allocations(&allocations);
                     return Err(e.to_string());
                 }
             }
-            self.index.refresh(&self.cluster, &self.links, claim.node);
         }
         let Some(job) = self.jobs.get_mut(id) else {
             self.release_allocations(&allocations);
@@ -623,8 +622,7 @@ impl Core {
             .collect();
         holders.sort();
         let mut start_ms = Some(self.now_ms());
-        let mut future = self.cluster.clone();
-        let mut index = self.index.clone();
+        let mut future = self.model.clone();
         let chunk = holders.len().div_ceil(RESERVATION_TRIALS).max(1);
         for batch in holders.chunks(chunk) {
             for (unlimited, end, _, allocations) in batch {
@@ -633,19 +631,11 @@ impl Core {
                     _ => None,
                 };
                 for alloc in *allocations {
-                    if let Ok(released) = future.release(*alloc) {
-                        index.refresh(&future, &self.links, released.node);
-                    }
+                    let _ = future.release(*alloc);
                 }
             }
-            if let Ok(p) = place_gang(
-                &future,
-                &index,
-                &self.config.catalog,
-                gang,
-                &GangOptions::default(),
-            ) {
-                let mut nodes = vec![false; self.cluster.len()];
+            if let Ok(p) = future.place_gang(gang, &GangOptions::default()) {
+                let mut nodes = vec![false; self.model.cluster().len()];
                 for node in p.nodes() {
                     nodes[node.index()] = true;
                 }
@@ -658,7 +648,7 @@ impl Core {
     /// One replica by the configured policy: its claim and score, or why it fits nowhere.
     /// `Ok(None)` while the policy cannot be built yet (FGD before any workload is known).
     pub(super) fn plan_single(&mut self, request: &Request) -> Result<Option<Plan>, Wait> {
-        match self.single.place(&self.cluster, request) {
+        match self.single.place(self.model.cluster(), request) {
             None => Ok(None),
             Some(Ok(placement)) => Ok(Some(Plan {
                 replicas: vec![(placement.claim, score_items(&placement.breakdown))],
@@ -676,14 +666,10 @@ impl Core {
         gang: &GangRequest,
         avoid: Option<&[bool]>,
     ) -> Result<Option<Plan>, Wait> {
-        let placement = place_gang(
-            &self.cluster,
-            &self.index,
-            &self.config.catalog,
-            gang,
-            &GangOptions { avoid },
-        )
-        .map_err(Wait::Gang)?;
+        let placement = self
+            .model
+            .place_gang(gang, &GangOptions { avoid })
+            .map_err(Wait::Gang)?;
         Ok(Some(Plan {
             score: gang_score_items(&placement),
             replicas: placement
@@ -697,10 +683,7 @@ impl Core {
 
     pub(super) fn release_allocations(&mut self, allocations: &[AllocationId]) {
         for alloc in allocations {
-            if let Ok(released) = self.cluster.release(*alloc) {
-                self.index
-                    .refresh(&self.cluster, &self.links, released.node);
-            }
+            let _ = self.model.release(*alloc);
         }
     }
 
@@ -725,7 +708,7 @@ impl Core {
         claim: &Claim,
         score: Vec<ScoreItem>,
     ) -> ReplicaSlot {
-        let node = &self.cluster.nodes()[claim.node.index()];
+        let node = &self.model.cluster().nodes()[claim.node.index()];
         let node_cid = node
             .cid()
             .cloned()

@@ -44,7 +44,7 @@ impl Core {
                         .join(", ")
                 ),
                 reasons: Vec::new(),
-                nodes_considered: self.cluster.len() as u32,
+                nodes_considered: self.model.cluster().len() as u32,
                 queue_reason: String::new(),
                 placement: Some(p.clone()),
             }),
@@ -72,10 +72,10 @@ impl Core {
                                 )
                             })
                             .collect(),
-                        self.cluster.len() as u32,
+                        self.model.cluster().len() as u32,
                     ),
                     Wait::Gang(_) | Wait::Quota(_) | Wait::Reserved { .. } => {
-                        (Vec::new(), self.cluster.len() as u32)
+                        (Vec::new(), self.model.cluster().len() as u32)
                     }
                 };
                 Ok(Explanation {
@@ -92,13 +92,13 @@ impl Core {
             }
             (None, None) => Ok(Explanation {
                 state: job.state,
-                summary: if self.cluster.is_empty() {
+                summary: if self.model.cluster().is_empty() {
                     "waiting: no nodes have registered".to_string()
                 } else {
                     "waiting for its first scheduling pass".to_string()
                 },
                 reasons: Vec::new(),
-                nodes_considered: self.cluster.len() as u32,
+                nodes_considered: self.model.cluster().len() as u32,
                 queue_reason: String::new(),
                 placement: None,
             }),
@@ -122,7 +122,10 @@ impl Core {
         self.nodes
             .iter()
             .map(|(cid, entry)| {
-                let engine_node = self.node_ids.get(cid).and_then(|id| self.cluster.node(*id));
+                let engine_node = self
+                    .node_ids
+                    .get(cid)
+                    .and_then(|id| self.model.cluster().node(*id));
                 let gpus = entry
                     .inventory
                     .gpus
@@ -180,9 +183,9 @@ impl Core {
         for (state, count) in self.store.job_counts()? {
             view.jobs_by_state.insert(state.as_str().to_string(), count);
         }
-        for node in self.cluster.nodes() {
+        for node in self.model.cluster().nodes() {
             for gpu in node.gpus() {
-                let model = self.cluster.model(gpu.model).to_string();
+                let model = self.model.cluster().model(gpu.model).to_string();
                 let entry = view.gpu_milli_by_model.entry(model).or_default();
                 entry.0 += u64::from(gpu.milli_used());
                 entry.1 += 1000;
