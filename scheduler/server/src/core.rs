@@ -95,18 +95,55 @@ pub struct RunningReplica {
     pub replica: u32,
 }
 
+/// Why the core refused or could not do what it was asked. The text is what callers see;
+/// `grpc.rs` decides the status code each one answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
+    /// No such job, or one the caller may not see.
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("job {id} already {state}")]
+    JobEnded { id: JobId, state: JobState },
+    #[error("node {0} not found")]
+    NodeNotFound(Cid),
+    #[error("node {0} is not registered")]
+    NodeNotRegistered(Cid),
+    /// A bad value in a node's inventory, named by its field.
+    #[error("inventory.{0}")]
+    InvalidInventory(String),
+    #[error("node name {name:?} is already registered as {other}; node names must be unique")]
+    NodeNameTaken { name: String, other: Cid },
+    #[error(
+        "node {0} is held by a connected agent; a second agent cannot register it without the \
+         node credential"
+    )]
+    NodeHeld(Cid),
+    #[error(
+        "node {0} is already registered: present its node credential (kept in the agent's data \
+         directory), or have an admin remove the node (`suanli node remove {0}`)"
+    )]
+    CredentialRequired(Cid),
+    #[error("session {session} of node {node} is unknown; register again")]
+    UnknownSession { node: Cid, session: String },
+    #[error("session {session} of node {node} is already open")]
+    SessionAlreadyOpen { node: Cid, session: String },
+    #[error("job {0} holds no placement")]
+    NoPlacement(JobId),
+    #[error("job {0} is not a live pod's job")]
+    NotAPodJob(JobId),
+    /// A pod cannot be bound to the node kube-scheduler chose.
+    #[error("pod {pod} cannot go to {node}: {why}")]
+    PodRefused {
+        pod: String,
+        node: String,
+        why: String,
+    },
+    /// Other bad input, with the field it is about.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Other requests the current state does not allow.
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("{0}")]
-    PermissionDenied(String),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("the scheduler core has stopped")]

@@ -28,12 +28,25 @@ mod jobs;
 /// How a core refusal reads on the wire.
 impl From<CoreError> for tonic::Status {
     fn from(e: CoreError) -> Self {
+        let message = e.to_string();
         match e {
-            CoreError::NotFound(m) => tonic::Status::not_found(m),
-            CoreError::AlreadyExists(m) => tonic::Status::already_exists(m),
-            CoreError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            CoreError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
-            CoreError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            CoreError::JobNotFound(_)
+            | CoreError::NodeNotFound(_)
+            | CoreError::NodeNotRegistered(_)
+            | CoreError::UnknownSession { .. }
+            | CoreError::NoPlacement(_)
+            | CoreError::NotAPodJob(_) => tonic::Status::not_found(message),
+            CoreError::NodeHeld(_) | CoreError::SessionAlreadyOpen { .. } => {
+                tonic::Status::already_exists(message)
+            }
+            CoreError::CredentialRequired(_) => tonic::Status::permission_denied(message),
+            CoreError::InvalidInventory(_) | CoreError::InvalidArgument(_) => {
+                tonic::Status::invalid_argument(message)
+            }
+            CoreError::JobEnded { .. }
+            | CoreError::NodeNameTaken { .. }
+            | CoreError::PodRefused { .. }
+            | CoreError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             CoreError::Store(StoreError::JobNotFound(id)) => {
                 tonic::Status::not_found(format!("job {id} not found"))
             }

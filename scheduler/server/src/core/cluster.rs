@@ -154,7 +154,7 @@ impl Core {
     ) -> Result<NodeView, CoreError> {
         self.ensure_cluster();
         let Some(entry) = self.nodes.get_mut(node) else {
-            return Err(CoreError::NotFound(format!("node {node} not found")));
+            return Err(CoreError::NodeNotFound(node.clone()));
         };
         let reason = if cordoned { reason } else { "" };
         self.store
@@ -170,7 +170,7 @@ impl Core {
         self.node_views()
             .into_iter()
             .find(|v| &v.inventory.cid == node)
-            .ok_or_else(|| CoreError::NotFound(format!("node {node} not found")))
+            .ok_or_else(|| CoreError::NodeNotFound(node.clone()))
     }
 
     pub(super) fn drain(

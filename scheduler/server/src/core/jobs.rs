@@ -14,7 +14,7 @@ use crate::store::{JobRecord, StoreError};
 
 impl Core {
     pub(super) fn visible(&self, id: &JobId, by: &Identity) -> Result<&LiveJob, CoreError> {
-        let not_found = || CoreError::NotFound(format!("job {id} not found"));
+        let not_found = || CoreError::JobNotFound(id.clone());
         let job = self.jobs.get(id).ok_or_else(not_found)?;
         match by.tenant_scope() {
             Some(tenant) if tenant != job.spec.tenant => Err(not_found()),
@@ -32,13 +32,13 @@ impl Core {
         if let Some(tenant) = by.tenant_scope()
             && tenant != stored.spec.tenant
         {
-            return Err(CoreError::NotFound(format!("job {id} not found")));
+            return Err(CoreError::JobNotFound(id.clone()));
         }
         if stored.state.is_terminal() {
-            return Err(CoreError::FailedPrecondition(format!(
-                "job {id} already {}",
-                stored.state
-            )));
+            return Err(CoreError::JobEnded {
+                id: id.clone(),
+                state: stored.state,
+            });
         }
         if let Some(pod) = self.pod_of(id) {
             return Err(CoreError::FailedPrecondition(format!(

@@ -39,7 +39,7 @@ impl Core {
     ) -> Result<Registration, CoreError> {
         inventory
             .validate()
-            .map_err(|e| CoreError::InvalidArgument(format!("inventory.{e}")))?;
+            .map_err(|e| CoreError::InvalidInventory(e.to_string()))?;
         let cid = inventory.cid.clone();
         let name = inventory.node_name().to_string();
         if let Some(other) = self
@@ -47,9 +47,10 @@ impl Core {
             .keys()
             .find(|c| *c != &cid && c.node_name() == Some(name.as_str()))
         {
-            return Err(CoreError::FailedPrecondition(format!(
-                "node name {name:?} is already registered as {other}; node names must be unique"
-            )));
+            return Err(CoreError::NodeNameTaken {
+                name,
+                other: other.clone(),
+            });
         }
         let issue = match self.nodes.get(&cid) {
             None => true,
@@ -57,19 +58,12 @@ impl Core {
                 Some(hash) if credential::matches(presented, hash) => false,
                 _ if *by == Identity::Admin => true,
                 _ if entry.session.is_some() => {
-                    return Err(CoreError::AlreadyExists(format!(
-                        "node {cid} is held by a connected agent; a second agent cannot \
-                         register it without the node credential"
-                    )));
+                    return Err(CoreError::NodeHeld(cid));
                 }
                 // Registered before node credentials existed: the first agent back claims it.
                 None => true,
                 Some(_) => {
-                    return Err(CoreError::PermissionDenied(format!(
-                        "node {cid} is already registered: present its node credential (kept \
-                         in the agent's data directory), or have an admin remove the node \
-                         (`suanli node remove {cid}`)"
-                    )));
+                    return Err(CoreError::CredentialRequired(cid));
                 }
             },
         };
@@ -134,14 +128,16 @@ impl Core {
             .filter(|e| e.issued.as_deref() == Some(session_id.as_str()))
         else {
             // Unknown node, or a session from before a scheduler restart.
-            return Err(CoreError::NotFound(format!(
-                "session {session_id} of node {node} is unknown; register again"
-            )));
+            return Err(CoreError::UnknownSession {
+                node: node.clone(),
+                session: session_id,
+            });
         };
         if entry.holds_session(&session_id) {
-            return Err(CoreError::AlreadyExists(format!(
-                "session {session_id} of node {node} is already open"
-            )));
+            return Err(CoreError::SessionAlreadyOpen {
+                node: node.clone(),
+                session: session_id,
+            });
         }
         entry.session = Some((session_id, tx));
         entry.last_seen = now;
@@ -229,11 +225,9 @@ impl Core {
         }
         inventory
             .validate()
-            .map_err(|e| CoreError::InvalidArgument(format!("inventory.{e}")))?;
+            .map_err(|e| CoreError::InvalidInventory(e.to_string()))?;
         let Some(entry) = self.nodes.get_mut(node) else {
-            return Err(CoreError::NotFound(format!(
-                "node {node} is not registered"
-            )));
+            return Err(CoreError::NodeNotRegistered(node.clone()));
         };
         if inventory.generation <= entry.inventory.generation && inventory == entry.inventory {
             return Ok(());
@@ -292,7 +286,7 @@ impl Core {
     pub(super) fn remove_node(&mut self, node: &Cid, force: bool) -> Result<Vec<JobId>, CoreError> {
         self.ensure_cluster();
         let Some(entry) = self.nodes.get(node) else {
-            return Err(CoreError::NotFound(format!("node {node} not found")));
+            return Err(CoreError::NodeNotFound(node.clone()));
         };
         let connected = entry.session.is_some();
         let mut bound: Vec<JobId> = self

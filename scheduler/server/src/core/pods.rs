@@ -173,10 +173,11 @@ impl Core {
         self.ensure_cluster();
         self.policy_for_pod(&spec)?;
         let Some(id) = self.model.cluster().node_by_name(node_name) else {
-            return Err(CoreError::FailedPrecondition(format!(
-                "pod {pod} cannot go to {node_name}: {}",
-                self.missing_node(node_name)
-            )));
+            return Err(CoreError::PodRefused {
+                pod: pod.to_string(),
+                node: node_name.to_string(),
+                why: self.missing_node(node_name),
+            });
         };
         let node_cid = self
             .model
@@ -190,13 +191,19 @@ impl Core {
             .single
             .place(self.model.cluster(), &on_node)
             .expect("policy_for_pod built it")
-            .map_err(|u| {
-                CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {u}"))
+            .map_err(|u| CoreError::PodRefused {
+                pod: pod.to_string(),
+                node: node_name.to_string(),
+                why: u.to_string(),
             })?;
         let charges = self.model.cluster().gpu_milli_by_model([&placement.claim]);
-        let borrowed = self.admit(&spec, &charges).map_err(|w| {
-            CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {w}"))
-        })?;
+        let borrowed = self
+            .admit(&spec, &charges)
+            .map_err(|w| CoreError::PodRefused {
+                pod: pod.to_string(),
+                node: node_name.to_string(),
+                why: w.to_string(),
+            })?;
         let slot = self.slot_for(0, &placement.claim, Vec::new());
         let mut stored = StoredPlacement {
             policy: "kubernetes".to_string(),
@@ -207,9 +214,14 @@ impl Core {
             pod: Some(pod.clone()),
         };
         stored.replicas[0].started = true;
-        let allocation = self.model.allocate(&placement.claim).map_err(|e| {
-            CoreError::FailedPrecondition(format!("pod {pod} cannot go to {node_name}: {e}"))
-        })?;
+        let allocation =
+            self.model
+                .allocate(&placement.claim)
+                .map_err(|e| CoreError::PodRefused {
+                    pod: pod.to_string(),
+                    node: node_name.to_string(),
+                    why: e.to_string(),
+                })?;
         let job_id = match self.store_bound_pod(pod, &spec, &stored, node_name) {
             Ok(id) => id,
             Err(e) => {
@@ -303,11 +315,11 @@ impl Core {
             .jobs
             .get(id)
             .and_then(|j| j.placement.as_ref())
-            .ok_or_else(|| CoreError::NotFound(format!("job {id} holds no placement")))?;
+            .ok_or_else(|| CoreError::NoPlacement(id.clone()))?;
         let slot = placement
             .replicas
             .first()
-            .ok_or_else(|| CoreError::NotFound(format!("job {id} holds no placement")))?;
+            .ok_or_else(|| CoreError::NoPlacement(id.clone()))?;
         if slot.node.node_name() != Some(node_name) {
             return Err(CoreError::FailedPrecondition(format!(
                 "the pod is already bound to {} as job {id}",
@@ -331,9 +343,7 @@ impl Core {
         message: &str,
     ) -> Result<(), CoreError> {
         if self.pod_of(id).is_none() {
-            return Err(CoreError::NotFound(format!(
-                "job {id} is not a live pod's job"
-            )));
+            return Err(CoreError::NotAPodJob(id.clone()));
         }
         if !state.is_terminal() {
             return Err(CoreError::InvalidArgument(format!(

@@ -18,7 +18,7 @@ impl Core {
             Err(_) => {
                 let stored = self.store.job(id)?;
                 if by.tenant_scope().is_some_and(|t| t != stored.spec.tenant) {
-                    return Err(CoreError::NotFound(format!("job {id} not found")));
+                    return Err(CoreError::JobNotFound(id.clone()));
                 }
                 return Ok(Explanation {
                     state: stored.state,
