@@ -7,17 +7,16 @@
 //!
 //! `cargo bench -p suanli-scheduler --bench load` (sizes: SUANLI_LOAD_NODES, _JOBS, _CLIENTS).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use suanli_engine::inventory::{
-    FabricPosition, GpuInfo, Health, MigState, NodeInventory, NvmlStatus, PcieLink, Versions,
-};
+use suanli_engine::JobSpec;
+use suanli_engine::inventory::NodeInventory;
 use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
-use suanli_engine::{GpuModel, JobSpec};
+use suanli_engine::testing::H100Node;
 use suanli_proto::pb;
 use suanli_proto::pb::agent_service_client::AgentServiceClient;
 use suanli_proto::pb::job_service_client::JobServiceClient;
@@ -33,47 +32,18 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Node `i`: 8 × H100 under leaf `i / 32` and spine `i / 512`, sized like an HGX host
+/// (192 cores, 2 TiB, two NUMA nodes).
 fn inventory(i: usize) -> NodeInventory {
     let node = format!("node-{i:05}");
-    NodeInventory {
-        cid: format!("cid:bench/r1/d1/{node}")
-            .parse()
-            .expect("valid cid"),
-        generation: 1,
-        fabric: FabricPosition {
-            leaf: format!("leaf-{}", i / 32),
-            spine: format!("spine-{}", i / 512),
-        },
-        cpu_milli: 192_000,
-        memory_mib: 2 * 1024 * 1024,
-        numa_nodes: 2,
-        versions: Versions::default(),
-        nvml: NvmlStatus::default(),
-        gpus: (0..8)
-            .map(|g| GpuInfo {
-                uuid: format!("GPU-{i:05}-{g}"),
-                index: g,
-                product: "NVIDIA H100 80GB HBM3".into(),
-                model: GpuModel::from_product_name("NVIDIA H100 80GB HBM3"),
-                architecture: "Hopper".into(),
-                compute_capability: "9.0".into(),
-                memory_mib: 81_559,
-                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + g),
-                numa_node: Some((g / 4) as i32),
-                pcie: PcieLink {
-                    generation: 5,
-                    width: 16,
-                },
-                mig: MigState::default(),
-                nvlinks: vec![],
-                health: Health::Healthy,
-            })
-            .collect(),
-        nics: vec![],
-        gpu_pairs: vec![],
-        gpu_nic_pairs: vec![],
-        labels: BTreeMap::new(),
-    }
+    let mut inv = H100Node::new(&node, 8)
+        .fabric(&format!("leaf-{}", i / 32), &format!("spine-{}", i / 512))
+        .build();
+    inv.cid = format!("cid:bench/r1/d1/{node}").parse().expect("valid cid");
+    inv.cpu_milli = 192_000;
+    inv.memory_mib = 2 * 1024 * 1024;
+    inv.numa_nodes = 2;
+    inv
 }
 
 /// A mixed workload: one in a hundred jobs is a training gang of 4 × 2 whole GPUs (through
