@@ -39,7 +39,9 @@ fn inventory(i: usize) -> NodeInventory {
     let mut inv = H100Node::new(&node, 8)
         .fabric(&format!("leaf-{}", i / 32), &format!("spine-{}", i / 512))
         .build();
-    inv.cid = format!("cid:bench/r1/d1/{node}").parse().expect("valid cid");
+    inv.cid = format!("cid:bench/r1/d1/{node}")
+        .parse()
+        .expect("valid cid");
     inv.cpu_milli = 192_000;
     inv.memory_mib = 2 * 1024 * 1024;
     inv.numa_nodes = 2;
