@@ -182,12 +182,22 @@ pub struct NodeView {
     pub gpus: Vec<GpuUsageView>,
 }
 
+/// How many nodes refused a pending job for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalCount {
+    /// The refusal's stable key on the wire (`fewer_free_gpus`).
+    pub key: &'static str,
+    pub nodes: u32,
+    /// The engine's words for it, with the request's numbers where it has them.
+    pub message: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Explanation {
     pub state: JobState,
     pub summary: String,
-    /// Per-reason node counts for a pending job: (reason key, node count, message).
-    pub reasons: Vec<(String, u32, String)>,
+    /// How many nodes refused a pending job, by refusal.
+    pub reasons: Vec<RefusalCount>,
     pub nodes_considered: u32,
     /// A cause above the nodes (quota), when that is what holds the job.
     pub queue_reason: String,

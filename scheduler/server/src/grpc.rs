@@ -335,10 +335,10 @@ fn explanation_to_wire(id: &JobId, e: Explanation) -> pb::ExplainJobResponse {
                 reasons: e
                     .reasons
                     .iter()
-                    .map(|(reason, count, message)| pb::ReasonCount {
-                        reason: reason.clone(),
-                        node_count: *count,
-                        message: message.clone(),
+                    .map(|r| pb::ReasonCount {
+                        reason: r.key.to_string(),
+                        node_count: r.nodes,
+                        message: r.message.clone(),
                     })
                     .collect(),
                 queue_reason: e.queue_reason,

@@ -25,9 +25,23 @@ use crate::store::NewJob;
 /// Prefix of the idempotency key a pod's job is stored under: one job per pod UID.
 const POD_REQUEST_PREFIX: &str = "k8s-pod:";
 
-/// One candidate node's answer for a pod: the policy's points (higher is better), or why
-/// the node cannot take it.
-pub type NodeVerdict = (String, Result<i64, String>);
+/// One candidate node's answer for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeVerdict {
+    /// The node, by name as kube-scheduler gave it.
+    pub node: String,
+    /// The policy's points (higher is better), or why the node cannot take the pod.
+    pub points: Result<i64, String>,
+}
+
+impl NodeVerdict {
+    pub fn new(node: &str, points: Result<i64, String>) -> NodeVerdict {
+        NodeVerdict {
+            node: node.to_string(),
+            points,
+        }
+    }
+}
 
 /// What a bound pod holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,14 +126,14 @@ impl Core {
         let mut out = Vec::with_capacity(names.len());
         for (name, id) in names.iter().zip(ids) {
             let Some(id) = id else {
-                out.push((name.clone(), Err(self.missing_node(name))));
+                out.push(NodeVerdict::new(name, Err(self.missing_node(name))));
                 continue;
             };
             let verdict = match verdicts.next().expect("one verdict per known node") {
                 Ok(points) => self.pod_quota(spec, &request, id).map(|()| points),
                 Err(reason) => Err(Self::node_reason(reason, &request)),
             };
-            out.push((name.clone(), verdict));
+            out.push(NodeVerdict::new(name, verdict));
         }
         Ok(out)
     }
@@ -394,7 +408,7 @@ impl Core {
         let mut out = Vec::with_capacity(candidates.len());
         for (name, victim_uids) in candidates {
             let Some(id) = self.model.cluster().node_by_name(name) else {
-                out.push((name.clone(), Err(self.missing_node(name))));
+                out.push(NodeVerdict::new(name, Err(self.missing_node(name))));
                 continue;
             };
             let victims: Vec<JobId> = victim_uids
@@ -422,7 +436,7 @@ impl Core {
                     );
                 }
             }
-            out.push((name.clone(), verdict));
+            out.push(NodeVerdict::new(name, verdict));
         }
         Ok(out)
     }

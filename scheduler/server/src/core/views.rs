@@ -8,7 +8,7 @@ use suanli_engine::job::JobId;
 use suanli_engine::{Cid, JobState};
 
 use super::schedule::Wait;
-use super::{Core, CoreError, Explanation, GpuUsageView, MetricsView, NodeView};
+use super::{Core, CoreError, Explanation, GpuUsageView, MetricsView, NodeView, RefusalCount};
 use crate::auth::Identity;
 
 impl Core {
@@ -53,8 +53,10 @@ impl Core {
                     Wait::Policy(u) => (
                         u.counts
                             .iter()
-                            .map(|(reason, count)| {
-                                (reason.key().to_string(), *count, u.describe(*reason))
+                            .map(|(refusal, count)| RefusalCount {
+                                key: refusal.key(),
+                                nodes: *count,
+                                message: u.describe(*refusal),
                             })
                             .collect(),
                         u.nodes,
@@ -64,12 +66,10 @@ impl Core {
                     ) => (
                         counts
                             .iter()
-                            .map(|(refusal, count)| {
-                                (
-                                    refusal.key().to_string(),
-                                    *count,
-                                    refusal.describe().to_string(),
-                                )
+                            .map(|(refusal, count)| RefusalCount {
+                                key: refusal.key(),
+                                nodes: *count,
+                                message: refusal.describe().to_string(),
                             })
                             .collect(),
                         self.model.cluster().len() as u32,

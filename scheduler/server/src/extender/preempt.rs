@@ -47,7 +47,10 @@ pub(super) async fn preempt(state: ExtenderState, body: Bytes) -> Result<Respons
         .map(|(node, v)| (node.clone(), v.pods.iter().map(|p| p.uid.clone()).collect()))
         .collect();
     let verdicts = state.core.preempt_pod(job.spec, candidates).await?;
-    let fits: HashMap<String, bool> = verdicts.into_iter().map(|(n, v)| (n, v.is_ok())).collect();
+    let fits: HashMap<String, bool> = verdicts
+        .into_iter()
+        .map(|v| (v.node, v.points.is_ok()))
+        .collect();
     proposed.retain(|node, _| fits.get(node).copied().unwrap_or(false));
     Ok(json_reply(
         StatusCode::OK,

@@ -82,20 +82,21 @@ pub(super) async fn filter(state: ExtenderState, body: Bytes) -> Result<Response
     drop(body);
     let ScoringRequest { args, names, job } = parsed?;
     let verdicts = match job {
-        None => names.iter().map(|n| (n.clone(), Ok(0))).collect(),
+        None => names.iter().map(|n| NodeVerdict::new(n, Ok(0))).collect(),
         Some(spec) => score(&state.core, spec, names.clone()).await?,
     };
     let passing: HashSet<&str> = verdicts
         .iter()
-        .filter(|(_, v)| v.is_ok())
-        .map(|(n, _)| n.as_str())
+        .filter(|v| v.points.is_ok())
+        .map(|v| v.node.as_str())
         .collect();
     let failed_nodes = verdicts
         .iter()
-        .filter_map(|(n, v)| {
-            v.as_ref()
+        .filter_map(|v| {
+            v.points
+                .as_ref()
                 .err()
-                .map(|e| (n.clone(), format!("suanli: {e}")))
+                .map(|e| (v.node.clone(), format!("suanli: {e}")))
         })
         .collect();
     let by_name = args.node_names.is_some();
@@ -144,7 +145,7 @@ pub(super) async fn prioritize(state: ExtenderState, body: Bytes) -> Result<Resp
 pub fn scale_scores(verdicts: &[NodeVerdict]) -> Vec<HostPriority> {
     let points: Vec<i64> = verdicts
         .iter()
-        .filter_map(|(_, v)| v.as_ref().ok().copied())
+        .filter_map(|v| v.points.as_ref().ok().copied())
         .collect();
     let (lo, hi) = (
         points.iter().min().copied().unwrap_or(0),
@@ -152,9 +153,9 @@ pub fn scale_scores(verdicts: &[NodeVerdict]) -> Vec<HostPriority> {
     );
     verdicts
         .iter()
-        .map(|(host, v)| HostPriority {
-            host: host.clone(),
-            score: match v {
+        .map(|v| HostPriority {
+            host: v.node.clone(),
+            score: match &v.points {
                 Ok(_) if hi == lo => MAX_PRIORITY,
                 Ok(p) => {
                     let scaled = (i128::from(*p) - i128::from(lo)) * i128::from(MAX_PRIORITY)
@@ -173,15 +174,15 @@ mod tests {
 
     #[test]
     fn scores_scale_to_zero_through_ten() {
-        let verdicts: Vec<NodeVerdict> = vec![
-            ("a".into(), Ok(-50)),
-            ("b".into(), Ok(150)),
-            ("c".into(), Err("full".into())),
-            ("d".into(), Ok(50)),
+        let verdicts = vec![
+            NodeVerdict::new("a", Ok(-50)),
+            NodeVerdict::new("b", Ok(150)),
+            NodeVerdict::new("c", Err("full".into())),
+            NodeVerdict::new("d", Ok(50)),
         ];
         let scores: Vec<i64> = scale_scores(&verdicts).iter().map(|h| h.score).collect();
         assert_eq!(scores, [0, 10, 0, 5]);
-        let same: Vec<NodeVerdict> = vec![("a".into(), Ok(7)), ("b".into(), Ok(7))];
+        let same = vec![NodeVerdict::new("a", Ok(7)), NodeVerdict::new("b", Ok(7))];
         assert!(scale_scores(&same).iter().all(|h| h.score == MAX_PRIORITY));
     }
 }
