@@ -390,7 +390,10 @@ fn run_replay(args: &ReplayArgs) -> Result<()> {
         let started = Instant::now();
         let bar = progress_bar(2 * jobs.len() as u64, args.common.json, "queue");
         for setup in [QuotaSetup::None, QuotaSetup::Fair] {
-            let run = quota_replay::run(&nodes, &jobs, setup, args.seed, &|n| bar.inc(n))?;
+            // The first policy asked for places single replicas, as the daemon's policy does.
+            let run = quota_replay::run(&nodes, &jobs, setup, policies[0], args.seed, &|n| {
+                bar.inc(n)
+            })?;
             runs.0.push(run);
         }
         bar.finish_and_clear();

@@ -16,8 +16,10 @@ use suanli_engine::domain::DomainCatalog;
 use suanli_engine::gang::GangRequest;
 use suanli_engine::job::JobId;
 use suanli_engine::links::LinkState;
+use suanli_engine::policy::{PolicyError, PolicyKind};
 use suanli_engine::queue::{Decision, QueueConfig, QueuedJob, Runtime, Scheduler};
 use suanli_engine::quota::{QuotaLimit, Quotas};
+use suanli_engine::workload::SingleReplicaPolicy;
 
 use crate::engine::{EngineFactory, engine_request};
 use crate::model::{NodeShape, Request, TimedJob};
@@ -104,11 +106,14 @@ pub enum QueueReplayError {
     Job { job: usize, reason: String },
 }
 
-/// Replays `jobs` through the queue scheduler with the given quotas, preemption on.
+/// Replays `jobs` through the queue scheduler with the given quotas, preemption on. Jobs of
+/// one replica go where `policy` puts them (with its workload learnt from the jobs as they
+/// arrive, seeded by `seed`), as in the scheduler daemon; gangs go through the gang planner.
 pub fn run(
     nodes: &[NodeShape],
     jobs: &[TimedJob],
     setup: QuotaSetup,
+    policy: Policy,
     seed: u64,
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ReplayRun, QueueReplayError> {
@@ -127,6 +132,11 @@ pub fn run(
         quotas,
         QueueConfig::default(),
     );
+    let kind: PolicyKind = policy
+        .name()
+        .parse()
+        .map_err(|e: PolicyError| QueueReplayError::Cluster(e.to_string()))?;
+    scheduler.set_single_replica_policy(SingleReplicaPolicy::new(kind, seed));
     let factory = EngineFactory;
     let replicas: Vec<Request> = jobs.iter().map(|j| j.replica.clone()).collect();
     let mix = factory
@@ -254,7 +264,7 @@ pub fn run(
     });
     let makespan = last_time.saturating_sub(first);
     Ok(ReplayRun {
-        policy: Policy::BestFit,
+        policy,
         seed,
         wall_ms: started.elapsed().as_secs_f64() * 1000.0,
         jobs: jobs.len(),
