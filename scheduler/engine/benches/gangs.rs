@@ -5,7 +5,6 @@
 //! `cargo bench -p suanli-engine --bench gangs`; the `_plain_scan` cases place without the
 //! capacity index, for comparison.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -14,14 +13,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use suanli_engine::domain::DomainCatalog;
 use suanli_engine::gang::{FabricIndex, GangOptions, GangRequest, place_gang, place_gang_once};
-use suanli_engine::inventory::{
-    FabricPosition, GpuInfo, GpuNicPair, GpuPair, Health, LinkLayer, LinkPath, MigState, NicPort,
-    NodeInventory, NvmlStatus, PcieLink, PortState, RdmaNic, Versions,
-};
+use suanli_engine::inventory::{LinkPath, NodeInventory, PortState};
 use suanli_engine::job::{JobId, JobKind};
 use suanli_engine::links::LinkState;
 use suanli_engine::queue::{QueueConfig, QueuedJob, Runtime, Scheduler};
 use suanli_engine::quota::{QuotaLimit, Quotas};
+use suanli_engine::testing::H100Node;
 use suanli_engine::{Claim, Cluster, GpuDemand, GpuGrant, GpuModel, NodeId, Request};
 
 const NODES: usize = 10_000;
@@ -32,75 +29,18 @@ const PENDING: usize = 10_000;
 fn node(i: usize) -> NodeInventory {
     let leaf = i / PER_LEAF;
     let spine = leaf / LEAVES_PER_SPINE;
-    let product = "NVIDIA H100 80GB HBM3";
-    let mut gpu_pairs = Vec::new();
-    for a in 0..8 {
-        for b in a + 1..8 {
-            gpu_pairs.push(GpuPair {
-                a,
-                b,
-                path: LinkPath::NvLink(18),
-            });
-        }
-    }
-    NodeInventory {
-        cid: format!("cid:acme/cn-east-1/dc-a/node-{i:05}")
-            .parse()
-            .expect("valid cid"),
-        generation: 1,
-        fabric: FabricPosition {
-            leaf: format!("leaf-{leaf:03}"),
-            spine: format!("spine-{spine:02}"),
-        },
-        cpu_milli: 192_000,
-        memory_mib: 2 << 20,
-        numa_nodes: 2,
-        versions: Versions::default(),
-        nvml: NvmlStatus::default(),
-        gpus: (0..8)
-            .map(|g| GpuInfo {
-                uuid: format!("GPU-{i}-{g}"),
-                index: g,
-                product: product.into(),
-                model: GpuModel::from_product_name(product),
-                architecture: "Hopper".into(),
-                compute_capability: "9.0".into(),
-                memory_mib: 81_559,
-                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + g),
-                numa_node: None,
-                pcie: PcieLink::default(),
-                mig: MigState::default(),
-                nvlinks: vec![],
-                health: Health::Healthy,
-            })
-            .collect(),
-        nics: vec![RdmaNic {
-            name: "mlx5_0".into(),
-            pci_bus_id: "0000:1a:00.0".into(),
-            numa_node: None,
-            node_guid: String::new(),
-            firmware: String::new(),
-            netdevs: vec![],
-            ports: vec![NicPort {
-                port: 1,
-                state: PortState::Active,
-                link_layer: LinkLayer::Infiniband,
-                rate_gbps: 400.0,
-                gid_type: String::new(),
-            }],
-            health: Health::Healthy,
-        }],
-        gpu_pairs,
-        gpu_nic_pairs: (0..8)
-            .map(|g| GpuNicPair {
-                gpu: g,
-                nic: "mlx5_0".into(),
-                path: LinkPath::Pix,
-                gdr_local: true,
-            })
-            .collect(),
-        labels: BTreeMap::new(),
-    }
+    let all_pairs: Vec<(u32, u32, LinkPath)> = (0..8)
+        .flat_map(|a| (a + 1..8).map(move |b| (a, b, LinkPath::NvLink(18))))
+        .collect();
+    let mut inv = H100Node::new(&format!("node-{i:05}"), 8)
+        .fabric(&format!("leaf-{leaf:03}"), &format!("spine-{spine:02}"))
+        .pairs(&all_pairs)
+        .nic("mlx5_0", PortState::Active)
+        .build();
+    inv.cpu_milli = 192_000;
+    inv.memory_mib = 2 << 20;
+    inv.numa_nodes = 2;
+    inv
 }
 
 /// The fabric with random load: `idle` of the nodes idle, the rest with 1–8 GPUs taken.
