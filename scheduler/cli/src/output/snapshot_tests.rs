@@ -1,12 +1,8 @@
 //! Every table and text the CLI prints, from fixed wire messages, as insta snapshots.
 
-use std::collections::BTreeMap;
-
-use suanli_engine::inventory::{
-    FabricPosition, GpuInfo, Health, LinkLayer, MigState, NicPort, NvmlStatus, PcieLink, PortState,
-    RdmaNic, Versions,
-};
+use suanli_engine::inventory::{NvmlStatus, PortState};
 use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
+use suanli_engine::testing::H100Node;
 use suanli_engine::{GpuModel, JobSpec, NodeInventory};
 use suanli_proto::pb;
 
@@ -138,68 +134,28 @@ fn jobs() -> Vec<JobView> {
 }
 
 fn inventory(node: &str, gpus: u32, nics: bool) -> NodeInventory {
-    NodeInventory {
-        cid: format!("cid:acme/cn-east-1/dc-a/{node}")
-            .parse()
-            .expect("cid"),
-        generation: 1,
-        fabric: FabricPosition {
-            leaf: "leaf-1".into(),
-            spine: "spine-1".into(),
-        },
-        cpu_milli: 224_000,
-        memory_mib: 2_097_152,
-        numa_nodes: 2,
-        versions: Versions::default(),
-        nvml: NvmlStatus::Available {
-            driver_version: "580.159.04".into(),
-            cuda_version: "13.0".into(),
-            nvml_version: "13.580.159.04".into(),
-        },
-        gpus: (0..gpus)
-            .map(|i| GpuInfo {
-                uuid: format!("GPU-{node}-{i}"),
-                index: i,
-                product: "NVIDIA H100 80GB HBM3".into(),
-                model: GpuModel::from_product_name("NVIDIA H100 80GB HBM3"),
-                architecture: "Hopper".into(),
-                compute_capability: "9.0".into(),
-                memory_mib: 81_559,
-                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + i),
-                numa_node: None,
-                pcie: PcieLink {
-                    generation: 5,
-                    width: 16,
-                },
-                mig: MigState::default(),
-                nvlinks: vec![],
-                health: Health::Healthy,
-            })
-            .collect(),
-        nics: if nics {
-            vec![RdmaNic {
-                name: "mlx5_0".into(),
-                pci_bus_id: "0000:1a:00.0".into(),
-                numa_node: Some(0),
-                node_guid: "b8ce:f603:00a1:0000".into(),
-                firmware: "28.39.1002".into(),
-                netdevs: vec!["ibp26s0".into()],
-                ports: vec![NicPort {
-                    port: 1,
-                    state: PortState::Active,
-                    link_layer: LinkLayer::Infiniband,
-                    rate_gbps: 400.0,
-                    gid_type: String::new(),
-                }],
-                health: Health::Healthy,
-            }]
-        } else {
-            vec![]
-        },
-        gpu_pairs: vec![],
-        gpu_nic_pairs: vec![],
-        labels: BTreeMap::new(),
+    let mut builder = H100Node::new(node, gpus).fabric("leaf-1", "spine-1");
+    if nics {
+        builder = builder.nic("mlx5_0", PortState::Active);
     }
+    let mut inv = builder.build();
+    // What a real HGX host reports beyond the builder's plain node.
+    inv.cpu_milli = 224_000;
+    inv.memory_mib = 2_097_152;
+    inv.numa_nodes = 2;
+    inv.nvml = NvmlStatus::Available {
+        driver_version: "580.159.04".into(),
+        cuda_version: "13.0".into(),
+        nvml_version: "13.580.159.04".into(),
+    };
+    for nic in &mut inv.nics {
+        nic.numa_node = Some(0);
+        nic.node_guid = "b8ce:f603:00a1:0000".into();
+        nic.firmware = "28.39.1002".into();
+        nic.netdevs = vec!["ibp26s0".into()];
+    }
+    inv.gpu_nic_pairs.clear();
+    inv
 }
 
 fn node(name: &str, gpus: u32, used: &[(u32, u32, &str)], cordoned: bool) -> NodeView {
