@@ -133,6 +133,9 @@ pub struct QueueConfig {
     pub backfill: bool,
     /// Most trial placements when computing a reservation.
     pub reservation_trials: usize,
+    /// Strict order: the first job that cannot start holds every job behind it (a FIFO
+    /// queue, as simple batch schedulers run it), instead of letting later jobs pass.
+    pub strict_order: bool,
 }
 
 impl Default for QueueConfig {
@@ -143,6 +146,7 @@ impl Default for QueueConfig {
             min_runtime_s: 300,
             backfill: true,
             reservation_trials: 32,
+            strict_order: false,
         }
     }
 }
@@ -165,6 +169,8 @@ pub enum WaitReason {
     NoNode(Unplaceable),
     /// It fits only on nodes reserved for a blocked job and would still run at that start.
     Reserved { holder: JobId, start_s: u64 },
+    /// A strict-order queue: a job ahead of it cannot start, so it may not either.
+    Behind { head: JobId },
 }
 
 impl fmt::Display for WaitReason {
@@ -191,6 +197,12 @@ impl fmt::Display for WaitReason {
                 f,
                 "would delay {holder}, which holds a reservation from t={start_s}s"
             ),
+            WaitReason::Behind { head } => {
+                write!(
+                    f,
+                    "waits behind {head}, which cannot start yet (strict order)"
+                )
+            }
         }
     }
 }
@@ -353,6 +365,8 @@ struct Pass {
     free_gpus: u64,
     /// Capacity was released since the last slice: the memo and the count are stale.
     capacity_changed: bool,
+    /// With strict order, the first job of this pass that could not start.
+    head: Option<JobId>,
 }
 
 /// The queue and the cluster it places into.
@@ -660,7 +674,21 @@ impl Scheduler {
         }
         let mut decisions = Vec::new();
         while let Some(id) = pass.order.pop_front() {
-            self.pass_step(&mut pass, id, now_s, &mut decisions);
+            if let Some(head) = pass.head.clone() {
+                decisions.push(Decision::Wait {
+                    job: id,
+                    reason: WaitReason::Behind { head },
+                });
+                continue;
+            }
+            let before = decisions.len();
+            self.pass_step(&mut pass, id.clone(), now_s, &mut decisions);
+            let waits = decisions[before..]
+                .iter()
+                .any(|d| matches!(d, Decision::Wait { job, .. } if *job == id));
+            if self.config.strict_order && waits {
+                pass.head = Some(id);
+            }
             if !pass.order.is_empty() && !keep_going() {
                 self.pass = Some(pass);
                 return (decisions, false);
@@ -687,6 +715,7 @@ impl Scheduler {
             failed: FailedShapes::default(),
             free_gpus: self.model.index().free_gpus_total(),
             capacity_changed: false,
+            head: None,
         }
     }
 

@@ -489,3 +489,36 @@ fn a_running_job_is_restored_on_exactly_its_resources() {
     again.requeue(&JobId("kept".into())).expect("requeued");
     assert_eq!(placed(&again.queue_pass(20)), ["kept"]);
 }
+
+/// A strict-order queue is a FIFO: the first job that cannot start holds the ones behind it,
+/// where the default queue lets them pass.
+#[test]
+fn strict_order_holds_everything_behind_the_first_blocked_job() {
+    let run = |strict_order: bool| {
+        let config = QueueConfig {
+            preemption: false,
+            backfill: false,
+            strict_order,
+            ..QueueConfig::default()
+        };
+        let mut s = scheduler(&leaf("a", "s1", "l1", "n", 2), Quotas::new(), config);
+        s.submit(job("first", "t", gang(1, 6), 0, 0))
+            .expect("queued");
+        s.submit(job("pair", "t", gang(2, 8), 0, 1))
+            .expect("queued");
+        s.submit(job("small", "t", gang(1, 2), 0, 2))
+            .expect("queued");
+        s.queue_pass(10)
+    };
+    assert_eq!(placed(&run(false)), ["first", "small"], "small passes pair");
+    let strict = run(true);
+    assert_eq!(placed(&strict), ["first"]);
+    assert!(
+        strict.iter().any(|d| matches!(
+            d,
+            Decision::Wait { job, reason: WaitReason::Behind { head } }
+                if job.0 == "small" && head.0 == "pair"
+        )),
+        "{strict:?}"
+    );
+}
