@@ -2,42 +2,10 @@
 //! scheduler, and a second agent that holds only the join token.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::{Command, Stdio};
 
-use suanli_tests::{JOIN_TOKEN, Proc, bin, workspace_root};
+use suanli_tests::start_agent_logging_to;
 
 use super::*;
-
-/// `suanli-agent run` for `node`, its log written to `log`.
-fn start_agent_logged(grpc: &str, node: &str, data_dir: &Path, log: &Path) -> Proc {
-    let fixture = workspace_root().join("node-agent/fixtures/h100-host.json");
-    let child = Command::new(bin("suanli-agent"))
-        .arg("run")
-        .args(["--scheduler", &format!("http://{grpc}")])
-        .args(["--token", JOIN_TOKEN])
-        .args([
-            "--provider",
-            "acme",
-            "--region",
-            "cn-east-1",
-            "--domain",
-            "dc-a",
-        ])
-        .args(["--node", node])
-        .arg("--fixture")
-        .arg(&fixture)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("SUANLI_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("agent starts");
-    Proc {
-        child,
-        name: format!("suanli-agent {node}"),
-    }
-}
 
 #[test]
 fn a_second_agent_with_the_join_token_cannot_take_a_node_over() {
@@ -60,8 +28,13 @@ fn a_second_agent_with_the_join_token_cannot_take_a_node_over() {
 
     // An impostor on another machine, with the join token and the node's name.
     let log = dir.path().join("impostor.log");
-    let mut impostor =
-        start_agent_logged(&scheduler.grpc, "n1", &dir.path().join("impostor"), &log);
+    let mut impostor = start_agent_logging_to(
+        &scheduler.grpc,
+        "n1",
+        "h100-host.json",
+        &dir.path().join("impostor"),
+        std::fs::File::create(&log).expect("log file"),
+    );
     wait_for("the impostor to be refused", MINUTE, || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         text.contains("held by a connected agent").then_some(())

@@ -154,6 +154,17 @@ pub fn start_scheduler(config: &Path, data_dir: &Path, grpc_addr: Option<&str>) 
 
 /// Starts `suanli-agent run` with a fixture inventory.
 pub fn start_agent(scheduler_grpc: &str, node: &str, fixture: &str, data_dir: &Path) -> Proc {
+    start_agent_logging_to(scheduler_grpc, node, fixture, data_dir, Stdio::inherit())
+}
+
+/// [`start_agent`], its log (stderr) going to `log`.
+pub fn start_agent_logging_to(
+    scheduler_grpc: &str,
+    node: &str,
+    fixture: &str,
+    data_dir: &Path,
+    log: impl Into<Stdio>,
+) -> Proc {
     let fixture = workspace_root().join("node-agent/fixtures").join(fixture);
     let child = Command::new(bin("suanli-agent"))
         .arg("run")
@@ -174,7 +185,7 @@ pub fn start_agent(scheduler_grpc: &str, node: &str, fixture: &str, data_dir: &P
         .arg(data_dir)
         .env("SUANLI_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("agent starts");
     Proc {
