@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use suanli::error::CliError;
-use suanli::output::{self, Format};
+use suanli::output::Format;
 use suanli::{client, commands, config};
 
 #[derive(Debug, Parser)]
@@ -125,35 +125,8 @@ enum DescribeWhat {
 }
 
 fn main() -> ExitCode {
-    if let Ok(filter) = std::env::var("SUANLI_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .init();
-    }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
-        Err(e) => {
-            // Line by line: a multi-line message (a config file's parse error) keeps its
-            // shape, while control characters inside any line are escaped.
-            let text = e.to_string();
-            let lines: Vec<_> = text.split('\n').map(output::printable).collect();
-            eprintln!("error: {}", lines.join("\n"));
-            ExitCode::from(e.exit_code())
-        }
-    }
+    suanli::run_to_exit(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {

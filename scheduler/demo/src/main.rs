@@ -14,8 +14,7 @@ mod scenario;
 use std::process::ExitCode;
 
 use clap::Parser;
-use suanli::error::CliError;
-use suanli::output::{self, Format};
+use suanli::output::Format;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,31 +33,6 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    if let Ok(filter) = std::env::var("SUANLI_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .init();
-    }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(scenario::run(&cli.demo, cli.output)) {
-        Ok(()) | Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
-        Err(e) => {
-            let text = e.to_string();
-            let lines: Vec<_> = text.split('\n').map(output::printable).collect();
-            eprintln!("error: {}", lines.join("\n"));
-            ExitCode::from(e.exit_code())
-        }
-    }
+    suanli::run_to_exit(scenario::run(&cli.demo, cli.output))
 }
