@@ -474,7 +474,7 @@ impl Scheduler {
             return Err(QueueError::Duplicate(job.id));
         }
         if let Some(single) = self.single.as_mut() {
-            single.remember(&job.gang.request);
+            single.remember(job.gang.request.clone());
         }
         self.pending.insert(job.id.clone(), job);
         Ok(())

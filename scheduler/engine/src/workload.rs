@@ -80,11 +80,11 @@ impl SingleReplicaPolicy {
     }
 
     /// Counts `request` into the expected workload.
-    pub fn remember(&mut self, request: &Request) {
-        if !self.mix_shapes.contains(&shape_key(request)) {
+    pub fn remember(&mut self, request: Request) {
+        if !self.mix_shapes.contains(&shape_key(&request)) {
             self.mix_stale = true;
         }
-        self.recent.push_back(request.clone());
+        self.recent.push_back(request);
         self.since_mix += 1;
         if self.recent.len() > self.window {
             self.recent.pop_front();
@@ -158,17 +158,17 @@ mod tests {
     fn fgd_waits_for_a_workload_and_rebuilds_only_on_a_new_shape() {
         let mut single = SingleReplicaPolicy::with_window(PolicyKind::Fgd, 7, 4);
         assert!(!single.refresh(), "no mix before any request");
-        single.remember(&request(250));
+        single.remember(request(250));
         assert!(single.refresh());
         let built = single.policy().cloned();
-        single.remember(&request(250));
+        single.remember(request(250));
         assert!(single.refresh());
         assert_eq!(
             format!("{:?}", single.policy()),
             format!("{built:?}"),
             "a known shape keeps the mix"
         );
-        single.remember(&request(500));
+        single.remember(request(500));
         assert!(single.mix_stale, "a new shape makes the mix stale");
         assert!(single.refresh());
         assert!(!single.mix_stale);

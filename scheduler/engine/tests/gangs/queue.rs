@@ -305,7 +305,7 @@ fn single_replicas_go_by_the_configured_policy() {
     let first = s.queue_pass(0);
     let expected = {
         let mut reference = SingleReplicaPolicy::new(PolicyKind::BestFit, 42);
-        reference.remember(&gang(1, 6).request);
+        reference.remember(gang(1, 6).request);
         assert!(reference.refresh());
         let mut before = scheduler(&specs, Quotas::new(), no_preemption);
         let _ = before.queue_pass(0);

@@ -185,7 +185,7 @@ impl Core {
     /// Counts a submitted job into the workload the placement policy expects.
     pub(super) fn remember(&mut self, spec: &JobSpec) {
         if let Ok(request) = Request::from_job(spec) {
-            self.single.remember(&request);
+            self.single.remember(request);
         }
     }
 
