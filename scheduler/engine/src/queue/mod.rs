@@ -1,0 +1,533 @@
+//! The queue: pending jobs in priority order, tenant and queue quotas with borrowing and
+//! reclaim, preemption with a bounded victim search, and backfill behind a blocked gang.
+//!
+//! [`Scheduler`] is a pure struct that owns the cluster model. The daemon submits and
+//! finishes jobs, calls [`Scheduler::queue_pass`] with the current time, and carries out the
+//! [`Decision`]s it returns (start, preempt, or report why a job waits). Time is seconds on
+//! the caller's clock; the engine never reads a clock.
+//!
+//! One pass:
+//! 1. pending jobs in order: higher priority, then earlier submission, then id;
+//! 2. each job is placed with [`place_gang`]; a placement that would pass its queue's or its
+//!    tenant's maximum quota waits; one above either guarantee is *borrowed* (and
+//!    reclaimable: by other tenants when above the tenant's, by sibling queues when above
+//!    the queue's; see [`crate::quota`] and [`crate::preempt`]);
+//! 3. a job that does not fit may preempt: candidates from [`crate::preempt::candidates`]
+//!    are released one at a time, at most `max_victims`, until the job fits; if it still does
+//!    not, they are put back on the same GPUs (under new allocation ids);
+//! 4. the first job that still cannot run gets a *reservation*: the earliest time (from
+//!    running jobs' expected ends) at which it fits, and the nodes it would use then. Later
+//!    jobs may backfill onto those nodes only if they end before that time (by their time
+//!    limit or expected duration); elsewhere they run freely.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use crate::cluster::{AllocationId, Cluster, NodeId};
+use crate::domain::DomainCatalog;
+use crate::explain::Unplaceable;
+use crate::gang::{
+    GangOptions, GangPlacement, GangRequest, GangWait, Hop, ReplicaBound, ReplicaClaim,
+};
+use crate::gpu::GpuModel;
+use crate::job::{JobId, JobSpec};
+use crate::links::LinkState;
+use crate::model::ClusterModel;
+use crate::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
+use crate::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
+use crate::request::{GpuDemand, RequestError};
+use crate::workload::SingleReplicaPolicy;
+
+/// How long a job runs, as far as the scheduler knows: backfill needs an upper bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// The user's estimate.
+    pub expected_s: Option<u64>,
+    /// The hard limit after which the job is stopped.
+    pub limit_s: Option<u64>,
+}
+
+impl Runtime {
+    /// The latest the job runs: its limit, else its estimate; `None` when unknown.
+    pub fn bound_s(&self) -> Option<u64> {
+        self.limit_s.or(self.expected_s)
+    }
+}
+
+/// A job waiting in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedJob {
+    pub id: JobId,
+    pub gang: GangRequest,
+    pub tenant: String,
+    pub queue: String,
+    pub priority: i32,
+    pub preemptible: bool,
+    /// Submission time; preempted jobs keep theirs, so they return to their old place.
+    pub submitted_s: u64,
+    pub runtime: Runtime,
+}
+
+impl QueuedJob {
+    /// A queued job from a submitted spec.
+    pub fn from_spec(
+        id: JobId,
+        spec: &JobSpec,
+        submitted_s: u64,
+        runtime: Runtime,
+    ) -> Result<QueuedJob, RequestError> {
+        Ok(QueuedJob {
+            id,
+            gang: GangRequest::from_job(spec)?,
+            tenant: spec.tenant.clone(),
+            queue: spec.queue.clone(),
+            priority: spec.priority,
+            preemptible: spec.preemptible,
+            submitted_s,
+            runtime,
+        })
+    }
+}
+
+/// A job the scheduler has started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningJob {
+    pub job: QueuedJob,
+    pub started_s: u64,
+    pub placement: GangPlacement,
+    pub allocations: Vec<AllocationId>,
+    /// GPU-milli per model, as charged to the quotas of its queue and tenant.
+    pub charges: Vec<(GpuModel, u64)>,
+    /// Started above its tenant's or its queue's guarantee.
+    pub borrowed: bool,
+}
+
+impl RunningJob {
+    /// What the victim search reads about this job.
+    pub fn victim_view(&self) -> VictimView<'_> {
+        VictimView {
+            id: &self.job.id,
+            tenant: &self.job.tenant,
+            queue: &self.job.queue,
+            priority: self.job.priority,
+            preemptible: self.job.preemptible,
+            started_s: self.started_s,
+            submitted_s: self.job.submitted_s,
+            borrowed: self.borrowed,
+            charges: &self.charges,
+        }
+    }
+}
+
+/// Tuning of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Preempt to make room for higher-priority work and to reclaim quota.
+    pub preemption: bool,
+    /// Most victims one job may preempt (bounds the search).
+    pub max_victims: usize,
+    /// A job runs at least this long before it may be preempted.
+    pub min_runtime_s: u64,
+    /// Reserve for the first blocked job and backfill around it.
+    pub backfill: bool,
+    /// Most trial placements when computing a reservation.
+    pub reservation_trials: usize,
+    /// Strict order: the first job that cannot start holds every job behind it (a FIFO
+    /// queue, as simple batch schedulers run it), instead of letting later jobs pass.
+    pub strict_order: bool,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            preemption: true,
+            max_victims: 16,
+            min_runtime_s: 300,
+            backfill: true,
+            reservation_trials: 32,
+            strict_order: false,
+        }
+    }
+}
+
+/// Why a job waits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitReason {
+    /// Placing it would pass its queue's or its tenant's maximum.
+    Quota(QuotaExceeded),
+    /// A non-preemptible job may not borrow: reclaim could not undo it. `queue` is set when
+    /// the queue's guarantee, not the tenant's, is the one it would pass.
+    NoBorrowing {
+        tenant: String,
+        queue: Option<String>,
+    },
+    /// No room now (and no preemption makes room).
+    Placement(GangWait),
+    /// A single replica the configured policy found no node for (and no preemption makes
+    /// room), with how many nodes failed for which reason.
+    NoNode(Unplaceable),
+    /// It fits only on nodes reserved for a blocked job and would still run at that start.
+    Reserved { holder: JobId, start_s: u64 },
+    /// A strict-order queue: a job ahead of it cannot start, so it may not either.
+    Behind { head: JobId },
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::Quota(q) => write!(f, "{q}"),
+            WaitReason::NoBorrowing {
+                tenant,
+                queue: None,
+            } => write!(
+                f,
+                "tenant {tenant} is at its guarantee and non-preemptible jobs may not borrow"
+            ),
+            WaitReason::NoBorrowing {
+                tenant,
+                queue: Some(queue),
+            } => write!(
+                f,
+                "queue {tenant}/{queue} is at its guarantee and non-preemptible jobs may not borrow"
+            ),
+            WaitReason::Placement(w) => write!(f, "{w}"),
+            WaitReason::NoNode(u) => write!(f, "{u}"),
+            WaitReason::Reserved { holder, start_s } => write!(
+                f,
+                "would delay {holder}, which holds a reservation from t={start_s}s"
+            ),
+            WaitReason::Behind { head } => {
+                write!(
+                    f,
+                    "waits behind {head}, which cannot start yet (strict order)"
+                )
+            }
+        }
+    }
+}
+
+/// What one queue pass decided, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Start the job here (already allocated in the scheduler's cluster).
+    Place {
+        job: JobId,
+        placement: GangPlacement,
+        borrowed: bool,
+        /// Ran ahead of a blocked job's reservation.
+        backfilled: bool,
+    },
+    /// Stop this running job; it is pending again.
+    Preempt {
+        victim: JobId,
+        for_job: JobId,
+        kind: VictimKind,
+    },
+    Wait {
+        job: JobId,
+        reason: WaitReason,
+    },
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Place {
+                job,
+                placement,
+                borrowed,
+                backfilled,
+            } => {
+                write!(f, "place {job}: {placement}")?;
+                if *borrowed {
+                    f.write_str(", borrowing quota")?;
+                }
+                if *backfilled {
+                    f.write_str(", backfilled")?;
+                }
+                Ok(())
+            }
+            Decision::Preempt {
+                victim,
+                for_job,
+                kind,
+            } => {
+                let why = match kind {
+                    VictimKind::Reclaim => "reclaiming borrowed quota",
+                    VictimKind::Priority => "lower priority",
+                };
+                write!(f, "preempt {victim} for {for_job} ({why})")
+            }
+            Decision::Wait { job, reason } => write!(f, "{job} waiting: {reason}"),
+        }
+    }
+}
+
+/// Why a queue operation is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {0} is already queued or running")]
+    Duplicate(JobId),
+    #[error("no running job {0}")]
+    NotRunning(JobId),
+    #[error("no pending job {0}")]
+    NotPending(JobId),
+    #[error("the resources job {0} holds are not free in the cluster")]
+    Unclaimable(JobId),
+}
+
+/// The queue and the cluster it places into.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    /// The cluster, its links and catalog, and the capacity index, kept in step.
+    model: ClusterModel,
+    quotas: Quotas,
+    config: QueueConfig,
+    pending: BTreeMap<JobId, QueuedJob>,
+    running: BTreeMap<JobId, RunningJob>,
+    usage: Usage,
+    /// Every GPU model in the cluster, for quota checks of jobs that accept any model.
+    models: Vec<GpuModel>,
+    /// Places jobs of one plain replica when set; otherwise the gang planner places all.
+    single: Option<SingleReplicaPolicy>,
+    /// The pass in progress when the last slice stopped before its end.
+    pass: Option<Pass>,
+}
+
+impl Scheduler {
+    pub fn new(
+        cluster: Cluster,
+        links: LinkState,
+        catalog: DomainCatalog,
+        quotas: Quotas,
+        config: QueueConfig,
+    ) -> Scheduler {
+        let mut models: Vec<GpuModel> = cluster
+            .nodes()
+            .iter()
+            .flat_map(|n| n.gpus().iter().map(|g| cluster.model(g.model).clone()))
+            .collect();
+        models.sort();
+        models.dedup();
+        Scheduler {
+            models,
+            model: ClusterModel::new(cluster, links, catalog),
+            quotas,
+            config,
+            pending: BTreeMap::new(),
+            running: BTreeMap::new(),
+            usage: Usage::default(),
+            single: None,
+            pass: None,
+        }
+    }
+
+    /// Places jobs of one plain replica by `policy` (see [`SingleReplicaPolicy::applies_to`])
+    /// instead of the gang planner, as the daemon does. The policy learns its workload from
+    /// the jobs submitted from now on.
+    pub fn set_single_replica_policy(&mut self, policy: SingleReplicaPolicy) {
+        self.single = Some(policy);
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        self.model.cluster()
+    }
+
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &QueuedJob> {
+        self.pending.values()
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &RunningJob> {
+        self.running.values()
+    }
+
+    pub fn running_job(&self, id: &JobId) -> Option<&RunningJob> {
+        self.running.get(id)
+    }
+
+    /// Changes the cluster (cordon, health, MIG mode) and re-indexes what changed.
+    pub fn update_cluster(&mut self, change: impl FnOnce(&mut Cluster)) {
+        self.pass = None;
+        self.model.update(change);
+    }
+
+    /// Replaces the live link state (from telemetry).
+    pub fn set_links(&mut self, links: LinkState) {
+        self.pass = None;
+        self.model.set_links(links);
+    }
+
+    /// Places with the plain scan over every node instead of the capacity index: slower,
+    /// same decisions. The reference the index is checked against.
+    pub fn set_plain_scan(&mut self, on: bool) {
+        self.model.set_plain_scan(on);
+    }
+
+    /// Queues a job.
+    pub fn submit(&mut self, job: QueuedJob) -> Result<(), QueueError> {
+        if self.pending.contains_key(&job.id) || self.running.contains_key(&job.id) {
+            return Err(QueueError::Duplicate(job.id));
+        }
+        if let Some(single) = self.single.as_mut() {
+            single.remember(job.gang.request.clone());
+        }
+        self.pending.insert(job.id.clone(), job);
+        Ok(())
+    }
+
+    /// Drops a pending job.
+    pub fn cancel_pending(&mut self, id: &JobId) -> Result<QueuedJob, QueueError> {
+        self.pending
+            .remove(id)
+            .ok_or_else(|| QueueError::NotPending(id.clone()))
+    }
+
+    /// A running job ended (any way): its resources and quota return.
+    pub fn finish(&mut self, id: &JobId) -> Result<RunningJob, QueueError> {
+        let job = self
+            .running
+            .remove(id)
+            .ok_or_else(|| QueueError::NotRunning(id.clone()))?;
+        self.release(&job);
+        if let Some(pass) = self.pass.as_mut() {
+            pass.capacity_changed = true;
+        }
+        Ok(job)
+    }
+
+    /// Stops a running job and queues it again in its old place (it keeps its submission
+    /// time): its node was lost, or it is retried.
+    pub fn requeue(&mut self, id: &JobId) -> Result<(), QueueError> {
+        let job = self.finish(id)?.job;
+        self.pending.insert(job.id.clone(), job);
+        Ok(())
+    }
+
+    /// Books a job that is already running on exactly the resources of `placement` (after a
+    /// restart, or a pod that Kubernetes started): allocated and charged to its quotas, not
+    /// decided again. It counts as borrowed if it is above a guarantee now.
+    pub fn restore_running(
+        &mut self,
+        job: QueuedJob,
+        placement: GangPlacement,
+        started_s: u64,
+    ) -> Result<(), QueueError> {
+        if self.pending.contains_key(&job.id) || self.running.contains_key(&job.id) {
+            return Err(QueueError::Duplicate(job.id));
+        }
+        let charges = self.charges(&placement);
+        let borrowed = matches!(
+            self.quotas
+                .check_in_queue(&self.usage, &job.tenant, &job.queue, &charges),
+            QuotaVerdict::Borrowing | QuotaVerdict::Over(_)
+        );
+        let id = job.id.clone();
+        if self.start(job, placement, charges, borrowed, started_s) {
+            Ok(())
+        } else {
+            Err(QueueError::Unclaimable(id))
+        }
+    }
+
+    fn release(&mut self, job: &RunningJob) {
+        for id in &job.allocations {
+            let _ = self.model.release(*id);
+        }
+        self.usage
+            .remove_in_queue(&job.job.tenant, &job.job.queue, &job.charges);
+    }
+
+    /// GPU-milli per model a placement charges.
+    fn charges(&self, placement: &GangPlacement) -> Vec<(GpuModel, u64)> {
+        self.model
+            .cluster()
+            .gpu_milli_by_model(placement.replicas.iter().map(|r| &r.claim))
+    }
+
+    /// Allocates a placement for a job and records it as running.
+    fn start(
+        &mut self,
+        job: QueuedJob,
+        placement: GangPlacement,
+        charges: Vec<(GpuModel, u64)>,
+        borrowed: bool,
+        now_s: u64,
+    ) -> bool {
+        let Ok(allocations) = self.model.allocate_gang(&placement) else {
+            return false;
+        };
+        self.usage.add_in_queue(&job.tenant, &job.queue, &charges);
+        self.running.insert(
+            job.id.clone(),
+            RunningJob {
+                job,
+                started_s: now_s,
+                placement,
+                allocations,
+                charges,
+                borrowed,
+            },
+        );
+        true
+    }
+
+    /// Checks a placement against the quotas of the job's queue and tenant: `Ok(borrowed)` or
+    /// why it waits.
+    fn admit(&self, job: &QueuedJob, charges: &[(GpuModel, u64)]) -> Result<bool, WaitReason> {
+        admit(
+            &self.quotas,
+            &self.usage,
+            &job.tenant,
+            &job.queue,
+            job.preemptible,
+            charges,
+        )
+    }
+}
+
+/// Judges `charges` for work of `tenant`'s `queue` against both quotas: `Ok(borrowed)`, or
+/// why it waits. Borrowing is refused to non-preemptible work, since reclaim could not undo
+/// it.
+pub fn admit(
+    quotas: &Quotas,
+    usage: &Usage,
+    tenant: &str,
+    queue: &str,
+    preemptible: bool,
+    charges: &[(GpuModel, u64)],
+) -> Result<bool, WaitReason> {
+    match quotas.check_in_queue(usage, tenant, queue, charges) {
+        QuotaVerdict::Within => Ok(false),
+        QuotaVerdict::Borrowing if preemptible => Ok(true),
+        QuotaVerdict::Borrowing => {
+            // Name the tenant when its own guarantee is passed, else the queue's.
+            let by_tenant = charges.iter().any(|(model, milli)| {
+                quotas
+                    .limit(tenant, model)
+                    .is_some_and(|l| usage.get(tenant, model) + milli > l.guaranteed_milli)
+            });
+            Err(WaitReason::NoBorrowing {
+                tenant: tenant.to_string(),
+                queue: (!by_tenant).then(|| queue.to_string()),
+            })
+        }
+        QuotaVerdict::Over(q) => Err(WaitReason::Quota(q)),
+    }
+}
+
+mod pass;
+use pass::Pass;
+mod room;

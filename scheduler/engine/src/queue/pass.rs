@@ -1,0 +1,456 @@
+//! One pass over the queue: order, memo of failed shapes, reservation and backfill.
+
+use super::*;
+
+/// Why a job found no room in a pass.
+#[derive(Debug, Clone, PartialEq)]
+enum NoRoom {
+    /// The gang planner's reason.
+    Gang(GangWait),
+    /// The single-replica policy's reason.
+    Policy(Unplaceable),
+}
+
+impl From<NoRoom> for WaitReason {
+    fn from(no_room: NoRoom) -> WaitReason {
+        match no_room {
+            NoRoom::Gang(wait) => WaitReason::Placement(wait),
+            NoRoom::Policy(unplaceable) => WaitReason::NoNode(unplaceable),
+        }
+    }
+}
+
+/// The shapes that did not fit in this pass since the last release, with why: a job of the
+/// same gang request, tenant and priority (and the same reservation to avoid) cannot fit
+/// either. Found by a hash of the request, then compared field by field.
+#[derive(Debug, Clone, Default)]
+struct FailedShapes {
+    by_hash: HashMap<u64, Vec<(QueuedJob, bool, NoRoom)>>,
+}
+
+impl FailedShapes {
+    fn key(job: &QueuedJob, avoids: bool) -> u64 {
+        // The request's hashable part; the rest of the shape is compared on a hit.
+        let mut h = std::hash::DefaultHasher::new();
+        job.gang.request.hash(&mut h);
+        (job.gang.replicas, job.gang.min_replicas, job.gang.kind).hash(&mut h);
+        (&job.tenant, job.priority, avoids).hash(&mut h);
+        h.finish()
+    }
+
+    fn same(a: &QueuedJob, b: &QueuedJob) -> bool {
+        a.gang == b.gang && a.tenant == b.tenant && a.priority == b.priority
+    }
+
+    fn get(&self, job: &QueuedJob, avoids: bool) -> Option<&NoRoom> {
+        self.by_hash
+            .get(&FailedShapes::key(job, avoids))?
+            .iter()
+            .find(|(seen, a, _)| *a == avoids && FailedShapes::same(seen, job))
+            .map(|(_, _, wait)| wait)
+    }
+
+    fn insert(&mut self, job: &QueuedJob, avoids: bool, wait: NoRoom) {
+        let list = self
+            .by_hash
+            .entry(FailedShapes::key(job, avoids))
+            .or_default();
+        match list
+            .iter_mut()
+            .find(|(seen, a, _)| *a == avoids && FailedShapes::same(seen, job))
+        {
+            Some(entry) => entry.2 = wait,
+            None => list.push((job.clone(), avoids, wait)),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_hash.clear();
+    }
+}
+
+/// A blocked job's claim on the future: from `start_s` it will use `nodes`.
+#[derive(Debug, Clone)]
+struct Reservation {
+    holder: JobId,
+    start_s: u64,
+    nodes: Vec<bool>,
+}
+
+/// A pass over the queue in progress, kept between slices.
+#[derive(Debug, Clone)]
+pub(super) struct Pass {
+    /// Jobs still to try, in order.
+    order: VecDeque<JobId>,
+    /// The first blocked job's claim on the future, once there is one.
+    reservation: Option<Reservation>,
+    /// Shapes that did not fit since capacity was last released: they cannot fit now either.
+    failed: FailedShapes,
+    /// Free whole GPUs in the cluster.
+    free_gpus: u64,
+    /// Capacity was released since the last slice: the memo and the count are stale.
+    pub(super) capacity_changed: bool,
+    /// With strict order, the first job of this pass that could not start.
+    head: Option<JobId>,
+}
+
+impl Scheduler {
+    /// One pass over the queue at time `now_s`. Decisions are already applied to the
+    /// scheduler's state: placed jobs are running, preempted ones pending again.
+    pub fn queue_pass(&mut self, now_s: u64) -> Vec<Decision> {
+        self.pass = None;
+        self.queue_pass_until(now_s, || true).0
+    }
+
+    /// A pass in slices: runs the pass in progress (or a new one) until it is done or
+    /// `keep_going` says stop, and returns the decisions made and whether the pass is done. A
+    /// later call resumes where this one stopped, with the same order, reservation and memo of
+    /// failed shapes, so a pass cut into slices decides what one pass would. Jobs submitted in
+    /// between wait for the next pass; capacity released in between is seen by the rest of
+    /// this one; a changed cluster starts a new pass.
+    pub fn queue_pass_until(
+        &mut self,
+        now_s: u64,
+        mut keep_going: impl FnMut() -> bool,
+    ) -> (Vec<Decision>, bool) {
+        let mut pass = match self.pass.take() {
+            Some(pass) => pass,
+            None => self.start_pass(),
+        };
+        if pass.capacity_changed {
+            pass.failed.clear();
+            pass.free_gpus = self.model.index().free_gpus_total();
+            pass.capacity_changed = false;
+        }
+        let mut decisions = Vec::new();
+        while let Some(id) = pass.order.pop_front() {
+            if let Some(head) = pass.head.clone() {
+                decisions.push(Decision::Wait {
+                    job: id,
+                    reason: WaitReason::Behind { head },
+                });
+                continue;
+            }
+            let before = decisions.len();
+            self.pass_step(&mut pass, id.clone(), now_s, &mut decisions);
+            let waits = decisions[before..]
+                .iter()
+                .any(|d| matches!(d, Decision::Wait { job, .. } if *job == id));
+            if self.config.strict_order && waits {
+                pass.head = Some(id);
+            }
+            if !pass.order.is_empty() && !keep_going() {
+                self.pass = Some(pass);
+                return (decisions, false);
+            }
+        }
+        (decisions, true)
+    }
+
+    /// A new pass: pending jobs by priority, then submission, then id.
+    fn start_pass(&mut self) -> Pass {
+        // `Reverse`, not negation: `-i32::MIN` overflows.
+        let mut order: Vec<(std::cmp::Reverse<i32>, u64, JobId)> = self
+            .pending
+            .values()
+            .map(|j| (std::cmp::Reverse(j.priority), j.submitted_s, j.id.clone()))
+            .collect();
+        order.sort();
+        if let Some(single) = self.single.as_mut() {
+            single.refresh();
+        }
+        Pass {
+            order: order.into_iter().map(|(_, _, id)| id).collect(),
+            reservation: None,
+            failed: FailedShapes::default(),
+            free_gpus: self.model.index().free_gpus_total(),
+            capacity_changed: false,
+            head: None,
+        }
+    }
+
+    /// Tries the pending job `id` within `pass`.
+    fn pass_step(&mut self, pass: &mut Pass, id: JobId, now_s: u64, decisions: &mut Vec<Decision>) {
+        let Some(job) = self.pending.get(&id).cloned() else {
+            return;
+        };
+        let job = &job;
+        if let Some(reason) = self.quota_precheck(job) {
+            if self.may_reclaim_from_siblings(job, &reason)
+                && let Some(mut made) = self.preempt_for(job, now_s, true)
+            {
+                pass.failed.clear();
+                pass.free_gpus = self.model.index().free_gpus_total();
+                decisions.append(&mut made);
+                return;
+            }
+            decisions.push(Decision::Wait { job: id, reason });
+            return;
+        }
+        let ends_before_reservation = pass.reservation.as_ref().is_some_and(|r| {
+            job.runtime
+                .bound_s()
+                .is_some_and(|d| now_s.saturating_add(d) <= r.start_s)
+        });
+        let avoid = pass
+            .reservation
+            .as_ref()
+            .filter(|_| !ends_before_reservation)
+            .map(|r| r.nodes.as_slice());
+        let whole_needed = match job.gang.request.gpu() {
+            GpuDemand::Exclusive { count } => u64::from(*count) * u64::from(job.gang.min_replicas),
+            _ => 0,
+        };
+        let memo = pass.failed.get(job, avoid.is_some()).cloned();
+        let from_memo = memo.is_some();
+        let attempt = if let Some(w) = memo {
+            Err(w)
+        } else if whole_needed > pass.free_gpus {
+            // Not enough free whole GPUs in the whole cluster: no scan can succeed.
+            let per = u64::from(job.gang.request.gpu_count().max(1));
+            Err(NoRoom::Gang(GangWait::TooFew {
+                needed: job.gang.min_replicas,
+                fit: u32::try_from(pass.free_gpus / per).unwrap_or(u32::MAX),
+                counts: Vec::new(),
+            }))
+        } else {
+            self.plan(job, avoid)
+        };
+        let job = job.clone();
+        match attempt {
+            Ok(placement) => {
+                let charges = self.charges(&placement);
+                match self.admit(&job, &charges) {
+                    Ok(borrowed) => {
+                        let used = placed_whole_gpus(&placement);
+                        let backfilled = pass.reservation.is_some();
+                        self.pending.remove(&id);
+                        if self.start(job, placement.clone(), charges, borrowed, now_s) {
+                            pass.free_gpus = pass.free_gpus.saturating_sub(used);
+                            decisions.push(Decision::Place {
+                                job: id,
+                                placement,
+                                borrowed,
+                                backfilled,
+                            });
+                        }
+                    }
+                    Err(reason) => {
+                        if self.may_reclaim_from_siblings(&job, &reason)
+                            && let Some(mut made) = self.preempt_for(&job, now_s, true)
+                        {
+                            pass.failed.clear();
+                            pass.free_gpus = self.model.index().free_gpus_total();
+                            decisions.append(&mut made);
+                            return;
+                        }
+                        decisions.push(Decision::Wait { job: id, reason });
+                    }
+                }
+            }
+            Err(wait) => {
+                if self.config.preemption
+                    && !from_memo
+                    && let Some(mut made) = self.preempt_for(&job, now_s, false)
+                {
+                    pass.failed.clear();
+                    pass.free_gpus = self.model.index().free_gpus_total();
+                    decisions.append(&mut made);
+                    return;
+                }
+                pass.failed.insert(&job, avoid.is_some(), wait.clone());
+                let reason = match (&pass.reservation, avoid) {
+                    (Some(r), Some(_))
+                        if !matches!(wait, NoRoom::Gang(GangWait::Network { .. })) =>
+                    {
+                        // Fits without the pass.reservation? Then the pass.reservation is the reason.
+                        let free = self
+                            .model
+                            .place_gang_if_fits(&job.gang, &GangOptions::default());
+                        if free.is_some() {
+                            WaitReason::Reserved {
+                                holder: r.holder.clone(),
+                                start_s: r.start_s,
+                            }
+                        } else {
+                            wait.into()
+                        }
+                    }
+                    _ => wait.into(),
+                };
+                if self.config.backfill && pass.reservation.is_none() {
+                    pass.reservation = self.reserve(&job, now_s);
+                }
+                decisions.push(Decision::Wait { job: id, reason });
+            }
+        }
+    }
+
+    /// Where `job` would go now, avoiding the nodes marked in `avoid`: by the single-replica
+    /// policy when one is set and the job is one plain replica, else by the gang planner. The
+    /// policy does not know about held nodes, so when it picks one the planner, which does,
+    /// places the job instead; so it does while the policy has no workload to build from.
+    fn plan(&mut self, job: &QueuedJob, avoid: Option<&[bool]>) -> Result<GangPlacement, NoRoom> {
+        if SingleReplicaPolicy::applies_to(&job.gang)
+            && let Some(single) = self.single.as_mut()
+        {
+            let held = |node: NodeId| avoid.is_some_and(|a| a.get(node.index()) == Some(&true));
+            match single.place(self.model.cluster(), &job.gang.request) {
+                Some(Ok(p)) if !held(p.claim.node) => {
+                    return Ok(GangPlacement {
+                        group: format!("node {} by {}", p.node_name, single.kind().name()),
+                        replicas: vec![ReplicaClaim {
+                            claim: p.claim,
+                            node_name: p.node_name,
+                        }],
+                        hop: Hop::SameNode,
+                        domains: Vec::new(),
+                        inter_domain_gbps: 0.0,
+                        worst_link_rank: 0,
+                        gdr_gpus: 0,
+                        feasible_nodes: 0,
+                    });
+                }
+                Some(Err(unplaceable)) => return Err(NoRoom::Policy(unplaceable)),
+                _ => {}
+            }
+        }
+        self.model
+            .place_gang(&job.gang, &GangOptions { avoid })
+            .map_err(NoRoom::Gang)
+    }
+
+    /// The earliest time `job` fits if running jobs end when their runtime bound says, and the
+    /// nodes it would use then. Jobs without a bound never end in this projection.
+    fn reserve(&self, job: &QueuedJob, now_s: u64) -> Option<Reservation> {
+        let mut ends: Vec<(u64, &RunningJob)> = self
+            .running
+            .values()
+            .filter_map(|r| {
+                r.job
+                    .runtime
+                    .bound_s()
+                    .map(|d| (r.started_s.saturating_add(d).max(now_s), r))
+            })
+            .collect();
+        ends.sort_by(|a, b| (a.0, &a.1.job.id).cmp(&(b.0, &b.1.job.id)));
+        // Jobs ending at the same moment are released together: one trial per moment.
+        let moments: Vec<&[(u64, &RunningJob)]> = ends
+            .chunk_by(|a, b| a.0 == b.0)
+            .take(self.config.reservation_trials)
+            .collect();
+        // A trial before enough GPUs could be free cannot succeed: start at the first moment
+        // that frees enough, and when none does, skip copying the cluster altogether.
+        let first = match ReplicaBound::new(self.model.cluster(), self.model.index(), &job.gang) {
+            Some(mut bound) => {
+                let need = u64::from(job.gang.min_replicas.max(1));
+                let mut first = None;
+                for (k, moment) in moments.iter().enumerate() {
+                    for (_, r) in moment.iter() {
+                        for replica in &r.placement.replicas {
+                            let gpus = u32::try_from(replica.claim.gpus.len()).unwrap_or(u32::MAX);
+                            bound.free(self.model.cluster(), replica.claim.node, gpus);
+                        }
+                    }
+                    if bound.replicas() >= need {
+                        first = Some(k);
+                        break;
+                    }
+                }
+                first?
+            }
+            None => 0,
+        };
+        let mut future = self.model.clone();
+        for (k, moment) in moments.iter().enumerate() {
+            for (_, r) in moment.iter() {
+                for id in &r.allocations {
+                    let _ = future.release(*id);
+                }
+            }
+            if k < first {
+                continue;
+            }
+            if let Some(p) = future.place_gang_if_fits(&job.gang, &GangOptions::default()) {
+                let mut nodes = vec![false; self.model.cluster().len()];
+                for n in p.nodes() {
+                    nodes[n.index()] = true;
+                }
+                return Some(Reservation {
+                    holder: job.id.clone(),
+                    start_s: moment[0].0,
+                    nodes,
+                });
+            }
+        }
+        None
+    }
+}
+
+fn placed_whole_gpus(p: &GangPlacement) -> u64 {
+    p.replicas
+        .iter()
+        .map(|r| r.claim.gpus.iter().filter(|g| g.exclusive).count() as u64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Request;
+
+    fn job(id: &str, gpus: u32) -> QueuedJob {
+        let request =
+            Request::new(8_000, 65_536, GpuDemand::Exclusive { count: gpus }).expect("valid");
+        QueuedJob {
+            id: JobId(id.into()),
+            gang: GangRequest::new(request, 2),
+            tenant: "research".into(),
+            queue: "default".into(),
+            priority: 1,
+            preemptible: true,
+            submitted_s: 0,
+            runtime: Runtime::default(),
+        }
+    }
+
+    fn wait(fit: u32) -> NoRoom {
+        NoRoom::Gang(GangWait::TooFew {
+            needed: 2,
+            fit,
+            counts: Vec::new(),
+        })
+    }
+
+    /// The memo of failed shapes answers for any job of the same gang request, tenant,
+    /// priority and reservation, whatever its id, queue or submission time; any other
+    /// difference is a different shape.
+    #[test]
+    fn failed_shapes_match_on_the_whole_shape() {
+        let mut memo = FailedShapes::default();
+        let first = job("a", 8);
+        memo.insert(&first, false, wait(1));
+        let mut twin = job("b", 8);
+        twin.queue = "urgent".into();
+        twin.submitted_s = 99;
+        assert_eq!(memo.get(&twin, false), Some(&wait(1)));
+        assert_eq!(memo.get(&twin, true), None, "another reservation to avoid");
+        let mut other = job("c", 8);
+        other.priority = 2;
+        assert_eq!(memo.get(&other, false), None, "another priority");
+        other = job("c", 8);
+        other.tenant = "prod".into();
+        assert_eq!(memo.get(&other, false), None, "another tenant");
+        other = job("c", 8);
+        other.gang.replica_traffic_gbps = 50.0;
+        assert_eq!(memo.get(&other, false), None, "a field outside the hash");
+        other = job("c", 8);
+        other.gang.topology.rdma_required = true;
+        assert_eq!(memo.get(&other, false), None, "another topology");
+        assert_eq!(memo.get(&job("c", 4), false), None, "another request");
+        memo.insert(&twin, false, wait(0));
+        assert_eq!(memo.get(&first, false), Some(&wait(0)), "the latest reason");
+        memo.clear();
+        assert_eq!(memo.get(&first, false), None);
+    }
+}
