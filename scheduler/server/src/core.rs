@@ -5,22 +5,20 @@
 //! applied together: concurrent submits share one transaction (one fsync), and one scheduling
 //! pass follows each batch.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use suanli_engine::cluster::{AllocationId, Cluster, NodeId};
-use suanli_engine::job::JobId;
-
+use suanli_engine::cluster::{Cluster, NodeId};
 use suanli_engine::domain::DomainCatalog;
+use suanli_engine::job::JobId;
 use suanli_engine::links::LinkState;
-use suanli_engine::model::ClusterModel;
 use suanli_engine::policy::PolicyKind;
-use suanli_engine::quota::{Quotas, Usage};
+use suanli_engine::queue::{QueueConfig, Scheduler, WaitReason};
+use suanli_engine::quota::Quotas;
 use suanli_engine::workload::SingleReplicaPolicy;
-use suanli_engine::{Cid, GpuModel, JobSpec, JobState, NodeInventory};
+use suanli_engine::{Cid, JobSpec, JobState, NodeInventory};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -32,8 +30,6 @@ mod nodes;
 mod pods;
 mod schedule;
 mod views;
-
-use schedule::{Pass, Reservation, Wait};
 
 pub use handle::CoreHandle;
 pub use nodes::Registration;
@@ -369,6 +365,19 @@ pub struct CoreConfig {
     pub clock: Arc<dyn Clock>,
 }
 
+impl CoreConfig {
+    /// The queue the daemon runs: preemption as configured, backfill behind the first
+    /// blocked job, jobs passing one another when they fit.
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            preemption: self.preemption.enabled,
+            max_victims: self.preemption.max_victims,
+            min_runtime_s: self.preemption.min_runtime_s,
+            ..QueueConfig::default()
+        }
+    }
+}
+
 /// When a pending job may stop running ones to make room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreemptionConfig {
@@ -423,13 +432,8 @@ struct LiveJob {
     attempts: u32,
     created_ms: i64,
     placement: Option<StoredPlacement>,
-    allocations: Vec<AllocationId>,
-    /// GPU-milli per model the job's placement charges to its tenant's quota.
-    charges: Vec<(GpuModel, u64)>,
-    /// Placed above its tenant's or queue's guarantee: reclaimable.
-    borrowed: bool,
-    /// Why the last attempt to place it failed.
-    wait: Option<Wait>,
+    /// Why the last pass left it waiting.
+    wait: Option<WaitReason>,
 }
 
 /// What waits for the open store batch to commit.
@@ -443,30 +447,18 @@ struct Core {
     config: CoreConfig,
     in_batch: std::cell::Cell<bool>,
     outbox: std::cell::RefCell<Outbox>,
-    pass: Option<Pass>,
     /// Nodes changed since the engine's cluster was built; rebuilt once per batch.
     cluster_dirty: bool,
     store: Store,
     events: broadcast::Sender<EventRecord>,
     nodes: BTreeMap<Cid, NodeEntry>,
-    /// The engine's cluster, the links between its GPUs and NICs, and the gang planner's
-    /// capacity index, kept in step on every allocation and release.
-    model: ClusterModel,
-    /// Nodes held for the first blocked job, if any.
-    reservation: Option<Reservation>,
-    /// GPU-milli each tenant's placed jobs hold, per model.
-    usage: Usage,
-    /// Cluster positions of the nodes in `cluster`, by CID.
+    /// The engine's queue: the cluster model with what every live job holds, the quota use,
+    /// the pending jobs, and the policy that places single replicas. Every placement,
+    /// preemption and wait is its decision.
+    queue: Scheduler,
+    /// Cluster positions of the nodes in the queue's cluster, by CID.
     node_ids: HashMap<Cid, NodeId>,
     jobs: HashMap<JobId, LiveJob>,
-    /// Pending jobs in scheduling order: highest priority first, then oldest.
-    pending: BTreeSet<(Reverse<i32>, JobId)>,
-    /// Places jobs of one plain replica; learns FGD's workload from submissions.
-    single: SingleReplicaPolicy,
-    /// Set when capacity was freed or added: every pending job is worth another try.
-    capacity_changed: bool,
-    /// Pending jobs not tried since they arrived.
-    untried: HashSet<JobId>,
     latencies: Vec<f64>,
 }
 
@@ -477,30 +469,18 @@ pub fn start(
 ) -> Result<(CoreHandle, std::thread::JoinHandle<()>), CoreError> {
     let (tx, rx) = std_mpsc::channel();
     let (events, _) = broadcast::channel(4096);
-    let policy_kind: PolicyKind = config
-        .policy
-        .parse()
-        .map_err(|e| CoreError::InvalidArgument(format!("policy {:?}: {e}", config.policy)))?;
-    let cluster = Cluster::from_inventories(&[]).expect("an empty cluster is valid");
-    let model = ClusterModel::new(cluster, LinkState::new(), config.catalog.clone());
+    let queue = new_queue(&config)?;
     let mut core = Core {
-        single: SingleReplicaPolicy::new(policy_kind, config.seed),
         config,
         in_batch: std::cell::Cell::new(false),
         outbox: std::cell::RefCell::new(Outbox::default()),
-        pass: None,
         cluster_dirty: false,
         store,
         events: events.clone(),
         nodes: BTreeMap::new(),
-        model,
-        reservation: None,
-        usage: Usage::default(),
+        queue,
         node_ids: HashMap::new(),
         jobs: HashMap::new(),
-        pending: BTreeSet::new(),
-        capacity_changed: true,
-        untried: HashSet::new(),
         latencies: Vec::new(),
     };
     core.load()?;
@@ -549,7 +529,7 @@ impl Core {
         info!(
             nodes = self.nodes.len(),
             live_jobs = self.jobs.len(),
-            pending = self.pending.len(),
+            pending = self.queue.pending().count(),
             "Loaded state."
         );
         Ok(())
@@ -579,26 +559,25 @@ impl Core {
                 ),
                 None => None,
             };
-            self.remember(&record.spec);
-            if record.state == JobState::Pending || record.state == JobState::Preempted {
-                self.pending
-                    .insert((Reverse(record.spec.priority), record.id.clone()));
-                self.untried.insert(record.id.clone());
+            let waits = record.state == JobState::Pending || record.state == JobState::Preempted;
+            if !waits {
+                self.remember(&record.spec);
             }
+            let id = record.id.clone();
             self.jobs.insert(
-                record.id.clone(),
+                id.clone(),
                 LiveJob {
                     spec: record.spec,
                     state: record.state,
                     attempts: record.attempts,
                     created_ms: record.created_ms,
                     placement,
-                    allocations: Vec::new(),
-                    charges: Vec::new(),
-                    borrowed: false,
                     wait: None,
                 },
             );
+            if waits {
+                self.enqueue(&id)?;
+            }
         }
         Ok(())
     }
@@ -607,19 +586,18 @@ impl Core {
     /// jobs and take them again from the store.
     fn reload_jobs(&mut self) {
         self.jobs.clear();
-        self.pending.clear();
-        self.untried.clear();
-        self.pass = None;
+        match new_queue(&self.config) {
+            Ok(queue) => self.queue = queue,
+            Err(e) => warn!(error = %e, "Could not rebuild the queue."),
+        }
         if let Err(e) = self.load_jobs() {
             warn!(error = %e, "Could not reload jobs after a failed commit.");
         }
         self.cluster_dirty = true;
-        self.capacity_changed = true;
     }
 
     fn has_scheduling_work(&self) -> bool {
-        self.pass.is_some()
-            || (!self.pending.is_empty() && (self.capacity_changed || !self.untried.is_empty()))
+        self.queue.has_work()
     }
 
     /// One scheduling slice inside one store batch. Events and agent commands wait in the
@@ -735,10 +713,6 @@ impl Core {
                     if let Some(event) = submitted
                         && !self.jobs.contains_key(&record.id)
                     {
-                        self.remember(&record.spec);
-                        self.pending
-                            .insert((Reverse(record.spec.priority), record.id.clone()));
-                        self.untried.insert(record.id.clone());
                         self.jobs.insert(
                             record.id.clone(),
                             LiveJob {
@@ -747,13 +721,13 @@ impl Core {
                                 attempts: 0,
                                 created_ms: record.created_ms,
                                 placement: None,
-                                allocations: Vec::new(),
-                                charges: Vec::new(),
-                                borrowed: false,
                                 wait: None,
                             },
                         );
                         let _ = self.events.send(event);
+                        if let Err(e) = self.enqueue(&record.id) {
+                            warn!(job = %record.id, error = %e, "Could not queue a submitted job.");
+                        }
                     }
                     let _ = reply.send(Ok(record));
                 }
@@ -940,6 +914,24 @@ impl Core {
     }
 
     // ---- jobs -------------------------------------------------------------------------
+}
+
+/// An empty queue with the configured quotas, preemption and single-replica policy.
+fn new_queue(config: &CoreConfig) -> Result<Scheduler, CoreError> {
+    let policy_kind: PolicyKind = config
+        .policy
+        .parse()
+        .map_err(|e| CoreError::InvalidArgument(format!("policy {:?}: {e}", config.policy)))?;
+    let cluster = Cluster::from_inventories(&[]).expect("an empty cluster is valid");
+    let mut queue = Scheduler::new(
+        cluster,
+        LinkState::new(),
+        config.catalog.clone(),
+        config.quotas.clone(),
+        config.queue_config(),
+    );
+    queue.set_single_replica_policy(SingleReplicaPolicy::new(policy_kind, config.seed));
+    Ok(queue)
 }
 
 /// A time limit in milliseconds, saturating rather than overflowing.

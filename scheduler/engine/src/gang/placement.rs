@@ -74,6 +74,21 @@ pub struct GangPlacement {
 }
 
 impl GangPlacement {
+    /// A placement of exactly these claims, chosen elsewhere (by a single-replica policy, or
+    /// booked again after a restart). Its hop and fabric facts are not measured.
+    pub fn of_claims(replicas: Vec<ReplicaClaim>, group: String) -> GangPlacement {
+        GangPlacement {
+            replicas,
+            hop: Hop::SameNode,
+            group,
+            domains: Vec::new(),
+            inter_domain_gbps: 0.0,
+            worst_link_rank: 0,
+            gdr_gpus: 0,
+            feasible_nodes: 0,
+        }
+    }
+
     pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.replicas.iter().map(|r| r.claim.node)
     }

@@ -24,19 +24,18 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use crate::cluster::{AllocationId, Cluster, NodeId};
+use crate::cluster::{AllocationId, Cluster, ClusterError, NodeId};
 use crate::domain::DomainCatalog;
 use crate::explain::Unplaceable;
-use crate::gang::{
-    GangOptions, GangPlacement, GangRequest, GangWait, Hop, ReplicaBound, ReplicaClaim,
-};
+use crate::gang::{GangOptions, GangPlacement, GangRequest, GangWait, ReplicaBound, ReplicaClaim};
 use crate::gpu::GpuModel;
 use crate::job::{JobId, JobSpec};
 use crate::links::LinkState;
 use crate::model::ClusterModel;
+use crate::policy::{Placement as PolicyPlacement, ScoreBreakdown};
 use crate::preempt::{Preemptor, VictimKind, VictimView, candidates, reclaimable};
 use crate::quota::{QuotaExceeded, QuotaVerdict, Quotas, Usage};
-use crate::request::{GpuDemand, RequestError};
+use crate::request::{GpuDemand, Request, RequestError};
 use crate::workload::SingleReplicaPolicy;
 
 /// How long a job runs, as far as the scheduler knows: backfill needs an upper bound.
@@ -168,7 +167,9 @@ pub enum WaitReason {
     /// room), with how many nodes failed for which reason.
     NoNode(Unplaceable),
     /// It fits only on nodes reserved for a blocked job and would still run at that start.
-    Reserved { holder: JobId, start_s: u64 },
+    /// `start_s` is when the held nodes are expected free, if every job they wait for has a
+    /// runtime bound.
+    Reserved { holder: JobId, start_s: Option<u64> },
     /// A strict-order queue: a job ahead of it cannot start, so it may not either.
     Behind { head: JobId },
 }
@@ -193,9 +194,19 @@ impl fmt::Display for WaitReason {
             ),
             WaitReason::Placement(w) => write!(f, "{w}"),
             WaitReason::NoNode(u) => write!(f, "{u}"),
-            WaitReason::Reserved { holder, start_s } => write!(
+            WaitReason::Reserved {
+                holder,
+                start_s: Some(start_s),
+            } => write!(
                 f,
                 "would delay {holder}, which holds a reservation from t={start_s}s"
+            ),
+            WaitReason::Reserved {
+                holder,
+                start_s: None,
+            } => write!(
+                f,
+                "would delay {holder}, which holds a reservation until running jobs end"
             ),
             WaitReason::Behind { head } => {
                 write!(
@@ -214,6 +225,8 @@ pub enum Decision {
     Place {
         job: JobId,
         placement: GangPlacement,
+        /// The single-replica policy's score, when that policy chose the node.
+        policy_score: Option<ScoreBreakdown>,
         borrowed: bool,
         /// Ran ahead of a blocked job's reservation.
         backfilled: bool,
@@ -238,6 +251,7 @@ impl fmt::Display for Decision {
                 placement,
                 borrowed,
                 backfilled,
+                ..
             } => {
                 write!(f, "place {job}: {placement}")?;
                 if *borrowed {
@@ -293,6 +307,9 @@ pub struct Scheduler {
     single: Option<SingleReplicaPolicy>,
     /// The pass in progress when the last slice stopped before its end.
     pass: Option<Pass>,
+    /// Something that may let a pending job start happened since the last pass began: a
+    /// job arrived or changed, capacity was freed or the cluster changed.
+    changed: bool,
 }
 
 impl Scheduler {
@@ -303,15 +320,8 @@ impl Scheduler {
         quotas: Quotas,
         config: QueueConfig,
     ) -> Scheduler {
-        let mut models: Vec<GpuModel> = cluster
-            .nodes()
-            .iter()
-            .flat_map(|n| n.gpus().iter().map(|g| cluster.model(g.model).clone()))
-            .collect();
-        models.sort();
-        models.dedup();
         Scheduler {
-            models,
+            models: gpu_models(&cluster),
             model: ClusterModel::new(cluster, links, catalog),
             quotas,
             config,
@@ -320,7 +330,84 @@ impl Scheduler {
             usage: Usage::default(),
             single: None,
             pass: None,
+            changed: true,
         }
+    }
+
+    /// Replaces the cluster (nodes joined or left): running jobs are forgotten, their
+    /// resources and quota use with them, for the caller to book again with
+    /// [`Scheduler::restore_running`] on the new node positions. Pending jobs stay queued.
+    pub fn reset_cluster(&mut self, cluster: Cluster, links: LinkState) {
+        self.models = gpu_models(&cluster);
+        let catalog = self.model.catalog().clone();
+        self.model = ClusterModel::new(cluster, links, catalog);
+        self.running.clear();
+        self.usage = Usage::default();
+        self.pass = None;
+        self.changed = true;
+    }
+
+    /// The policy that places plain single replicas, if one is set.
+    pub fn single_replica_policy(&self) -> Option<&SingleReplicaPolicy> {
+        self.single.as_ref()
+    }
+
+    pub fn single_replica_policy_mut(&mut self) -> Option<&mut SingleReplicaPolicy> {
+        self.single.as_mut()
+    }
+
+    /// Where the single-replica policy would place `request` now, without allocating it;
+    /// `None` when no policy is set or it is not ready.
+    pub fn place_single(
+        &mut self,
+        request: &Request,
+    ) -> Option<Result<PolicyPlacement, Unplaceable>> {
+        self.single.as_mut()?.place(self.model.cluster(), request)
+    }
+
+    /// Whether a pass could decide anything new: one is in progress, or jobs wait and
+    /// something happened since the last pass began that may let one start. A pass with
+    /// nothing new would only repeat the last one's waits (time alone changes only which
+    /// victims have run long enough, which the next event picks up).
+    pub fn has_work(&self) -> bool {
+        self.pass.is_some() || (self.changed && !self.pending.is_empty())
+    }
+
+    pub fn is_pending(&self, id: &JobId) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    /// Changes what the queue knows of a pending or running job (priority, preemptibility,
+    /// queue). A running job's quota use moves with it to its new queue.
+    pub fn amend(&mut self, id: &JobId, change: impl FnOnce(&mut QueuedJob)) -> bool {
+        if let Some(job) = self.pending.get_mut(id) {
+            change(job);
+            self.pass = None;
+            self.changed = true;
+            return true;
+        }
+        let Some(running) = self.running.get_mut(id) else {
+            return false;
+        };
+        let (tenant, queue) = (running.job.tenant.clone(), running.job.queue.clone());
+        change(&mut running.job);
+        // Tenant and runtime are not the caller's to change under a running job.
+        running.job.tenant = tenant.clone();
+        if running.job.queue != queue {
+            self.usage
+                .remove_in_queue(&tenant, &queue, &running.charges);
+            self.usage
+                .add_in_queue(&tenant, &running.job.queue, &running.charges);
+        }
+        self.changed = true;
+        true
+    }
+
+    /// Cordons or uncordons a node: it takes no new work while cordoned.
+    pub fn set_cordoned(&mut self, node: NodeId, cordoned: bool) -> Result<(), ClusterError> {
+        self.pass = None;
+        self.changed = true;
+        self.model.set_cordoned(node, cordoned)
     }
 
     /// Places jobs of one plain replica by `policy` (see [`SingleReplicaPolicy::applies_to`])
@@ -361,12 +448,14 @@ impl Scheduler {
     /// Changes the cluster (cordon, health, MIG mode) and re-indexes what changed.
     pub fn update_cluster(&mut self, change: impl FnOnce(&mut Cluster)) {
         self.pass = None;
+        self.changed = true;
         self.model.update(change);
     }
 
     /// Replaces the live link state (from telemetry).
     pub fn set_links(&mut self, links: LinkState) {
         self.pass = None;
+        self.changed = true;
         self.model.set_links(links);
     }
 
@@ -385,14 +474,29 @@ impl Scheduler {
             single.remember(job.gang.request.clone());
         }
         self.pending.insert(job.id.clone(), job);
+        self.changed = true;
         Ok(())
     }
 
-    /// Drops a pending job.
+    /// Queues a job that was queued before (its node was lost, it was drained) without
+    /// counting it again in the single-replica policy's workload.
+    pub fn return_to_queue(&mut self, job: QueuedJob) -> Result<(), QueueError> {
+        if self.pending.contains_key(&job.id) || self.running.contains_key(&job.id) {
+            return Err(QueueError::Duplicate(job.id));
+        }
+        self.pending.insert(job.id.clone(), job);
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Drops a pending job. A reservation it held goes with it, so the next pass may differ.
     pub fn cancel_pending(&mut self, id: &JobId) -> Result<QueuedJob, QueueError> {
-        self.pending
+        let job = self
+            .pending
             .remove(id)
-            .ok_or_else(|| QueueError::NotPending(id.clone()))
+            .ok_or_else(|| QueueError::NotPending(id.clone()))?;
+        self.changed = true;
+        Ok(job)
     }
 
     /// A running job ended (any way): its resources and quota return.
@@ -405,6 +509,7 @@ impl Scheduler {
         if let Some(pass) = self.pass.as_mut() {
             pass.capacity_changed = true;
         }
+        self.changed = true;
         Ok(job)
     }
 
@@ -496,6 +601,18 @@ impl Scheduler {
             charges,
         )
     }
+}
+
+/// Every GPU model in `cluster`, sorted, once each.
+fn gpu_models(cluster: &Cluster) -> Vec<GpuModel> {
+    let mut models: Vec<GpuModel> = cluster
+        .nodes()
+        .iter()
+        .flat_map(|n| n.gpus().iter().map(|g| cluster.model(g.model).clone()))
+        .collect();
+    models.sort();
+    models.dedup();
+    models
 }
 
 /// Judges `charges` for work of `tenant`'s `queue` against both quotas: `Ok(borrowed)`, or

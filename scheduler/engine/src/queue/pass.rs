@@ -69,11 +69,12 @@ impl FailedShapes {
     }
 }
 
-/// A blocked job's claim on the future: from `start_s` it will use `nodes`.
+/// A blocked job's claim on the future: from `start_s` (unknown when it waits for jobs
+/// without a runtime bound) it will use `nodes`.
 #[derive(Debug, Clone)]
 struct Reservation {
     holder: JobId,
-    start_s: u64,
+    start_s: Option<u64>,
     nodes: Vec<bool>,
 }
 
@@ -156,6 +157,7 @@ impl Scheduler {
             .map(|j| (std::cmp::Reverse(j.priority), j.submitted_s, j.id.clone()))
             .collect();
         order.sort();
+        self.changed = false;
         if let Some(single) = self.single.as_mut() {
             single.refresh();
         }
@@ -190,7 +192,8 @@ impl Scheduler {
         let ends_before_reservation = pass.reservation.as_ref().is_some_and(|r| {
             job.runtime
                 .bound_s()
-                .is_some_and(|d| now_s.saturating_add(d) <= r.start_s)
+                .zip(r.start_s)
+                .is_some_and(|(d, start)| now_s.saturating_add(d) <= start)
         });
         let avoid = pass
             .reservation
@@ -218,7 +221,7 @@ impl Scheduler {
         };
         let job = job.clone();
         match attempt {
-            Ok(placement) => {
+            Ok((placement, policy_score)) => {
                 let charges = self.charges(&placement);
                 match self.admit(&job, &charges) {
                     Ok(borrowed) => {
@@ -230,6 +233,7 @@ impl Scheduler {
                             decisions.push(Decision::Place {
                                 job: id,
                                 placement,
+                                policy_score,
                                 borrowed,
                                 backfilled,
                             });
@@ -263,7 +267,7 @@ impl Scheduler {
                     (Some(r), Some(_))
                         if !matches!(wait, NoRoom::Gang(GangWait::Network { .. })) =>
                     {
-                        // Fits without the pass.reservation? Then the pass.reservation is the reason.
+                        // Fits without the reservation? Then the reservation is the reason.
                         let free = self
                             .model
                             .place_gang_if_fits(&job.gang, &GangOptions::default());
@@ -290,26 +294,27 @@ impl Scheduler {
     /// policy when one is set and the job is one plain replica, else by the gang planner. The
     /// policy does not know about held nodes, so when it picks one the planner, which does,
     /// places the job instead; so it does while the policy has no workload to build from.
-    fn plan(&mut self, job: &QueuedJob, avoid: Option<&[bool]>) -> Result<GangPlacement, NoRoom> {
+    /// A placement by the policy comes with the policy's score.
+    fn plan(
+        &mut self,
+        job: &QueuedJob,
+        avoid: Option<&[bool]>,
+    ) -> Result<(GangPlacement, Option<ScoreBreakdown>), NoRoom> {
         if SingleReplicaPolicy::applies_to(&job.gang)
             && let Some(single) = self.single.as_mut()
         {
             let held = |node: NodeId| avoid.is_some_and(|a| a.get(node.index()) == Some(&true));
             match single.place(self.model.cluster(), &job.gang.request) {
                 Some(Ok(p)) if !held(p.claim.node) => {
-                    return Ok(GangPlacement {
-                        group: format!("node {} by {}", p.node_name, single.kind().name()),
-                        replicas: vec![ReplicaClaim {
-                            claim: p.claim,
-                            node_name: p.node_name,
-                        }],
-                        hop: Hop::SameNode,
-                        domains: Vec::new(),
-                        inter_domain_gbps: 0.0,
-                        worst_link_rank: 0,
-                        gdr_gpus: 0,
-                        feasible_nodes: 0,
-                    });
+                    let group = format!("node {} by {}", p.node_name, single.kind().name());
+                    let replica = ReplicaClaim {
+                        claim: p.claim,
+                        node_name: p.node_name,
+                    };
+                    return Ok((
+                        GangPlacement::of_claims(vec![replica], group),
+                        Some(p.breakdown),
+                    ));
                 }
                 Some(Err(unplaceable)) => return Err(NoRoom::Policy(unplaceable)),
                 _ => {}
@@ -317,35 +322,45 @@ impl Scheduler {
         }
         self.model
             .place_gang(&job.gang, &GangOptions { avoid })
+            .map(|placement| (placement, None))
             .map_err(NoRoom::Gang)
     }
 
     /// The earliest time `job` fits if running jobs end when their runtime bound says, and the
-    /// nodes it would use then. Jobs without a bound never end in this projection.
+    /// nodes it would use then. Jobs without a bound are assumed to end after every bounded
+    /// one, oldest first (the best guess there is): a reservation that needs them has no
+    /// known start, so nothing may backfill onto its nodes, but they are still held.
     fn reserve(&self, job: &QueuedJob, now_s: u64) -> Option<Reservation> {
-        let mut ends: Vec<(u64, &RunningJob)> = self
-            .running
-            .values()
-            .filter_map(|r| {
-                r.job
-                    .runtime
-                    .bound_s()
-                    .map(|d| (r.started_s.saturating_add(d).max(now_s), r))
-            })
-            .collect();
-        ends.sort_by(|a, b| (a.0, &a.1.job.id).cmp(&(b.0, &b.1.job.id)));
+        let mut bounded: Vec<(u64, &RunningJob)> = Vec::new();
+        let mut unbounded: Vec<(u64, &RunningJob)> = Vec::new();
+        for r in self.running.values() {
+            match r.job.runtime.bound_s() {
+                Some(d) => bounded.push((r.started_s.saturating_add(d).max(now_s), r)),
+                None => unbounded.push((r.started_s, r)),
+            }
+        }
+        bounded.sort_by(|a, b| (a.0, &a.1.job.id).cmp(&(b.0, &b.1.job.id)));
+        unbounded.sort_by(|a, b| (a.0, &a.1.job.id).cmp(&(b.0, &b.1.job.id)));
+        let trials = self.config.reservation_trials;
         // Jobs ending at the same moment are released together: one trial per moment.
-        let moments: Vec<&[(u64, &RunningJob)]> = ends
+        let mut moments: Vec<(Option<u64>, &[(u64, &RunningJob)])> = bounded
             .chunk_by(|a, b| a.0 == b.0)
-            .take(self.config.reservation_trials)
+            .take(trials)
+            .map(|m| (Some(m[0].0), m))
             .collect();
+        // The trials left go to the unbounded jobs, in equal batches.
+        let left = trials.saturating_sub(moments.len());
+        if left > 0 && !unbounded.is_empty() {
+            let batch = unbounded.len().div_ceil(left);
+            moments.extend(unbounded.chunks(batch).map(|m| (None, m)));
+        }
         // A trial before enough GPUs could be free cannot succeed: start at the first moment
         // that frees enough, and when none does, skip copying the cluster altogether.
         let first = match ReplicaBound::new(self.model.cluster(), self.model.index(), &job.gang) {
             Some(mut bound) => {
                 let need = u64::from(job.gang.min_replicas.max(1));
                 let mut first = None;
-                for (k, moment) in moments.iter().enumerate() {
+                for (k, (_, moment)) in moments.iter().enumerate() {
                     for (_, r) in moment.iter() {
                         for replica in &r.placement.replicas {
                             let gpus = u32::try_from(replica.claim.gpus.len()).unwrap_or(u32::MAX);
@@ -362,7 +377,7 @@ impl Scheduler {
             None => 0,
         };
         let mut future = self.model.clone();
-        for (k, moment) in moments.iter().enumerate() {
+        for (k, (start_s, moment)) in moments.iter().enumerate() {
             for (_, r) in moment.iter() {
                 for id in &r.allocations {
                     let _ = future.release(*id);
@@ -378,7 +393,7 @@ impl Scheduler {
                 }
                 return Some(Reservation {
                     holder: job.id.clone(),
-                    start_s: moment[0].0,
+                    start_s: *start_s,
                     nodes,
                 });
             }

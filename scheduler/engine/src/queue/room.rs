@@ -146,6 +146,7 @@ impl Scheduler {
         decisions.push(Decision::Place {
             job: job.id.clone(),
             placement,
+            policy_score: None,
             borrowed,
             backfilled: false,
         });

@@ -423,9 +423,12 @@ fn a_pass_in_slices_decides_what_one_pass_would() {
                 Decision::Wait {
                     reason: WaitReason::Reserved { .. },
                     ..
+                } | Decision::Place {
+                    backfilled: true,
+                    ..
                 }
             )),
-        "it preempts and holds a reservation: {expected:?}"
+        "it preempts and holds a reservation that others wait or backfill around: {expected:?}"
     );
     let mut got = Vec::new();
     let mut slices = 0;

@@ -5,8 +5,6 @@
 use suanli_engine::cluster::{Claim, Cluster, GpuGrant, NodeId};
 use suanli_engine::job::JobId;
 use suanli_engine::links::LinkState;
-use suanli_engine::model::ClusterModel;
-use suanli_engine::quota::Usage;
 use suanli_engine::request::Request;
 use suanli_engine::{Cid, MigProfile, NodeInventory};
 use tracing::{debug, info, warn};
@@ -52,18 +50,15 @@ impl Core {
             }
         }
         let links = LinkState::from_inventories(&usable, None);
-        self.model = ClusterModel::new(cluster, links, self.config.catalog.clone());
-        self.usage = Usage::default();
+        self.queue.reset_cluster(cluster, links);
         self.node_ids = self
-            .model
+            .queue
             .cluster()
             .nodes()
             .iter()
             .enumerate()
             .filter_map(|(i, n)| n.cid().map(|c| (c.clone(), NodeId(i as u32))))
             .collect();
-        // Node positions may have moved; the next full pass reserves again.
-        self.reservation = None;
         // In placement order, so quota borrowing is judged as it was when they were placed.
         let mut holders: Vec<(i64, JobId)> = self
             .jobs
@@ -73,10 +68,6 @@ impl Core {
         holders.sort();
         let mut lost = Vec::new();
         for (_, id) in holders {
-            if let Some(job) = self.jobs.get_mut(&id) {
-                job.allocations.clear();
-                job.charges.clear();
-            }
             if let Err(e) = self.reclaim_resources(&id) {
                 warn!(job = %id, error = %e, "A job's resources are gone.");
                 lost.push(id);
@@ -100,7 +91,6 @@ impl Core {
                 warn!(job = %id, error = %e, "Could not requeue.");
             }
         }
-        self.capacity_changed = true;
     }
 
     /// The engine claims for a job's stored placement, or `None` if a node or GPU is gone.
@@ -111,7 +101,7 @@ impl Core {
             .iter()
             .map(|slot| {
                 let node = *self.node_ids.get(&slot.node)?;
-                let gpus_here = self.model.cluster().nodes()[node.index()].gpus();
+                let gpus_here = self.queue.cluster().nodes()[node.index()].gpus();
                 let gpus = slot
                     .gpus
                     .iter()
@@ -163,9 +153,6 @@ impl Core {
         entry.cordon_reason = reason.to_string();
         entry.draining = cordoned && draining;
         self.sync_schedulable(node);
-        if !cordoned {
-            self.capacity_changed = true;
-        }
         info!(node = %node, cordoned, "Cordon changed.");
         self.node_views()
             .into_iter()

@@ -1,8 +1,6 @@
 //! A job's life in the table and the store: state transitions, cancel, finish, requeue,
 //! and the resources a job gives back.
 
-use std::cmp::Reverse;
-
 use suanli_engine::JobState;
 use suanli_engine::job::JobId;
 use tracing::{info, warn};
@@ -93,14 +91,12 @@ impl Core {
         }
         let event = self.store.update_spec(id, &spec, &changes.join(", "))?;
         self.publish(event);
+        self.queue.amend(id, |queued| {
+            queued.priority = spec.priority;
+            queued.preemptible = spec.preemptible;
+            queued.queue = spec.queue.clone();
+        });
         if let Some(job) = self.jobs.get_mut(id) {
-            if self
-                .pending
-                .remove(&(Reverse(job.spec.priority), id.clone()))
-            {
-                self.pending.insert((Reverse(spec.priority), id.clone()));
-                self.untried.insert(id.clone());
-            }
             job.spec = spec;
         }
         Ok(self.store.job(id)?)
@@ -147,37 +143,17 @@ impl Core {
         message: &str,
     ) -> Result<(), CoreError> {
         self.release(id);
-        if let Some(job) = self.jobs.get(id) {
-            self.pending
-                .remove(&(Reverse(job.spec.priority), id.clone()));
-        }
+        let _ = self.queue.cancel_pending(id);
         self.transition(id, to, reason, message, None)?;
         self.jobs.remove(id);
-        self.untried.remove(id);
         info!(job = %id, state = %to, "Job finished.");
         Ok(())
     }
 
+    /// Gives back a job's GPUs and quota, if it holds any.
     pub(super) fn release(&mut self, id: &JobId) {
-        self.release_resources(id);
-        self.capacity_changed = true;
-    }
-
-    /// Gives back a job's GPUs and quota without marking capacity as changed: for trial
-    /// releases that may be undone.
-    pub(super) fn release_resources(&mut self, id: &JobId) {
-        let Some(job) = self.jobs.get_mut(id) else {
-            return;
-        };
-        for alloc in job.allocations.drain(..) {
-            if let Err(e) = self.model.release(alloc) {
-                warn!(job = %id, error = %e, "Release of an unknown allocation.");
-            }
-        }
-        let charges = std::mem::take(&mut job.charges);
-        job.borrowed = false;
-        self.usage
-            .remove_in_queue(&job.spec.tenant, &job.spec.queue, &charges);
+        // A job that holds nothing (pending, or its node is gone) has nothing to give back.
+        let _ = self.queue.finish(id);
     }
 
     /// Tells agents to stop every replica of a job that was placed.
@@ -249,12 +225,11 @@ impl Core {
     /// A job that held resources and is pending again: it forgets its placement and is
     /// tried in the next pass.
     pub(super) fn back_in_queue(&mut self, id: &JobId) {
-        if let Some(job) = self.jobs.get_mut(id) {
-            job.placement = None;
-            self.pending
-                .insert((Reverse(job.spec.priority), id.clone()));
-            self.untried.insert(id.clone());
-        }
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        job.placement = None;
+        self.enqueue_again(id);
     }
 
     /// Stops jobs that have run past their time limit (counted from placement) and fails

@@ -260,15 +260,12 @@ impl Core {
         };
         if let Some(id) = self.node_ids.get(node).copied()
             && self
-                .model
+                .queue
                 .cluster()
                 .node(id)
                 .is_some_and(|n| n.is_cordoned() == schedulable)
         {
-            let _ = self.model.set_cordoned(id, !schedulable);
-        }
-        if schedulable {
-            self.capacity_changed = true;
+            let _ = self.queue.set_cordoned(id, !schedulable);
         }
     }
 

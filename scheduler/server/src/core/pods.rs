@@ -15,6 +15,7 @@ use suanli_engine::gang::GangRequest;
 use suanli_engine::job::JobId;
 use suanli_engine::policy::evaluate;
 use suanli_engine::request::Request;
+use suanli_engine::workload::SingleReplicaPolicy;
 use suanli_engine::{Cid, JobSpec, JobState};
 use tracing::{info, warn};
 
@@ -79,16 +80,30 @@ impl Core {
     /// The policy, built from what is known of the workload; FGD needs at least one request
     /// shape, and a pod's own is the best guess before any other arrived.
     fn policy_for_pod(&mut self, spec: &JobSpec) -> Result<(), CoreError> {
-        if !self.single.refresh() {
+        if !self.refresh_policy() {
             self.remember(spec);
         }
-        if !self.single.refresh() {
+        if !self.refresh_policy() {
             return Err(CoreError::FailedPrecondition(format!(
                 "placement policy {} is not ready",
-                self.single.kind().name()
+                self.single().kind().name()
             )));
         }
         Ok(())
+    }
+
+    /// The policy that places single replicas, which the core always sets on its queue.
+    fn single(&self) -> &SingleReplicaPolicy {
+        self.queue
+            .single_replica_policy()
+            .expect("the core's queue has a single-replica policy")
+    }
+
+    /// Builds the policy from the workload seen so far; whether it is ready.
+    fn refresh_policy(&mut self) -> bool {
+        self.queue
+            .single_replica_policy_mut()
+            .is_some_and(|single| single.refresh())
     }
 
     /// Why a node named by kube-scheduler is not in the placement model.
@@ -118,11 +133,11 @@ impl Core {
         self.policy_for_pod(spec)?;
         let ids: Vec<Option<NodeId>> = names
             .iter()
-            .map(|n| self.model.cluster().node_by_name(n))
+            .map(|n| self.queue.cluster().node_by_name(n))
             .collect();
         let known: Vec<NodeId> = ids.iter().flatten().copied().collect();
-        let policy = self.single.policy().expect("policy_for_pod built it");
-        let mut verdicts = evaluate(self.model.cluster(), &request, policy, &known).into_iter();
+        let policy = self.single().policy().expect("policy_for_pod built it");
+        let mut verdicts = evaluate(self.queue.cluster(), &request, policy, &known).into_iter();
         let mut out = Vec::with_capacity(names.len());
         for (name, id) in names.iter().zip(ids) {
             let Some(id) = id else {
@@ -150,11 +165,11 @@ impl Core {
             return Ok(());
         }
         let Some(model) = self
-            .model
+            .queue
             .cluster()
             .node(id)
             .and_then(|n| n.uniform_model())
-            .map(|m| self.model.cluster().model(m).clone())
+            .map(|m| self.queue.cluster().model(m).clone())
         else {
             return Ok(());
         };
@@ -186,7 +201,7 @@ impl Core {
         let request = Self::pod_request(&spec)?;
         self.ensure_cluster();
         self.policy_for_pod(&spec)?;
-        let Some(id) = self.model.cluster().node_by_name(node_name) else {
+        let Some(id) = self.queue.cluster().node_by_name(node_name) else {
             return Err(CoreError::PodRefused {
                 pod: pod.to_string(),
                 node: node_name.to_string(),
@@ -194,7 +209,7 @@ impl Core {
             });
         };
         let node_cid = self
-            .model
+            .queue
             .cluster()
             .node(id)
             .and_then(|n| n.cid())
@@ -202,17 +217,16 @@ impl Core {
             .expect("server clusters are built from inventories, which have CIDs");
         let on_node = request.with_allowed(vec![node_cid]);
         let placement = self
-            .single
-            .place(self.model.cluster(), &on_node)
+            .queue
+            .place_single(&on_node)
             .expect("policy_for_pod built it")
             .map_err(|u| CoreError::PodRefused {
                 pod: pod.to_string(),
                 node: node_name.to_string(),
                 why: u.to_string(),
             })?;
-        let charges = self.model.cluster().gpu_milli_by_model([&placement.claim]);
-        let borrowed = self
-            .admit(&spec, &charges)
+        let charges = self.queue.cluster().gpu_milli_by_model([&placement.claim]);
+        self.admit(&spec, &charges)
             .map_err(|w| CoreError::PodRefused {
                 pod: pod.to_string(),
                 node: node_name.to_string(),
@@ -228,22 +242,7 @@ impl Core {
             pod: Some(pod.clone()),
         };
         stored.replicas[0].started = true;
-        let allocation =
-            self.model
-                .allocate(&placement.claim)
-                .map_err(|e| CoreError::PodRefused {
-                    pod: pod.to_string(),
-                    node: node_name.to_string(),
-                    why: e.to_string(),
-                })?;
-        let job_id = match self.store_bound_pod(pod, &spec, &stored, node_name) {
-            Ok(id) => id,
-            Err(e) => {
-                self.release_allocations(&[allocation]);
-                return Err(e);
-            }
-        };
-        self.usage.add_in_queue(&spec.tenant, &spec.queue, &charges);
+        let job_id = self.store_bound_pod(pod, &spec, &stored, node_name)?;
         self.remember(&spec);
         let created_ms = stored.placed_ms;
         self.jobs.insert(
@@ -254,12 +253,21 @@ impl Core {
                 attempts: 1,
                 created_ms,
                 placement: Some(stored),
-                allocations: vec![allocation],
-                charges,
-                borrowed,
                 wait: None,
             },
         );
+        if let Err(e) = self.book(&job_id, vec![placement.claim], created_ms) {
+            // The policy chose free GPUs a moment ago, so this does not happen; should it,
+            // the pod's job ends rather than run on GPUs Suanli does not hold for it.
+            warn!(job = %job_id, error = %e, "Could not hold the pod's GPUs.");
+            let why = format!("its GPUs could not be held: {e}");
+            let _ = self.finish(&job_id, JobState::Failed, "lost", &why);
+            return Err(CoreError::PodRefused {
+                pod: pod.to_string(),
+                node: node_name.to_string(),
+                why,
+            });
+        }
         info!(job = %job_id, pod = %pod, node = node_name, "Bound pod.");
         self.bound(&job_id, node_name)
     }
@@ -407,7 +415,7 @@ impl Core {
             .collect();
         let mut out = Vec::with_capacity(candidates.len());
         for (name, victim_uids) in candidates {
-            let Some(id) = self.model.cluster().node_by_name(name) else {
+            let Some(id) = self.queue.cluster().node_by_name(name) else {
                 out.push(NodeVerdict::new(name, Err(self.missing_node(name))));
                 continue;
             };
@@ -416,10 +424,10 @@ impl Core {
                 .filter_map(|uid| by_uid.get(uid).cloned())
                 .collect();
             for victim in &victims {
-                self.release_resources(victim);
+                self.release(victim);
             }
-            let policy = self.single.policy().expect("policy_for_pod built it");
-            let verdict = match evaluate(self.model.cluster(), &request, policy, &[id]).remove(0) {
+            let policy = self.single().policy().expect("policy_for_pod built it");
+            let verdict = match evaluate(self.queue.cluster(), &request, policy, &[id]).remove(0) {
                 Ok(points) => self.pod_quota(spec, &request, id).map(|()| points),
                 Err(reason) => Err(Self::node_reason(reason, &request)),
             };
@@ -455,7 +463,7 @@ impl Core {
         let Some(&node_id) = self.node_ids.get(node) else {
             return;
         };
-        let gpus_here: Vec<(String, u64)> = self.model.cluster().nodes()[node_id.index()]
+        let gpus_here: Vec<(String, u64)> = self.queue.cluster().nodes()[node_id.index()]
             .gpus()
             .iter()
             .map(|g| (g.uuid.clone(), g.memory_mib))
@@ -503,7 +511,7 @@ impl Core {
         }
         // Every corrected pod lets go first, so pods that swapped GPUs do not collide.
         for (id, _, _) in &fixes {
-            self.release_resources(id);
+            self.release(id);
         }
         let taken: BTreeMap<u32, &PodRef> = fixes
             .iter()
@@ -541,7 +549,6 @@ impl Core {
         for (id, _, positions) in fixes {
             self.hold_given_gpus(&id, node_id, &positions, &gpus_here);
         }
-        self.capacity_changed = true;
     }
 
     /// Holds `positions` (whole GPUs) for a pod's job instead of what it held, and stores
@@ -575,17 +582,14 @@ impl Core {
                 .collect(),
             affinity: Request::from_job(&job.spec).ok().and_then(|r| r.affinity()),
         };
-        let allocation = match self.model.allocate(&claim) {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(job = %id, error = %e, "Could not hold the GPUs kubelet gave the pod; keeping the old placement.");
-                if let Err(e) = self.reclaim_resources(id) {
-                    warn!(job = %id, error = %e, "The pod's old GPUs are gone too.");
-                }
-                return;
+        let placed_ms = job.placement.as_ref().map_or(0, |p| p.placed_ms);
+        if let Err(e) = self.book(id, vec![claim.clone()], placed_ms) {
+            warn!(job = %id, error = %e, "Could not hold the GPUs kubelet gave the pod; keeping the old placement.");
+            if let Err(e) = self.reclaim_resources(id) {
+                warn!(job = %id, error = %e, "The pod's old GPUs are gone too.");
             }
-        };
-        let charges = self.model.cluster().gpu_milli_by_model([&claim]);
+            return;
+        }
         let mut slot = self.slot_for(0, &claim, Vec::new());
         slot.started = true;
         let Some(job) = self.jobs.get_mut(id) else {
@@ -601,10 +605,6 @@ impl Core {
             .collect();
         placement.replicas[0] = slot;
         let stored = placement.clone();
-        job.allocations = vec![allocation];
-        job.charges = charges.clone();
-        let (tenant, queue) = (job.spec.tenant.clone(), job.spec.queue.clone());
-        self.usage.add_in_queue(&tenant, &queue, &charges);
         if let Err(e) = self.store.set_placement(id, &stored) {
             warn!(job = %id, error = %e, "Could not store the corrected placement.");
         }

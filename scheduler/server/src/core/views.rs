@@ -7,9 +7,10 @@ use suanli_engine::gang::GangWait;
 use suanli_engine::job::JobId;
 use suanli_engine::{Cid, JobState};
 
-use super::schedule::Wait;
+use super::schedule::wait_text;
 use super::{Core, CoreError, Explanation, GpuUsageView, MetricsView, NodeView, RefusalCount};
 use crate::auth::Identity;
+use suanli_engine::queue::WaitReason;
 
 impl Core {
     pub(super) fn explain(&self, id: &JobId, by: &Identity) -> Result<Explanation, CoreError> {
@@ -44,13 +45,13 @@ impl Core {
                         .join(", ")
                 ),
                 reasons: Vec::new(),
-                nodes_considered: self.model.cluster().len() as u32,
+                nodes_considered: self.queue.cluster().len() as u32,
                 queue_reason: String::new(),
                 placement: Some(p.clone()),
             }),
             (None, Some(wait)) => {
                 let (reasons, nodes_considered) = match wait {
-                    Wait::Policy(u) => (
+                    WaitReason::NoNode(u) => (
                         u.counts
                             .iter()
                             .map(|(refusal, count)| RefusalCount {
@@ -61,7 +62,7 @@ impl Core {
                             .collect(),
                         u.nodes,
                     ),
-                    Wait::Gang(
+                    WaitReason::Placement(
                         GangWait::NoNode { counts, .. } | GangWait::TooFew { counts, .. },
                     ) => (
                         counts
@@ -72,33 +73,35 @@ impl Core {
                                 message: refusal.describe().to_string(),
                             })
                             .collect(),
-                        self.model.cluster().len() as u32,
+                        self.queue.cluster().len() as u32,
                     ),
-                    Wait::Gang(_) | Wait::Quota(_) | Wait::Reserved { .. } => {
-                        (Vec::new(), self.model.cluster().len() as u32)
-                    }
+                    _ => (Vec::new(), self.queue.cluster().len() as u32),
                 };
                 Ok(Explanation {
                     state: job.state,
-                    summary: wait.to_string(),
+                    summary: wait_text(wait),
                     reasons,
                     nodes_considered,
+                    // A cause above the nodes: quota, or another job's claim on them.
                     queue_reason: match wait {
-                        Wait::Quota(_) | Wait::Reserved { .. } => wait.to_string(),
-                        Wait::Policy(_) | Wait::Gang(_) => String::new(),
+                        WaitReason::NoNode(_) | WaitReason::Placement(_) => String::new(),
+                        WaitReason::Quota(_)
+                        | WaitReason::NoBorrowing { .. }
+                        | WaitReason::Reserved { .. }
+                        | WaitReason::Behind { .. } => wait_text(wait),
                     },
                     placement: None,
                 })
             }
             (None, None) => Ok(Explanation {
                 state: job.state,
-                summary: if self.model.cluster().is_empty() {
+                summary: if self.queue.cluster().is_empty() {
                     "waiting: no nodes have registered".to_string()
                 } else {
                     "waiting for its first scheduling pass".to_string()
                 },
                 reasons: Vec::new(),
-                nodes_considered: self.model.cluster().len() as u32,
+                nodes_considered: self.queue.cluster().len() as u32,
                 queue_reason: String::new(),
                 placement: None,
             }),
@@ -125,7 +128,7 @@ impl Core {
                 let engine_node = self
                     .node_ids
                     .get(cid)
-                    .and_then(|id| self.model.cluster().node(*id));
+                    .and_then(|id| self.queue.cluster().node(*id));
                 let gpus = entry
                     .inventory
                     .gpus
@@ -171,7 +174,7 @@ impl Core {
     pub(super) fn metrics(&mut self) -> Result<MetricsView, CoreError> {
         self.ensure_cluster();
         let mut view = MetricsView {
-            pending: self.pending.len() as u64,
+            pending: self.queue.pending().count() as u64,
             connected_agents: self.nodes.values().filter(|n| n.session.is_some()).count() as u64,
             nodes: self.nodes.len() as u64,
             placement_latencies_s: std::mem::take(&mut self.latencies),
@@ -183,9 +186,9 @@ impl Core {
         for (state, count) in self.store.job_counts()? {
             view.jobs_by_state.insert(state.as_str().to_string(), count);
         }
-        for node in self.model.cluster().nodes() {
+        for node in self.queue.cluster().nodes() {
             for gpu in node.gpus() {
-                let model = self.model.cluster().model(gpu.model).to_string();
+                let model = self.queue.cluster().model(gpu.model).to_string();
                 let entry = view.gpu_milli_by_model.entry(model).or_default();
                 entry.0 += u64::from(gpu.milli_used());
                 entry.1 += 1000;
