@@ -15,5 +15,6 @@ pub mod quota_replay;
 pub mod replay;
 pub mod sources;
 pub mod stats;
+pub mod stream;
 pub mod svg;
 pub mod synthetic;

@@ -470,6 +470,8 @@ pub fn start(
     let (tx, rx) = std_mpsc::channel();
     let (events, _) = broadcast::channel(4096);
     let queue = new_queue(&config)?;
+    let mut store = store;
+    store.set_clock(Arc::clone(&config.clock));
     let mut core = Core {
         config,
         in_batch: std::cell::Cell::new(false),

@@ -6,12 +6,15 @@
 //! domain types stay the single definition.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Serialize, de::DeserializeOwned};
 use suanli_engine::job::JobId;
 use suanli_engine::{Cid, JobSpec, JobState, NodeInventory};
+
+use crate::clock::{Clock, SystemClock};
 
 pub const DB_FILE: &str = "suanli.db";
 
@@ -188,6 +191,9 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// What stamps jobs and events: the core's clock, so a replay with a set clock stores
+    /// the times it decided by.
+    clock: Arc<dyn Clock>,
 }
 
 impl Store {
@@ -213,13 +219,26 @@ impl Store {
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            path,
+            clock: Arc::new(SystemClock),
+        };
         store.migrate()?;
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Stamps what is stored from now on with `clock`.
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -294,7 +313,7 @@ impl Store {
         &mut self,
         jobs: &[NewJob],
     ) -> Result<Vec<(JobRecord, Option<EventRecord>)>, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let tx = self.conn.savepoint()?;
         let mut records = Vec::with_capacity(jobs.len());
         {
@@ -431,7 +450,7 @@ impl Store {
         message: &str,
         placement: Option<Option<&serde_json::Value>>,
     ) -> Result<EventRecord, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let tx = self.conn.savepoint()?;
         let current = job_state(&tx, id)?;
         if !current.can_become(to) {
@@ -493,7 +512,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let changed = self.conn.execute(
             "UPDATE jobs SET placement = ?1, updated_ms = ?2 WHERE id = ?3",
-            params![to_json(placement)?, now_ms(), id.0],
+            params![to_json(placement)?, self.now_ms(), id.0],
         )?;
         if changed == 0 {
             return Err(StoreError::JobNotFound(id.clone()));
@@ -530,7 +549,7 @@ impl Store {
         spec: &JobSpec,
         message: &str,
     ) -> Result<EventRecord, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let tx = self.conn.savepoint()?;
         let state = job_state(&tx, id)?;
         tx.execute(
@@ -616,7 +635,7 @@ impl Store {
                 inventory.cid.to_string(),
                 i64::try_from(inventory.generation).unwrap_or(i64::MAX),
                 to_json(inventory)?,
-                now_ms(),
+                self.now_ms(),
                 credential_sha256,
             ],
         )?;

@@ -20,7 +20,8 @@
 //!    jobs may backfill onto those nodes only if they end before that time (by their time
 //!    limit or expected duration); elsewhere they run freely.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -48,6 +49,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// What a submitted job says of its runtime: its time limit; it gives no estimate.
+    pub fn of_spec(spec: &JobSpec) -> Runtime {
+        Runtime {
+            expected_s: None,
+            limit_s: spec.time_limit_s,
+        }
+    }
+
     /// The latest the job runs: its limit, else its estimate; `None` when unknown.
     pub fn bound_s(&self) -> Option<u64> {
         self.limit_s.or(self.expected_s)
@@ -133,7 +142,8 @@ pub struct QueueConfig {
     /// Most trial placements when computing a reservation.
     pub reservation_trials: usize,
     /// Strict order: the first job that cannot start holds every job behind it (a FIFO
-    /// queue, as simple batch schedulers run it), instead of letting later jobs pass.
+    /// queue, as simple batch schedulers run it), instead of letting later jobs pass. The
+    /// pass ends there: the jobs behind it get no decision of their own.
     pub strict_order: bool,
 }
 
@@ -170,8 +180,6 @@ pub enum WaitReason {
     /// `start_s` is when the held nodes are expected free, if every job they wait for has a
     /// runtime bound.
     Reserved { holder: JobId, start_s: Option<u64> },
-    /// A strict-order queue: a job ahead of it cannot start, so it may not either.
-    Behind { head: JobId },
 }
 
 impl fmt::Display for WaitReason {
@@ -208,12 +216,6 @@ impl fmt::Display for WaitReason {
                 f,
                 "would delay {holder}, which holds a reservation until running jobs end"
             ),
-            WaitReason::Behind { head } => {
-                write!(
-                    f,
-                    "waits behind {head}, which cannot start yet (strict order)"
-                )
-            }
         }
     }
 }
@@ -299,6 +301,10 @@ pub struct Scheduler {
     quotas: Quotas,
     config: QueueConfig,
     pending: BTreeMap<JobId, QueuedJob>,
+    /// The pending jobs in queue order, each with the number it was queued under.
+    order: BTreeMap<OrderKey, u64>,
+    /// The number the next queued job gets.
+    next_seq: u64,
     running: BTreeMap<JobId, RunningJob>,
     usage: Usage,
     /// Every GPU model in the cluster, for quota checks of jobs that accept any model.
@@ -326,6 +332,8 @@ impl Scheduler {
             quotas,
             config,
             pending: BTreeMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
             running: BTreeMap::new(),
             usage: Usage::default(),
             single: None,
@@ -380,8 +388,9 @@ impl Scheduler {
     /// Changes what the queue knows of a pending or running job (priority, preemptibility,
     /// queue). A running job's quota use moves with it to its new queue.
     pub fn amend(&mut self, id: &JobId, change: impl FnOnce(&mut QueuedJob)) -> bool {
-        if let Some(job) = self.pending.get_mut(id) {
-            change(job);
+        if let Some(mut job) = self.remove_pending(id) {
+            change(&mut job);
+            self.insert_pending(job);
             self.pass = None;
             self.changed = true;
             return true;
@@ -473,7 +482,7 @@ impl Scheduler {
         if let Some(single) = self.single.as_mut() {
             single.remember(job.gang.request.clone());
         }
-        self.pending.insert(job.id.clone(), job);
+        self.insert_pending(job);
         self.changed = true;
         Ok(())
     }
@@ -484,7 +493,7 @@ impl Scheduler {
         if self.pending.contains_key(&job.id) || self.running.contains_key(&job.id) {
             return Err(QueueError::Duplicate(job.id));
         }
-        self.pending.insert(job.id.clone(), job);
+        self.insert_pending(job);
         self.changed = true;
         Ok(())
     }
@@ -492,8 +501,7 @@ impl Scheduler {
     /// Drops a pending job. A reservation it held goes with it, so the next pass may differ.
     pub fn cancel_pending(&mut self, id: &JobId) -> Result<QueuedJob, QueueError> {
         let job = self
-            .pending
-            .remove(id)
+            .remove_pending(id)
             .ok_or_else(|| QueueError::NotPending(id.clone()))?;
         self.changed = true;
         Ok(job)
@@ -517,7 +525,7 @@ impl Scheduler {
     /// time): its node was lost, or it is retried.
     pub fn requeue(&mut self, id: &JobId) -> Result<(), QueueError> {
         let job = self.finish(id)?.job;
-        self.pending.insert(job.id.clone(), job);
+        self.insert_pending(job);
         Ok(())
     }
 
@@ -545,6 +553,19 @@ impl Scheduler {
         } else {
             Err(QueueError::Unclaimable(id))
         }
+    }
+
+    /// Queues a job under the next number.
+    fn insert_pending(&mut self, job: QueuedJob) {
+        self.order.insert(order_key(&job), self.next_seq);
+        self.next_seq += 1;
+        self.pending.insert(job.id.clone(), job);
+    }
+
+    fn remove_pending(&mut self, id: &JobId) -> Option<QueuedJob> {
+        let job = self.pending.remove(id)?;
+        self.order.remove(&order_key(&job));
+        Some(job)
     }
 
     fn release(&mut self, job: &RunningJob) {
@@ -601,6 +622,14 @@ impl Scheduler {
             charges,
         )
     }
+}
+
+/// Where a job stands in the queue: higher priority, then earlier submission, then id.
+/// (`Reverse`, not negation: `-i32::MIN` overflows.)
+type OrderKey = (Reverse<i32>, u64, JobId);
+
+fn order_key(job: &QueuedJob) -> OrderKey {
+    (Reverse(job.priority), job.submitted_s, job.id.clone())
 }
 
 /// Every GPU model in `cluster`, sorted, once each.

@@ -1,5 +1,7 @@
 //! One pass over the queue: order, memo of failed shapes, reservation and backfill.
 
+use std::ops::Bound::{Excluded, Unbounded};
+
 use super::*;
 
 /// Why a job found no room in a pass.
@@ -69,6 +71,9 @@ impl FailedShapes {
     }
 }
 
+/// Running jobs expected to end together (when, if known), released in one trial.
+type Moment<'a> = (Option<u64>, &'a [(u64, &'a RunningJob)]);
+
 /// A blocked job's claim on the future: from `start_s` (unknown when it waits for jobs
 /// without a runtime bound) it will use `nodes`.
 #[derive(Debug, Clone)]
@@ -81,8 +86,10 @@ struct Reservation {
 /// A pass over the queue in progress, kept between slices.
 #[derive(Debug, Clone)]
 pub(super) struct Pass {
-    /// Jobs still to try, in order.
-    order: VecDeque<JobId>,
+    /// The last job tried; the pass goes on with the next one in queue order.
+    cursor: Option<OrderKey>,
+    /// Jobs queued from this number on arrived during the pass: they wait for the next.
+    seq: u64,
     /// The first blocked job's claim on the future, once there is one.
     reservation: Option<Reservation>,
     /// Shapes that did not fit since capacity was last released: they cannot fit now either.
@@ -91,8 +98,6 @@ pub(super) struct Pass {
     free_gpus: u64,
     /// Capacity was released since the last slice: the memo and the count are stale.
     pub(super) capacity_changed: bool,
-    /// With strict order, the first job of this pass that could not start.
-    head: Option<JobId>,
 }
 
 impl Scheduler {
@@ -124,50 +129,54 @@ impl Scheduler {
             pass.capacity_changed = false;
         }
         let mut decisions = Vec::new();
-        while let Some(id) = pass.order.pop_front() {
-            if let Some(head) = pass.head.clone() {
-                decisions.push(Decision::Wait {
-                    job: id,
-                    reason: WaitReason::Behind { head },
-                });
-                continue;
+        let mut stepped = false;
+        loop {
+            let next = {
+                let after = match &pass.cursor {
+                    Some(key) => self.order.range((Excluded(key), Unbounded)),
+                    None => self.order.range::<OrderKey, _>(..),
+                };
+                after
+                    .filter(|(_, queued)| **queued < pass.seq)
+                    .map(|(key, _)| key.clone())
+                    .next()
+            };
+            let Some(key) = next else {
+                break;
+            };
+            if stepped && !keep_going() {
+                self.pass = Some(pass);
+                return (decisions, false);
             }
+            stepped = true;
+            let id = key.2.clone();
+            pass.cursor = Some(key);
             let before = decisions.len();
             self.pass_step(&mut pass, id.clone(), now_s, &mut decisions);
             let waits = decisions[before..]
                 .iter()
                 .any(|d| matches!(d, Decision::Wait { job, .. } if *job == id));
             if self.config.strict_order && waits {
-                pass.head = Some(id);
-            }
-            if !pass.order.is_empty() && !keep_going() {
-                self.pass = Some(pass);
-                return (decisions, false);
+                // Everything behind it waits for it: nothing more to decide.
+                break;
             }
         }
         (decisions, true)
     }
 
-    /// A new pass: pending jobs by priority, then submission, then id.
+    /// A new pass over the jobs queued now, in queue order.
     fn start_pass(&mut self) -> Pass {
-        // `Reverse`, not negation: `-i32::MIN` overflows.
-        let mut order: Vec<(std::cmp::Reverse<i32>, u64, JobId)> = self
-            .pending
-            .values()
-            .map(|j| (std::cmp::Reverse(j.priority), j.submitted_s, j.id.clone()))
-            .collect();
-        order.sort();
         self.changed = false;
         if let Some(single) = self.single.as_mut() {
             single.refresh();
         }
         Pass {
-            order: order.into_iter().map(|(_, _, id)| id).collect(),
+            cursor: None,
+            seq: self.next_seq,
             reservation: None,
             failed: FailedShapes::default(),
             free_gpus: self.model.index().free_gpus_total(),
             capacity_changed: false,
-            head: None,
         }
     }
 
@@ -227,7 +236,7 @@ impl Scheduler {
                     Ok(borrowed) => {
                         let used = placed_whole_gpus(&placement);
                         let backfilled = pass.reservation.is_some();
-                        self.pending.remove(&id);
+                        self.remove_pending(&id);
                         if self.start(job, placement.clone(), charges, borrowed, now_s) {
                             pass.free_gpus = pass.free_gpus.saturating_sub(used);
                             decisions.push(Decision::Place {
@@ -343,7 +352,7 @@ impl Scheduler {
         unbounded.sort_by(|a, b| (a.0, &a.1.job.id).cmp(&(b.0, &b.1.job.id)));
         let trials = self.config.reservation_trials;
         // Jobs ending at the same moment are released together: one trial per moment.
-        let mut moments: Vec<(Option<u64>, &[(u64, &RunningJob)])> = bounded
+        let mut moments: Vec<Moment<'_>> = bounded
             .chunk_by(|a, b| a.0 == b.0)
             .take(trials)
             .map(|m| (Some(m[0].0), m))

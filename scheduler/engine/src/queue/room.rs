@@ -134,13 +134,13 @@ impl Scheduler {
                 for_job: job.id.clone(),
                 kind,
             });
-            self.pending.insert(victim.job.id.clone(), victim.job);
+            self.insert_pending(victim.job);
         }
-        self.pending.remove(&job.id);
+        self.remove_pending(&job.id);
         if !self.start(job.clone(), placement.clone(), charges, borrowed, now_s) {
             // The placement was computed on this very state, so this is unreachable in
             // practice; keep the job pending rather than lose it.
-            self.pending.insert(job.id.clone(), job.clone());
+            self.insert_pending(job.clone());
             return Some(decisions);
         }
         decisions.push(Decision::Place {
@@ -166,7 +166,7 @@ impl Scheduler {
                 Err(_) => {
                     // Nothing else was allocated in between, so the same claims fit again;
                     // should that ever fail, the job is safer pending than lost.
-                    self.pending.insert(victim.job.id.clone(), victim.job);
+                    self.insert_pending(victim.job);
                 }
             }
         }

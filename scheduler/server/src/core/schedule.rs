@@ -95,10 +95,7 @@ impl Core {
             .jobs
             .get(id)
             .ok_or_else(|| CoreError::JobNotFound(id.clone()))?;
-        let runtime = Runtime {
-            expected_s: None,
-            limit_s: job.spec.time_limit_s,
-        };
+        let runtime = Runtime::of_spec(&job.spec);
         QueuedJob::from_spec(id.clone(), &job.spec, ms_to_s(job.created_ms), runtime).map_err(|e| {
             CoreError::InvalidArgument(format!("the engine cannot place this job: {e}"))
         })

@@ -87,8 +87,7 @@ impl Core {
                         WaitReason::NoNode(_) | WaitReason::Placement(_) => String::new(),
                         WaitReason::Quota(_)
                         | WaitReason::NoBorrowing { .. }
-                        | WaitReason::Reserved { .. }
-                        | WaitReason::Behind { .. } => wait_text(wait),
+                        | WaitReason::Reserved { .. } => wait_text(wait),
                     },
                     placement: None,
                 })

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+mod differential;
 mod extender;
 mod hostile;
 mod http_limits;
