@@ -37,7 +37,8 @@ enum Command {
     /// The FGD paper's fill protocol: pods arrive until 1.3x the GPU capacity is requested,
     /// never leave, and are dropped when they do not fit.
     Fill(FillArgs),
-    /// Event-driven replay with real arrivals and durations, a FIFO queue and departures.
+    /// Event-driven replay with real arrivals and durations, the engine's queue as a FIFO, and
+    /// departures.
     Replay(ReplayArgs),
     /// Fill and a short replay on built-in synthetic data; needs no files.
     Demo(DemoArgs),
@@ -448,9 +449,6 @@ fn replay_all(
     json: bool,
 ) -> Result<(Vec<replay::ReplayRun>, f64)> {
     let started = Instant::now();
-    let factory = EngineFactory;
-    let replicas: Vec<Request> = jobs.iter().map(|j| j.replica.clone()).collect();
-    let mix = factory.mix(&replicas)?;
     let bar = progress_bar((jobs.len() * policies.len()) as u64, json, "replay");
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
@@ -462,16 +460,10 @@ fn replay_all(
                     let Some(&policy) = policies.get(i) else {
                         break;
                     };
-                    let run = replay::run(
-                        &factory,
-                        nodes,
-                        jobs,
-                        &mix,
-                        policy,
-                        seed,
-                        ReplayOptions::default(),
-                        &|n| bar.inc(n),
-                    );
+                    let run =
+                        replay::run(nodes, jobs, policy, seed, ReplayOptions::default(), &|n| {
+                            bar.inc(n)
+                        });
                     results
                         .lock()
                         .expect("a replay worker panicked")

@@ -1,30 +1,24 @@
 //! The replay protocol driven by the engine's queue scheduler with per-tenant quotas.
 //!
-//! Same arrivals, durations and rejection rule as [`crate::replay`], but the FIFO queue is
-//! replaced by `suanli_engine::queue::Scheduler`: each tenant has a guaranteed GPU quota,
-//! may borrow idle quota up to the whole cluster, and borrowed work is preempted to give
-//! a tenant its guarantee back. A preempted job returns to pending with the time it still
-//! has to run; its queueing delay is its completion minus arrival minus duration, so lost
-//! work and every wait count.
+//! Same arrivals, durations, rejection rule and placement as [`crate::replay`], but the queue
+//! is configured as the daemon's rather than as a FIFO: backfill and preemption are on, each
+//! tenant has a guaranteed GPU quota, may borrow idle quota up to the whole cluster, and
+//! borrowed work is preempted to give a tenant its guarantee back. A preempted job returns to
+//! pending with the time it still has to run; its queueing delay is its completion minus
+//! arrival minus duration, so lost work and every wait count.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Instant;
 
-use suanli_engine::cluster::Cluster;
-use suanli_engine::domain::DomainCatalog;
-use suanli_engine::gang::GangRequest;
-use suanli_engine::job::JobId;
-use suanli_engine::links::LinkState;
-use suanli_engine::policy::{PolicyError, PolicyKind};
-use suanli_engine::queue::{Decision, QueueConfig, QueuedJob, Runtime, Scheduler};
+use suanli_engine::queue::{Decision, QueueConfig};
 use suanli_engine::quota::{QuotaLimit, Quotas};
-use suanli_engine::workload::SingleReplicaPolicy;
 
-use crate::engine::{EngineFactory, engine_request};
-use crate::model::{NodeShape, Request, TimedJob};
-use crate::placer::{BuildError, PlacerFactory, Policy};
-use crate::replay::{Probe, ReplayRun};
+use crate::model::{NodeShape, TimedJob};
+use crate::placer::Policy;
+use crate::replay::{
+    Probe, QueueReplayError, ReplayRun, job_id, job_index, queue_scheduler, queued_job,
+};
 use crate::stats::Distribution;
 
 /// How tenants' quotas are set for a queue-scheduler run.
@@ -94,21 +88,8 @@ struct Event {
     epoch: u32,
 }
 
-/// Why a queue-scheduler replay could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueReplayError {
-    #[error("cannot build the queue scheduler's cluster: {0}")]
-    Cluster(String),
-    /// The rejection probe (an engine placer on the empty cluster).
-    #[error(transparent)]
-    Probe(#[from] BuildError),
-    #[error("job {job} (trace order): {reason}")]
-    Job { job: usize, reason: String },
-}
-
-/// Replays `jobs` through the queue scheduler with the given quotas, preemption on. Jobs of
-/// one replica go where `policy` puts them (with its workload learnt from the jobs as they
-/// arrive, seeded by `seed`), as in the scheduler daemon; gangs go through the gang planner.
+/// Replays `jobs` through the queue scheduler with the given quotas, preemption on, placing as
+/// the FIFO replay does.
 pub fn run(
     nodes: &[NodeShape],
     jobs: &[TimedJob],
@@ -118,34 +99,13 @@ pub fn run(
     on_progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ReplayRun, QueueReplayError> {
     let started = Instant::now();
-    let cluster = Cluster::from_shapes(&crate::engine::engine_nodes(nodes))
-        .map_err(|e| QueueReplayError::Cluster(e.to_string()))?;
-    let capacity_milli = cluster.total_gpu_milli();
+    let capacity_milli: u64 = nodes.iter().map(NodeShape::gpu_milli).sum();
     let quotas = match setup {
         QuotaSetup::None => Quotas::new(),
         QuotaSetup::Fair => fair_quotas(jobs, capacity_milli / 1000),
     };
-    let mut scheduler = Scheduler::new(
-        cluster,
-        LinkState::new(),
-        DomainCatalog::default(),
-        quotas,
-        QueueConfig::default(),
-    );
-    let kind: PolicyKind = policy
-        .name()
-        .parse()
-        .map_err(|e: PolicyError| QueueReplayError::Cluster(e.to_string()))?;
-    scheduler.set_single_replica_policy(SingleReplicaPolicy::new(kind, seed));
-    let factory = EngineFactory;
-    let replicas: Vec<Request> = jobs.iter().map(|j| j.replica.clone()).collect();
-    let mix = factory
-        .mix(&replicas)
-        .map_err(|e| QueueReplayError::Cluster(e.0))?;
-    let mut probe = Probe {
-        empty: factory.build(nodes, Policy::BestFit, seed, &mix)?,
-        fits: HashMap::new(),
-    };
+    let mut scheduler = queue_scheduler(nodes, quotas, QueueConfig::default(), policy, seed)?;
+    let mut probe = Probe::new(nodes, jobs, seed)?;
 
     let mut events: BinaryHeap<Reverse<Event>> = jobs
         .iter()
@@ -168,9 +128,7 @@ pub fn run(
     let mut preemptions = 0usize;
     let (mut used_milli, mut used_area, mut last_time) = (0u64, 0.0f64, first);
     let mut done = 0u64;
-    let id_of = |i: usize| JobId(i.to_string());
     let job_error = |job: usize, reason: String| QueueReplayError::Job { job, reason };
-    let index_of = |id: &JobId| id.0.parse::<usize>().ok();
 
     while let Some(Reverse(head)) = events.pop() {
         let now = head.time;
@@ -193,22 +151,8 @@ pub fn run(
                         done += 1;
                         continue;
                     }
-                    let request = engine_request(&jobs[i].replica).map_err(|e| job_error(i, e))?;
-                    let job = QueuedJob {
-                        id: id_of(i),
-                        gang: GangRequest::new(request, jobs[i].replicas),
-                        tenant: jobs[i].tenant.clone(),
-                        queue: "default".into(),
-                        priority: 0,
-                        preemptible: true,
-                        submitted_s: jobs[i].arrival,
-                        runtime: Runtime {
-                            expected_s: Some(jobs[i].duration),
-                            limit_s: None,
-                        },
-                    };
                     scheduler
-                        .submit(job)
+                        .submit(queued_job(i, &jobs[i])?)
                         .map_err(|e| job_error(i, e.to_string()))?;
                 }
                 EventKind::Departure => {
@@ -216,7 +160,7 @@ pub fn run(
                         continue;
                     }
                     scheduler
-                        .finish(&id_of(i))
+                        .finish(&job_id(i))
                         .map_err(|e| job_error(i, e.to_string()))?;
                     used_milli -= jobs[i].total_gpu_milli();
                     completed_at[i] = Some(now);
@@ -230,7 +174,7 @@ pub fn run(
         for decision in scheduler.queue_pass(now) {
             match decision {
                 Decision::Place { job, .. } => {
-                    let Some(i) = index_of(&job) else { continue };
+                    let Some(i) = job_index(&job) else { continue };
                     epoch[i] += 1;
                     started_at[i] = Some(now);
                     used_milli += jobs[i].total_gpu_milli();
@@ -242,7 +186,9 @@ pub fn run(
                     }));
                 }
                 Decision::Preempt { victim, .. } => {
-                    let Some(i) = index_of(&victim) else { continue };
+                    let Some(i) = job_index(&victim) else {
+                        continue;
+                    };
                     if let Some(start) = started_at[i].take() {
                         remaining[i] = remaining[i].saturating_sub(now - start);
                     }

@@ -1,19 +1,33 @@
-//! The replay protocol: real arrivals and durations, one FIFO queue per policy, departures.
+//! The replay protocol: real arrivals and durations, the engine's queue run as strict FIFO,
+//! departures.
 //!
 //! Time moves by events from a binary heap. At equal times departures go first, so freed
-//! capacity is visible to the arrivals of the same second. On every arrival and departure
-//! the queue head is retried until it no longer fits (strict FIFO: a blocked head blocks
-//! the jobs behind it). A job that would not fit even on the empty cluster is rejected at
-//! arrival, so it cannot block the queue forever.
+//! capacity is visible to the arrivals of the same second. Jobs wait in
+//! `suanli_engine::queue::Scheduler` configured as a FIFO queue ([`fifo_config`]): one pass
+//! after every arrival and departure, and the first job that cannot start holds every job
+//! behind it. Jobs of one replica go where the policy puts them, gangs through the gang
+//! planner, as in the scheduler daemon. A job that would not fit even on the empty cluster is
+//! rejected at arrival, so it cannot block the queue forever.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Instant;
 
 use serde::Serialize;
+use suanli_engine::cluster::Cluster;
+use suanli_engine::domain::DomainCatalog;
+use suanli_engine::fgd::{DEFAULT_POPULARITY_PCT, WorkloadMix};
+use suanli_engine::gang::{GangPlacement, GangRequest};
+use suanli_engine::job::JobId;
+use suanli_engine::links::LinkState;
+use suanli_engine::policy::{PolicyError, PolicyKind};
+use suanli_engine::queue::{Decision, QueueConfig, QueuedJob, Runtime, Scheduler};
+use suanli_engine::quota::Quotas;
+use suanli_engine::workload::SingleReplicaPolicy;
 
+use crate::engine::{EngineFactory, engine_nodes, engine_request};
 use crate::model::{NodeShape, Request, TimedJob};
-use crate::placer::{BuildError, PlacementId, Placer, PlacerFactory, Policy};
+use crate::placer::{BuildError, Placer, PlacerFactory, Policy};
 use crate::stats::Distribution;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -99,12 +113,122 @@ impl Default for ReplayOptions {
     }
 }
 
+/// Why a replay through the engine's queue could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueReplayError {
+    #[error("cannot build the queue scheduler's cluster: {0}")]
+    Cluster(String),
+    /// The rejection probe (an engine placer on the empty cluster).
+    #[error(transparent)]
+    Probe(#[from] BuildError),
+    #[error("job {job} (trace order): {reason}")]
+    Job { job: usize, reason: String },
+}
+
+/// The engine's queue as a FIFO: strict order, and neither preemption nor backfill, so no
+/// job ever starts ahead of or displaces one that arrived before it.
+pub fn fifo_config() -> QueueConfig {
+    QueueConfig {
+        strict_order: true,
+        preemption: false,
+        backfill: false,
+        ..QueueConfig::default()
+    }
+}
+
+/// The engine's queue over `nodes`, with `quotas` and `config`. Jobs of one plain replica go
+/// where `policy` puts them (its workload learnt from the jobs as they are submitted, its ties
+/// broken by `seed`), as in the scheduler daemon; gangs go through the gang planner.
+pub(crate) fn queue_scheduler(
+    nodes: &[NodeShape],
+    quotas: Quotas,
+    config: QueueConfig,
+    policy: Policy,
+    seed: u64,
+) -> Result<Scheduler, QueueReplayError> {
+    let cluster = Cluster::from_shapes(&engine_nodes(nodes))
+        .map_err(|e| QueueReplayError::Cluster(e.to_string()))?;
+    let mut scheduler = Scheduler::new(
+        cluster,
+        LinkState::new(),
+        DomainCatalog::default(),
+        quotas,
+        config,
+    );
+    let kind: PolicyKind = policy
+        .name()
+        .parse()
+        .map_err(|e: PolicyError| QueueReplayError::Cluster(e.to_string()))?;
+    scheduler.set_single_replica_policy(SingleReplicaPolicy::new(kind, seed));
+    Ok(scheduler)
+}
+
+/// The queue's id of the job at `index` in trace order. Zero-padded: the queue breaks ties
+/// of equal submission time by id, and padded ids sort as the indices do.
+pub(crate) fn job_id(index: usize) -> JobId {
+    JobId(format!("{index:020}"))
+}
+
+/// The trace index a queue id stands for.
+pub(crate) fn job_index(id: &JobId) -> Option<usize> {
+    id.0.parse().ok()
+}
+
+/// Job `index` of the trace as the queue takes it: one tenant's gang in the default queue, at
+/// equal priority, submitted at its arrival, with its real duration as the expected runtime.
+/// Preemptible, so it may borrow quota; a queue without preemption never stops it.
+pub(crate) fn queued_job(index: usize, job: &TimedJob) -> Result<QueuedJob, QueueReplayError> {
+    let request = engine_request(&job.replica)
+        .map_err(|reason| QueueReplayError::Job { job: index, reason })?;
+    Ok(QueuedJob {
+        id: job_id(index),
+        gang: GangRequest::new(request, job.replicas),
+        tenant: job.tenant.clone(),
+        queue: "default".into(),
+        priority: 0,
+        preemptible: true,
+        submitted_s: job.arrival,
+        runtime: Runtime {
+            expected_s: Some(job.duration),
+            limit_s: None,
+        },
+    })
+}
+
+/// GPU-milli a placement holds (a whole GPU counts 1000).
+pub(crate) fn placed_gpu_milli(placement: &GangPlacement) -> u64 {
+    placement
+        .replicas
+        .iter()
+        .flat_map(|r| r.claim.gpus.iter())
+        .map(|g| u64::from(g.milli))
+        .sum()
+}
+
+/// Tells jobs that cannot fit even the empty cluster, which are rejected at arrival.
 pub(crate) struct Probe {
-    pub(crate) empty: Box<dyn Placer>,
-    pub(crate) fits: HashMap<(Request, u32), bool>,
+    empty: Box<dyn Placer>,
+    fits: HashMap<(Request, u32), bool>,
 }
 
 impl Probe {
+    /// A best-fit placer on the empty `nodes`.
+    pub(crate) fn new(
+        nodes: &[NodeShape],
+        jobs: &[TimedJob],
+        seed: u64,
+    ) -> Result<Probe, QueueReplayError> {
+        let factory = EngineFactory;
+        let replicas: Vec<Request> = jobs.iter().map(|j| j.replica.clone()).collect();
+        let mix = factory
+            .mix(&replicas)
+            .map_err(|e| QueueReplayError::Cluster(e.0))?;
+        Ok(Probe {
+            empty: factory.build(nodes, Policy::BestFit, seed, &mix)?,
+            fits: HashMap::new(),
+        })
+    }
+
     pub(crate) fn fits_empty(&mut self, job: &TimedJob) -> bool {
         let key = (job.replica.clone(), job.replicas);
         if let Some(&fits) = self.fits.get(&key) {
@@ -122,6 +246,20 @@ impl Probe {
         self.fits.insert(key, fits);
         fits
     }
+}
+
+/// The workload the fragmentation measure expects: every job's replica, as the fill protocol
+/// builds it, so the measure is the same whatever mix the placing policy learnt.
+fn fragmentation_mix(jobs: &[TimedJob]) -> Result<WorkloadMix, QueueReplayError> {
+    let requests = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            engine_request(&j.replica).map_err(|reason| QueueReplayError::Job { job: i, reason })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    WorkloadMix::typical(&requests, DEFAULT_POPULARITY_PCT)
+        .map_err(|e| QueueReplayError::Cluster(e.to_string()))
 }
 
 /// Queueing delays and JCTs of the jobs that completed, overall and per tenant.
@@ -175,24 +313,21 @@ pub(crate) fn outcomes(
     (delays, jcts, tenants)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run<F: PlacerFactory>(
-    factory: &F,
+/// Replays `jobs` on `nodes` through the engine's queue as a FIFO ([`fifo_config`]), single
+/// replicas placed by `policy` with ties broken by `seed`.
+pub fn run(
     nodes: &[NodeShape],
     jobs: &[TimedJob],
-    mix: &F::Mix,
     policy: Policy,
     seed: u64,
     options: ReplayOptions,
     on_progress: &(dyn Fn(u64) + Sync),
-) -> Result<ReplayRun, BuildError> {
+) -> Result<ReplayRun, QueueReplayError> {
     let started = Instant::now();
-    let mut cluster = factory.build(nodes, policy, seed, mix)?;
-    let mut probe = Probe {
-        empty: factory.build(nodes, policy, seed, mix)?,
-        fits: HashMap::new(),
-    };
-    let capacity = cluster.total_gpu_milli().max(1) as f64;
+    let mut scheduler = queue_scheduler(nodes, Quotas::new(), fifo_config(), policy, seed)?;
+    let mut probe = Probe::new(nodes, jobs, seed)?;
+    let mix = fragmentation_mix(jobs)?;
+    let capacity = scheduler.cluster().total_gpu_milli().max(1) as f64;
     let mut events: BinaryHeap<Reverse<Event>> = jobs
         .iter()
         .enumerate()
@@ -214,63 +349,68 @@ pub fn run<F: PlacerFactory>(
     let step = ((horizon - first) as f64 / options.samples.max(1) as f64).max(1.0);
     let mut next_sample = first as f64;
 
-    let mut queue: VecDeque<usize> = VecDeque::new();
-    let mut running: HashMap<usize, Vec<PlacementId>> = HashMap::new();
     let mut start_time: Vec<Option<u64>> = vec![None; jobs.len()];
     let mut rejected = vec![false; jobs.len()];
     let mut samples = Vec::new();
-    let (mut last_time, mut used_area) = (first, 0.0f64);
+    let (mut last_time, mut used_milli, mut used_area) = (first, 0u64, 0.0f64);
     let mut done = 0u64;
+    let job_error = |job: usize, e: &dyn std::fmt::Display| QueueReplayError::Job {
+        job,
+        reason: e.to_string(),
+    };
 
     while let Some(Reverse(event)) = events.pop() {
         // Sample the state as it was just before this event.
         while next_sample <= event.time as f64 && samples.len() < options.samples {
             samples.push(Sample {
                 time: next_sample as u64 - first,
-                used_gpu_pct: 100.0 * cluster.used_gpu_milli() as f64 / capacity,
-                fragmented_gpu_pct: cluster.fragmented_gpu_milli().map(|f| 100.0 * f / capacity),
-                queued_jobs: queue.len(),
-                running_jobs: running.len(),
+                used_gpu_pct: 100.0 * used_milli as f64 / capacity,
+                fragmented_gpu_pct: Some(100.0 * mix.fragmentation(scheduler.cluster()) / capacity),
+                queued_jobs: scheduler.pending().count(),
+                running_jobs: scheduler.running().count(),
             });
             next_sample += step;
         }
-        let span = (event.time - last_time) as f64;
-        used_area += span * cluster.used_gpu_milli() as f64;
-        last_time = event.time;
+        let now = event.time;
+        used_area += (now - last_time) as f64 * used_milli as f64;
+        last_time = now;
 
+        let i = event.job;
         match event.kind {
             EventKind::Arrival => {
-                if probe.fits_empty(&jobs[event.job]) {
-                    queue.push_back(event.job);
+                if probe.fits_empty(&jobs[i]) {
+                    scheduler
+                        .submit(queued_job(i, &jobs[i])?)
+                        .map_err(|e| job_error(i, &e))?;
                 } else {
-                    rejected[event.job] = true;
+                    rejected[i] = true;
                     done += 1;
                 }
             }
             EventKind::Departure => {
-                if let Some(ids) = running.remove(&event.job) {
-                    for id in ids {
-                        cluster.release(id);
-                    }
-                }
+                let ended = scheduler.finish(&job_id(i)).map_err(|e| job_error(i, &e))?;
+                used_milli -= placed_gpu_milli(&ended.placement);
                 done += 1;
                 if done.is_multiple_of(1024) {
                     on_progress(1024);
                 }
             }
         }
-        while let Some(&head) = queue.front() {
-            let job = &jobs[head];
-            let Some(ids) = cluster.place_gang(&job.replica, job.replicas) else {
-                break;
+        // A pass after every event, not once per second: a departure's capacity goes to the
+        // head before the next event of the same second frees more.
+        for decision in scheduler.queue_pass(now) {
+            let Decision::Place { job, placement, .. } = decision else {
+                continue;
             };
-            queue.pop_front();
-            running.insert(head, ids);
-            start_time[head] = Some(event.time);
+            let Some(placed) = job_index(&job) else {
+                continue;
+            };
+            used_milli += placed_gpu_milli(&placement);
+            start_time[placed] = Some(now);
             events.push(Reverse(Event {
-                time: event.time + job.duration,
+                time: now + jobs[placed].duration,
                 kind: EventKind::Departure,
-                job: head,
+                job: placed,
             }));
         }
     }

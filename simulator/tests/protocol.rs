@@ -6,8 +6,10 @@ use suanli_sim::engine::EngineFactory;
 use suanli_sim::fill::{self, FillInput};
 use suanli_sim::import::RowPolicy;
 use suanli_sim::import::openb::{load_nodes, load_pods};
+use suanli_sim::model::{Request, TimedJob};
 use suanli_sim::placer::{PlacerFactory, Policy};
 use suanli_sim::replay::{self, ReplayOptions};
+use suanli_sim::sources::parse_cluster_shape;
 use suanli_sim::synthetic::{self, SyntheticConfig};
 
 fn small() -> SyntheticConfig {
@@ -91,18 +93,13 @@ fn fill_never_allocates_more_than_arrived_or_capacity() {
 
 #[test]
 fn replay_is_deterministic_and_accounts_for_every_job() {
-    let factory = EngineFactory;
     let config = small();
     let nodes = synthetic::cluster(&config);
     let jobs = synthetic::jobs(&config, &nodes);
-    let replicas: Vec<_> = jobs.iter().map(|j| j.replica.clone()).collect();
-    let mix = factory.mix(&replicas).expect("mix");
     let run = |policy| {
         replay::run(
-            &factory,
             &nodes,
             &jobs,
-            &mix,
             policy,
             42,
             ReplayOptions { samples: 50 },
@@ -123,8 +120,89 @@ fn replay_is_deterministic_and_accounts_for_every_job() {
 }
 
 #[test]
+fn replay_of_each_policy_repeats_itself_sample_for_sample() {
+    let config = small();
+    let nodes = synthetic::cluster(&config);
+    let jobs = synthetic::jobs(&config, &nodes);
+    // Random draws from the seeded generator and FGD learns its workload as jobs arrive: both
+    // must still repeat exactly.
+    for policy in [Policy::Random, Policy::Fgd, Policy::BestFit] {
+        let run = || {
+            replay::run(
+                &nodes,
+                &jobs,
+                policy,
+                7,
+                ReplayOptions { samples: 50 },
+                &|_| {},
+            )
+            .expect("replay")
+        };
+        let (a, b) = (run(), run());
+        assert_eq!(a.delays, b.delays, "{policy}");
+        let series = |r: &replay::ReplayRun| {
+            r.samples
+                .iter()
+                .map(|s| {
+                    (
+                        s.used_gpu_pct,
+                        s.fragmented_gpu_pct,
+                        s.queued_jobs,
+                        s.running_jobs,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(series(&a), series(&b), "{policy}");
+        assert!(a.samples.iter().all(|s| s.fragmented_gpu_pct.is_some()));
+    }
+}
+
+fn gpu_job(id: usize, arrival: u64, duration: u64, gpus: u32) -> TimedJob {
+    TimedJob {
+        id,
+        arrival,
+        duration,
+        replica: Request {
+            cpu_milli: 0,
+            memory_mib: 0,
+            num_gpu: gpus,
+            gpu_milli: 1000,
+            models: Vec::new(),
+        },
+        replicas: 1,
+        tenant: "t".into(),
+    }
+}
+
+/// Strict FIFO: a one-GPU job that would fit at once still waits behind the whole-node job
+/// that arrived before it, and starts only after that one has run.
+#[test]
+fn replay_holds_every_job_behind_a_blocked_head() {
+    let nodes = parse_cluster_shape("1x8xV100").expect("shape");
+    let jobs = [
+        gpu_job(0, 0, 100, 4),
+        gpu_job(1, 1, 100, 8),
+        gpu_job(2, 2, 10, 1),
+    ];
+    let run = replay::run(
+        &nodes,
+        &jobs,
+        Policy::BestFit,
+        1,
+        ReplayOptions::default(),
+        &|_| {},
+    )
+    .expect("replay");
+    assert_eq!(run.completed, 3);
+    // Delays in trace order: 0, then 100 - 1, then 200 - 2 (not 0, as a backfilling queue
+    // would start it).
+    assert_eq!(run.delays, [0.0, 99.0, 198.0]);
+    assert_eq!(run.makespan_s, 210);
+}
+
+#[test]
 fn replay_rejects_jobs_that_never_fit_instead_of_blocking() {
-    let factory = EngineFactory;
     let config = small();
     let nodes = synthetic::cluster(&config);
     let mut jobs = synthetic::jobs(&config, &nodes);
@@ -133,13 +211,9 @@ fn replay_rejects_jobs_that_never_fit_instead_of_blocking() {
     jobs[0].replica.gpu_milli = 1000;
     jobs[0].replica.models.clear();
     jobs[0].replicas = 8;
-    let replicas: Vec<_> = jobs.iter().map(|j| j.replica.clone()).collect();
-    let mix = factory.mix(&replicas).expect("mix");
     let run = replay::run(
-        &factory,
         &nodes,
         &jobs,
-        &mix,
         Policy::Fgd,
         1,
         ReplayOptions::default(),
