@@ -88,6 +88,7 @@ impl PlacerFactory for EngineFactory {
             mix: Arc::clone(&mix.0),
             cluster,
             policy: engine_policy,
+            scratch: engine_policy::PlacementScratch::default(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             requests: HashMap::new(),
             used_gpu_milli: 0,
@@ -103,6 +104,7 @@ struct EnginePlacer {
     /// The expected workload, for the fragmentation measure (every policy reports it).
     mix: Arc<WorkloadMix>,
     policy: engine_policy::Policy,
+    scratch: engine_policy::PlacementScratch,
     rng: ChaCha8Rng,
     /// Converted requests, so repeated shapes convert once.
     requests: HashMap<Request, Option<EngineRequest>>,
@@ -117,8 +119,14 @@ impl Placer for EnginePlacer {
             .entry(request.clone())
             .or_insert_with(|| engine_request(request).ok())
             .as_ref()?;
-        let placement =
-            engine_policy::place(&self.cluster, converted, &self.policy, &mut self.rng).ok()?;
+        let placement = engine_policy::place_with(
+            &self.cluster,
+            converted,
+            &self.policy,
+            &mut self.scratch,
+            &mut self.rng,
+        )
+        .ok()?;
         let milli: u64 = placement
             .claim
             .gpus

@@ -13,9 +13,10 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use suanli_engine::policy::{PlacementScratch, place_with};
 use suanli_engine::{
     AffinityTag, Claim, Cluster, GpuGrant, NodeId, NodeShape, Policy, PolicyKind, Request,
-    WorkloadMix, evaluate, place,
+    WorkloadMix, evaluate,
 };
 
 const NODES: usize = 10_000;
@@ -109,6 +110,7 @@ fn placement(c: &mut Criterion) {
     for kind in PolicyKind::ALL {
         let policy = Policy::from_name(kind.name(), Some(mix.clone())).expect("known policy");
         let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut scratch = PlacementScratch::default();
         let mut next = 0usize;
         group.bench_function(kind.name(), |b| {
             b.iter_batched(
@@ -117,7 +119,7 @@ fn placement(c: &mut Criterion) {
                     for _ in 0..BATCH {
                         let r = &requests[next % requests.len()];
                         next = next.wrapping_add(7);
-                        if let Ok(p) = place(&cluster, r, &policy, &mut rng) {
+                        if let Ok(p) = place_with(&cluster, r, &policy, &mut scratch, &mut rng) {
                             cluster.allocate(&p.claim).expect("fresh placement fits");
                         }
                     }

@@ -4,8 +4,9 @@
 //! them. Every allocation is recorded per GPU (milli, memory, exclusive flag, MIG slices) and
 //! released by id; releasing restores the state exactly.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{Hash, Hasher};
 
 use crate::cid::Cid;
 use crate::gpu::{GpuModel, MIG_PROFILES, MigProfile, MigProfileSpec, mig_memory_class};
@@ -93,16 +94,8 @@ pub enum ClusterError {
     DoesNotFit { node: String, problem: String },
 }
 
-static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh, process-wide unique node version: a node's resource state is a function of its
-/// version, so caches may key on it even across cloned clusters.
-fn next_version() -> u64 {
-    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
-}
-
 /// MIG state of a MIG-enabled GPU: which of the 8 memory slices are taken, by which instances.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MigGpu {
     /// NVIDIA's memory class (`7g.<class>gb`); 0 when the GPU's memory matches none.
     pub class: u16,
@@ -240,10 +233,13 @@ pub struct Node {
     links: Option<Vec<u32>>,
     uniform_model: Option<ModelId>,
     affinity: Vec<(AffinityTag, u32)>,
-    version: u64,
+    /// Hash of what never changes after the node is added (see [`Node::fingerprint`]), so a
+    /// change rehashes only the usage.
+    fixed_hash: u64,
+    fingerprint: u64,
 }
 
-/// Nodes compare by state; the version (a cache key) is not part of it.
+/// Nodes compare by state; the hashes of that state are not part of it.
 impl PartialEq for Node {
     fn eq(&self, other: &Node) -> bool {
         self.name == other.name
@@ -311,9 +307,52 @@ impl Node {
         &self.affinity
     }
 
-    /// Changes whenever the node's resource state changes; unique in the process.
-    pub fn version(&self) -> u64 {
-        self.version
+    /// A hash of the node's whole state: identity, capacity, GPUs (by model, not by this
+    /// cluster's [`ModelId`]), links and usage. Equal states give equal fingerprints, in any
+    /// cluster or clone and after a change is undone; different states differ but for a 64-bit
+    /// hash collision. Caches of anything computed from a node key on it. Never 0, so 0 can
+    /// mark an empty cache slot.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn hash_fixed(&self, models: &[GpuModel]) -> u64 {
+        let mut h = DefaultHasher::new();
+        (&self.name, &self.cid, &self.fabric).hash(&mut h);
+        (self.cpu_milli, self.memory_mib, &self.links).hash(&mut h);
+        self.gpus.len().hash(&mut h);
+        for g in &self.gpus {
+            (
+                g.index,
+                &g.uuid,
+                &models[usize::from(g.model.0)],
+                g.memory_mib,
+            )
+                .hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn hash_state(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        h.write_u64(self.fixed_hash);
+        h.write_u64(self.cpu_used);
+        h.write_u64(self.memory_used);
+        h.write_u8(u8::from(self.cordoned));
+        // Each GPU's usage in few, whole words: this runs on every allocation and release,
+        // and the hash costs per write.
+        for g in &self.gpus {
+            h.write_u64(u64::from(g.milli_used) | u64::from(g.sharers) << 32);
+            h.write_u64(g.memory_used);
+            h.write_u8(
+                g.health as u8 | u8::from(g.exclusive) << 2 | u8::from(g.mig.is_some()) << 3,
+            );
+            if let Some(mig) = &g.mig {
+                mig.hash(&mut h);
+            }
+        }
+        self.affinity.hash(&mut h);
+        h.finish().max(1)
     }
 
     /// The link rank between GPU positions `a` and `b` (lower is closer), when known.
@@ -436,7 +475,10 @@ impl Cluster {
         }
     }
 
+    /// Rehashes node `index` and rereads its free capacity: call after every change to it.
     fn refresh(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        node.fingerprint = node.hash_state();
         self.free_capacity[index] = FreeCapacity::of(&self.nodes[index]);
         self.free_capacity_columns
             .set(index, &self.free_capacity[index]);
@@ -463,6 +505,10 @@ impl Cluster {
         self.name_rank = vec![0; self.nodes.len()];
         for (rank, i) in order.into_iter().enumerate() {
             self.name_rank[i] = rank as u32;
+        }
+        for node in &mut self.nodes {
+            node.fixed_hash = node.hash_fixed(&self.models);
+            node.fingerprint = node.hash_state();
         }
         self.free_capacity = self.nodes.iter().map(FreeCapacity::of).collect();
         self.free_capacity_columns = FreeCapacityColumns::of(&self.free_capacity);
@@ -562,7 +608,8 @@ impl Cluster {
                 links: None,
                 uniform_model: None,
                 affinity: Vec::new(),
-                version: next_version(),
+                fixed_hash: 0,
+                fingerprint: 0,
             })?;
         }
         Ok(cluster.finish())
@@ -665,7 +712,8 @@ impl Cluster {
             links,
             uniform_model: None,
             affinity: Vec::new(),
-            version: next_version(),
+            fixed_hash: 0,
+            fingerprint: 0,
         })
     }
 
@@ -754,7 +802,6 @@ impl Cluster {
             .get_mut(node.index())
             .ok_or(ClusterError::UnknownNode(node.0))?;
         n.cordoned = cordoned;
-        n.version = next_version();
         self.refresh(node.index());
         Ok(())
     }
@@ -789,7 +836,6 @@ impl Cluster {
                 instances: Vec::new(),
             });
         }
-        n.version = next_version();
         self.refresh(node.index());
         Ok(())
     }
@@ -814,7 +860,6 @@ impl Cluster {
                 problem: format!("no GPU at position {gpu}"),
             })?;
         g.health = health;
-        n.version = next_version();
         self.refresh(node.index());
         Ok(())
     }
@@ -857,7 +902,6 @@ impl Cluster {
                 Err(i) => node.affinity.insert(i, (tag, 1)),
             }
         }
-        node.version = next_version();
         self.refresh(claim.node.index());
         let id = AllocationId(self.next_allocation);
         self.next_allocation += 1;
@@ -911,7 +955,6 @@ impl Cluster {
                 node.affinity.remove(i);
             }
         }
-        node.version = next_version();
         self.refresh(alloc.node.index());
         Ok(alloc)
     }
@@ -1095,5 +1138,45 @@ mod tests {
             c.allocate(&one).is_err(),
             "an exclusive GPU is never shared"
         );
+    }
+
+    #[test]
+    fn fingerprints_follow_node_state() {
+        let mut c = Cluster::from_shapes(&[shape("a", 2), shape("b", 2)]).expect("valid");
+        let fingerprint = |c: &Cluster, i: u32| c.node(NodeId(i)).expect("known").fingerprint();
+        let idle = fingerprint(&c, 0);
+        assert_ne!(idle, fingerprint(&c, 1), "nodes differ by name");
+        let claim = Claim {
+            node: NodeId(0),
+            cpu_milli: 1000,
+            memory_mib: 1,
+            gpus: vec![GpuGrant {
+                gpu: 1,
+                milli: 500,
+                memory_mib: 0,
+                exclusive: false,
+                mig: None,
+            }],
+            affinity: None,
+        };
+        let mut clone = c.clone();
+        let id = c.allocate(&claim).expect("fits");
+        let busy = fingerprint(&c, 0);
+        assert_ne!(busy, idle);
+        // Another cluster reaching the same state, with its GPU model interned elsewhere.
+        let mut other = Cluster::from_shapes(&[shape("b", 0), shape("a", 2)]).expect("valid");
+        let moved = Claim {
+            node: NodeId(1),
+            ..claim.clone()
+        };
+        other.allocate(&moved).expect("fits");
+        assert_eq!(fingerprint(&other, 1), busy);
+        clone.set_cordoned(NodeId(0), true).expect("known");
+        assert_ne!(fingerprint(&clone, 0), busy, "diverged clones differ");
+        c.release(id).expect("known");
+        assert_eq!(fingerprint(&c, 0), idle, "a release restores the state");
+        c.set_gpu_health(NodeId(0), 0, Health::Degraded)
+            .expect("known GPU");
+        assert_ne!(fingerprint(&c, 0), idle);
     }
 }

@@ -19,7 +19,7 @@ use crate::fgd::{DEFAULT_POPULARITY_PCT, MixShape, WorkloadMix};
 use crate::gang::GangRequest;
 use crate::gpu::GpuModel;
 use crate::job::Requirement;
-use crate::policy::{Placement, Policy, PolicyKind, place};
+use crate::policy::{Placement, PlacementScratch, Policy, PolicyKind, place_with};
 use crate::request::Request;
 
 /// How many recent requests make up FGD's expected workload.
@@ -40,6 +40,7 @@ pub struct SingleReplicaPolicy {
     kind: PolicyKind,
     /// Built lazily: FGD has nothing to build from before the first request.
     policy: Option<Policy>,
+    scratch: PlacementScratch,
     recent: VecDeque<Request>,
     window: usize,
     /// Requests remembered since the mix was last built.
@@ -61,6 +62,7 @@ impl SingleReplicaPolicy {
         SingleReplicaPolicy {
             kind,
             policy: None,
+            scratch: PlacementScratch::default(),
             recent: VecDeque::new(),
             window: window.max(1),
             since_mix: 0,
@@ -122,7 +124,13 @@ impl SingleReplicaPolicy {
         request: &Request,
     ) -> Option<Result<Placement, Unplaceable>> {
         let policy = self.policy.as_ref()?;
-        Some(place(cluster, request, policy, &mut self.rng))
+        Some(place_with(
+            cluster,
+            request,
+            policy,
+            &mut self.scratch,
+            &mut self.rng,
+        ))
     }
 
     /// Whether a job goes to this policy rather than the gang planner: one replica, and

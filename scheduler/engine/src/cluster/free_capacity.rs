@@ -29,8 +29,8 @@ pub(crate) struct FreeCapacity {
     pub milli_left: [u16; FAST_PATH_MAX_GPUS],
     /// Memory left per GPU for shares, in MiB (saturating at 4 PiB).
     pub gpu_memory_left: [u32; FAST_PATH_MAX_GPUS],
-    /// The node's version (see [`Node::version`]), for caches keyed by node state.
-    pub version: u64,
+    /// The node's fingerprint (see [`Node::fingerprint`]), for caches keyed by node state.
+    pub fingerprint: u64,
 }
 
 impl FreeCapacity {
@@ -45,7 +45,7 @@ impl FreeCapacity {
             model: node.uniform_model.map_or(u16::MAX, |m| m.0),
             cpu_left: node.cpu_left(),
             memory_left: node.memory_left(),
-            version: node.version,
+            fingerprint: node.fingerprint,
             ..FreeCapacity::default()
         };
         for (i, g) in node.gpus.iter().take(FAST_PATH_MAX_GPUS).enumerate() {

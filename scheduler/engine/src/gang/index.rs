@@ -53,7 +53,8 @@ pub struct FabricIndex {
     /// link rank and GPUDirect GPU count of the best set. It depends only on the node's free
     /// GPUs, so it holds until the node is refreshed; one queue pass reuses it across jobs.
     pub(super) quality: Mutex<Vec<QualitySlots>>,
-    versions: Vec<u64>,
+    /// Each node's fingerprint when last indexed, to tell which nodes changed since.
+    fingerprints: Vec<u64>,
     /// Per leaf: (spine, name).
     pub(super) leaves: Vec<(u32, String)>,
     /// Per spine: (domain, name).
@@ -78,7 +79,7 @@ impl Clone for FabricIndex {
         FabricIndex {
             facts: self.facts.clone(),
             quality: Mutex::new(self.quality_cache().clone()),
-            versions: self.versions.clone(),
+            fingerprints: self.fingerprints.clone(),
             leaves: self.leaves.clone(),
             spines: self.spines.clone(),
             domains: self.domains.clone(),
@@ -167,7 +168,7 @@ impl FabricIndex {
         let mut index = FabricIndex {
             facts: Vec::with_capacity(cluster.len()),
             quality: Mutex::new(vec![[None; 4]; cluster.len()]),
-            versions: Vec::with_capacity(cluster.len()),
+            fingerprints: Vec::with_capacity(cluster.len()),
             leaves: Vec::new(),
             spines: Vec::new(),
             domains: Vec::new(),
@@ -240,7 +241,7 @@ impl FabricIndex {
         facts.domain = domain;
         facts.name_rank = cluster.name_rank(NodeId(i as u32));
         self.facts.push(facts);
-        self.versions.push(node.version());
+        self.fingerprints.push(node.fingerprint());
         self.slots.push((0, 0));
         self.bucket(i);
     }
@@ -303,7 +304,7 @@ impl FabricIndex {
         self.unbucket(node.index());
         self.facts[node.index()] = facts;
         self.bucket(node.index());
-        self.versions[node.index()] = n.version();
+        self.fingerprints[node.index()] = n.fingerprint();
         if let Some(q) = self.quality_cache().get_mut(node.index()) {
             *q = [None; 4];
         }
@@ -326,7 +327,7 @@ impl FabricIndex {
         let mut changed = 0;
         for i in 0..self.facts.len().min(cluster.len()) {
             let id = NodeId(i as u32);
-            if cluster.node(id).map(Node::version) != Some(self.versions[i]) {
+            if cluster.node(id).map(Node::fingerprint) != Some(self.fingerprints[i]) {
                 self.refresh(cluster, links, id);
                 changed += 1;
             }

@@ -24,9 +24,9 @@ pub(super) struct FgdView<'v> {
     pub(super) mig: &'v [GpuGrant],
 }
 
-/// FGD points by request shape: for each shape, a (node version, points) slot per node, so
-/// that a scan reads one dense array and a shape never evicts another's points.
-#[derive(Debug, Default)]
+/// FGD points by request shape: for each shape, a (node fingerprint, points) slot per node,
+/// so that a scan reads one dense array and a shape never evicts another's points.
+#[derive(Debug, Clone, Default)]
 pub(super) struct FgdCache {
     pub(super) by_shape: HashMap<u64, Vec<(u64, i64)>>,
 }

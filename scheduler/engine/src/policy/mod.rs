@@ -21,7 +21,8 @@
 //! `select` the filters and the GPUs inside one node; `points` and `fgd_points` each policy's
 //! points; `scorer` the dispatch to them; `scan` the full scan every policy shares;
 //! `column_scan` the same choice read from per-field arrays, for the policies that allow it.
-//! This file holds [`Policy`] and the entry points, [`place`] and [`evaluate`].
+//! This file holds [`Policy`], the caller's [`PlacementScratch`] and the entry points,
+//! [`place`], [`place_with`] and [`evaluate`].
 
 mod column_scan;
 mod fgd_points;
@@ -35,7 +36,7 @@ mod select;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rand::{Rng, RngCore};
 
@@ -68,14 +69,42 @@ pub enum TieBreak {
 }
 
 /// A policy ready to place: its kind, how it breaks ties and, for FGD, the expected mix.
+/// Immutable: what placements learn between calls lives in the caller's [`PlacementScratch`].
 #[derive(Debug, Clone)]
 pub struct Policy {
     kind: PolicyKind,
     mix: Option<Arc<WorkloadMix>>,
     tie_break: TieBreak,
-    /// FGD points per request shape and node state. Node versions are unique in the
-    /// process, so entries never go stale: a changed node has a new version.
-    fgd_cache: Arc<Mutex<FgdCache>>,
+}
+
+/// What one caller's placements carry from one call to the next: FGD's points per request
+/// shape and node state, so that a scan rescores only the nodes that changed since the last
+/// placement of that shape. The caller owns it and passes it to [`place_with`]; a clone is an
+/// independent copy.
+///
+/// Entries are keyed by [`Node::fingerprint`], so they hold for any cluster or clone. They
+/// are only valid for the mix they were computed with: the scratch starts over when a
+/// placement brings a different one.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementScratch {
+    /// The mix `fgd` was filled with.
+    mix: Option<Arc<WorkloadMix>>,
+    fgd: FgdCache,
+}
+
+impl PlacementScratch {
+    /// Forgets FGD points computed with another mix than `mix`.
+    fn use_mix(&mut self, mix: Option<&Arc<WorkloadMix>>) {
+        let same = match (&self.mix, mix) {
+            (Some(held), Some(mix)) => Arc::ptr_eq(held, mix) || held == mix,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.fgd.by_shape.clear();
+            self.mix = mix.cloned();
+        }
+    }
 }
 
 impl Policy {
@@ -88,7 +117,6 @@ impl Policy {
             kind,
             mix: None,
             tie_break: TieBreak::default(),
-            fgd_cache: Arc::default(),
         })
     }
 
@@ -98,7 +126,6 @@ impl Policy {
             kind: PolicyKind::Fgd,
             mix: Some(mix.into()),
             tie_break: TieBreak::default(),
-            fgd_cache: Arc::default(),
         }
     }
 
@@ -111,7 +138,6 @@ impl Policy {
                 kind,
                 mix,
                 tie_break: TieBreak::default(),
-                fgd_cache: Arc::default(),
             }),
         }
     }
@@ -139,13 +165,34 @@ impl Policy {
 /// ties with one draw from `rng`, and picks the GPUs on the winner. Returns per-reason node
 /// counts when no node can take the request. Nothing is allocated: pass
 /// [`Placement::claim`] to [`Cluster::allocate`].
+///
+/// Every call starts from empty scratch space; a caller that places again and again should
+/// keep a [`PlacementScratch`] and call [`place_with`], which FGD needs to be fast.
 pub fn place<R: RngCore + ?Sized>(
     cluster: &Cluster,
     request: &Request,
     policy: &Policy,
     rng: &mut R,
 ) -> Result<Placement, Unplaceable> {
-    place_by(cluster, request, policy, rng, true)
+    place_with(
+        cluster,
+        request,
+        policy,
+        &mut PlacementScratch::default(),
+        rng,
+    )
+}
+
+/// [`place`], reusing and updating `scratch`: the same placement, faster when `scratch` has
+/// seen earlier placements.
+pub fn place_with<R: RngCore + ?Sized>(
+    cluster: &Cluster,
+    request: &Request,
+    policy: &Policy,
+    scratch: &mut PlacementScratch,
+    rng: &mut R,
+) -> Result<Placement, Unplaceable> {
+    place_by(cluster, request, policy, scratch, rng, true)
 }
 
 /// How each of `nodes` could take `request` under `policy`: its policy points (higher is
@@ -163,9 +210,7 @@ pub fn evaluate(
         ctx: Ctx::new(cluster, request),
         mix: policy.mix.as_ref().map(|m| m.resolve(cluster)),
         positions: Vec::with_capacity(MAX_GPUS),
-        cache: None,
-        shape_key: 0,
-        slots: Vec::new(),
+        fgd_slots: Vec::new(),
     };
     let capacity = cluster.free_capacity();
     nodes
@@ -186,32 +231,24 @@ fn place_by<R: RngCore + ?Sized>(
     cluster: &Cluster,
     request: &Request,
     policy: &Policy,
+    scratch: &mut PlacementScratch,
     rng: &mut R,
     columns_allowed: bool,
 ) -> Result<Placement, Unplaceable> {
-    let cache = (policy.kind == PolicyKind::Fgd).then(|| {
-        policy
-            .fgd_cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    });
+    let caching = policy.kind == PolicyKind::Fgd;
     let key = shape_key(request);
-    let mut cache = cache;
-    let mut slots = cache
-        .as_mut()
-        .and_then(|c| c.by_shape.remove(&key))
-        .unwrap_or_default();
-    if cache.is_some() {
-        slots.resize(cluster.len(), (0, 0));
+    let mut fgd_slots = Vec::new();
+    if caching {
+        scratch.use_mix(policy.mix.as_ref());
+        fgd_slots = scratch.fgd.by_shape.remove(&key).unwrap_or_default();
+        fgd_slots.resize(cluster.len(), (0, 0));
     }
     let mut scorer = Scorer {
         kind: policy.kind,
         ctx: Ctx::new(cluster, request),
         mix: policy.mix.as_ref().map(|m| m.resolve(cluster)),
         positions: Vec::with_capacity(MAX_GPUS),
-        cache,
-        shape_key: key,
-        slots,
+        fgd_slots,
     };
     let capacity = cluster.free_capacity();
     let nonce = rng.next_u64();
@@ -224,13 +261,12 @@ fn place_by<R: RngCore + ?Sized>(
         // Nothing fits (the column scan keeps no reasons), or the column scan does not apply.
         best = scan_full(&mut scorer, cluster, policy, nonce, &mut reasons);
     }
-    if let Some(cache) = scorer.cache.as_mut() {
-        if cache.by_shape.len() >= FGD_CACHE_SHAPES {
-            cache.by_shape.clear();
+    if caching {
+        let by_shape = &mut scratch.fgd.by_shape;
+        if by_shape.len() >= FGD_CACHE_SHAPES {
+            by_shape.clear();
         }
-        cache
-            .by_shape
-            .insert(scorer.shape_key, std::mem::take(&mut scorer.slots));
+        by_shape.insert(key, std::mem::take(&mut scorer.fgd_slots));
     }
     let Best {
         best,

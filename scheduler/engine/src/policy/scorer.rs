@@ -1,14 +1,12 @@
 //! The scorer: one request's points on one node under the chosen policy, dispatching to
-//! each policy's formula and reading FGD's cache.
-
-use std::sync::MutexGuard;
+//! each policy's formula and reading FGD's cached points.
 
 use crate::cluster::{FreeCapacity, Node};
 use crate::fgd::ResolvedMix;
 use crate::request::GpuDemand;
 
 use super::PolicyKind;
-use super::fgd_points::{FgdCache, FgdView, fgd_eval};
+use super::fgd_points::{FgdView, fgd_eval};
 use super::points::{best_fit_points, clustering_points, dot_product_points, packing_points};
 use super::select::{Ctx, MAX_GPUS, choose_whole, plan_mig, share_candidates};
 
@@ -19,12 +17,9 @@ pub(super) struct Scorer<'a> {
     pub(super) ctx: Ctx<'a>,
     pub(super) mix: Option<ResolvedMix>,
     pub(super) positions: Vec<u32>,
-    /// FGD points of earlier placements.
-    pub(super) cache: Option<MutexGuard<'a, FgdCache>>,
-    pub(super) shape_key: u64,
-    /// This request shape's slots, taken out of `cache` for the scan: (node version, points)
-    /// per node; empty when not caching.
-    pub(super) slots: Vec<(u64, i64)>,
+    /// This request shape's FGD points from earlier placements, taken out of the caller's
+    /// scratch for the scan: (node fingerprint, points) per node; empty when not caching.
+    pub(super) fgd_slots: Vec<(u64, i64)>,
 }
 
 impl Scorer<'_> {
@@ -62,15 +57,15 @@ impl Scorer<'_> {
             PolicyKind::GpuPacking => packing_points(ctx, &buf[..n]),
             PolicyKind::GpuClustering => clustering_points(ctx, node, total),
             PolicyKind::Fgd => {
-                // Version 0 is never handed out, so an empty slot never matches.
-                if let Some(&(version, points)) = self.slots.get(index)
-                    && version == capacity.version
+                // Fingerprints are never 0, so an empty slot never matches.
+                if let Some(&(fingerprint, points)) = self.fgd_slots.get(index)
+                    && fingerprint == capacity.fingerprint
                 {
                     return (points, link);
                 }
                 let points = self.fgd(node, capacity, fast, &buf[..n]).0;
-                if let Some(slot) = self.slots.get_mut(index) {
-                    *slot = (capacity.version, points);
+                if let Some(slot) = self.fgd_slots.get_mut(index) {
+                    *slot = (capacity.fingerprint, points);
                 }
                 points
             }

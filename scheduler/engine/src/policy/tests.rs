@@ -73,6 +73,56 @@ fn scores_compare_points_link_tie_then_node() {
     }
 }
 
+/// FGD's cached points are keyed by node state and mix alone: one scratch serving two clones
+/// that diverge, under two mixes in turn, places exactly as empty scratch does.
+#[test]
+fn shared_scratch_places_as_empty_scratch() {
+    use crate::cluster::NodeShape;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    let shapes: Vec<NodeShape> = (0..12)
+        .map(|i| NodeShape {
+            name: format!("n{i:02}"),
+            cpu_milli: 32_000,
+            memory_mib: 65_536,
+            gpus: [1, 2, 4, 8][i % 4],
+            model: Some("V100M32".parse().expect("valid model")),
+            gpu_memory_mib: 16_384,
+        })
+        .collect();
+    let base = Cluster::from_shapes(&shapes).expect("valid shapes");
+    let requests: Vec<Request> = (0..60u32)
+        .map(|i| {
+            let gpu = if i % 4 == 0 {
+                GpuDemand::Exclusive { count: 1 + i % 3 }
+            } else {
+                GpuDemand::Shared {
+                    milli: 200 + 150 * (i % 5),
+                    memory_mib: 0,
+                }
+            };
+            Request::new(1000 + 500 * u64::from(i % 3), 1024, gpu).expect("valid request")
+        })
+        .collect();
+    let mixes = [&requests[..8], &requests[30..34]]
+        .map(|r| Arc::new(WorkloadMix::typical(r, 100.0).expect("non-empty")));
+    let mut scratch = PlacementScratch::default();
+    let mut clusters = [base.clone(), base];
+    for (i, r) in requests.iter().enumerate() {
+        let policy = Policy::fgd(Arc::clone(&mixes[i / 7 % 2]));
+        let cluster = &mut clusters[i % 2];
+        let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
+        let mut reference_rng = rng.clone();
+        let shared = place_with(cluster, r, &policy, &mut scratch, &mut rng);
+        let empty = place(cluster, r, &policy, &mut reference_rng);
+        assert_eq!(shared, empty, "request {i}: {r}");
+        if let Ok(p) = shared {
+            cluster.allocate(&p.claim).expect("a fresh placement fits");
+        }
+    }
+}
+
 /// The column scan must choose exactly what the full scan chooses.
 mod column_scan_matches_full {
     use super::*;
@@ -154,10 +204,13 @@ mod column_scan_matches_full {
             .expect("known policy")
             .with_tie_break(tie);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut scratch = PlacementScratch::default();
         for (spec, r) in requests.iter().zip(&reqs) {
             let mut reference_rng = rng.clone();
-            let by_columns = place_by(&cluster, r, &policy, &mut rng, true);
-            let full = place_by(&cluster, r, &policy, &mut reference_rng, false);
+            // The reference starts from empty scratch, so it also checks FGD's cached points.
+            let by_columns = place_by(&cluster, r, &policy, &mut scratch, &mut rng, true);
+            let fresh = &mut PlacementScratch::default();
+            let full = place_by(&cluster, r, &policy, fresh, &mut reference_rng, false);
             assert_eq!(by_columns, full, "{kind} placing {r}");
             if let (Ok(p), true) = (by_columns, spec.5) {
                 cluster.allocate(&p.claim).expect("a fresh placement fits");

@@ -1,15 +1,11 @@
 //! Builders for hand-made fabrics: nodes with a domain, spine and leaf.
 
-use std::collections::BTreeMap;
-
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use suanli_engine::domain::{DomainCatalog, DomainInfo, DomainLink};
 use suanli_engine::gang::GangRequest;
-use suanli_engine::inventory::{
-    FabricPosition, GpuInfo, GpuNicPair, GpuPair, Health, LinkLayer, LinkPath, MigState, NicPort,
-    NodeInventory, NvmlStatus, PcieLink, PortState, RdmaNic, Versions,
-};
+use suanli_engine::inventory::{LinkPath, NodeInventory, PortState};
+use suanli_engine::testing::H100Node;
 use suanli_engine::{Cid, GpuModel, Request};
 
 #[allow(dead_code)]
@@ -54,88 +50,50 @@ pub fn spec(domain: &'static str, spine: &'static str, leaf: &'static str, name:
     }
 }
 
+/// `s` as its agent would report it: the shared H100 node, in region `r1`, on a larger host
+/// (128 cores, 1 TiB, two NUMA nodes) as these tests' requests were sized for it, with the
+/// spec's GPU model, NVLink islands and NIC.
 pub fn inventory(s: &Spec) -> NodeInventory {
     let half = s.gpus / 2;
-    let mut pairs = Vec::new();
+    let mut islands = Vec::new();
     if s.nvlink_islands {
         for a in 0..s.gpus {
             for b in a + 1..s.gpus {
-                let same = (a < half) == (b < half);
-                pairs.push(GpuPair {
-                    a,
-                    b,
-                    path: if same {
-                        LinkPath::NvLink(18)
-                    } else {
-                        LinkPath::Sys
-                    },
-                });
+                let path = if (a < half) == (b < half) {
+                    LinkPath::NvLink(18)
+                } else {
+                    LinkPath::Sys
+                };
+                islands.push((a, b, path));
             }
         }
     }
-    let (nics, gpu_nic_pairs) = match s.nic {
-        None => (vec![], vec![]),
-        Some((state, rate, gdr)) => (
-            vec![RdmaNic {
-                name: "mlx5_0".into(),
-                pci_bus_id: "0000:1a:00.0".into(),
-                numa_node: None,
-                node_guid: String::new(),
-                firmware: String::new(),
-                netdevs: vec![],
-                ports: vec![NicPort {
-                    port: 1,
-                    state,
-                    link_layer: LinkLayer::Infiniband,
-                    rate_gbps: rate,
-                    gid_type: String::new(),
-                }],
-                health: Health::Healthy,
-            }],
-            (0..s.gpus)
-                .map(|g| GpuNicPair {
-                    gpu: g,
-                    nic: "mlx5_0".into(),
-                    path: if gdr { LinkPath::Pix } else { LinkPath::Phb },
-                    gdr_local: gdr,
-                })
-                .collect(),
-        ),
-    };
-    NodeInventory {
-        cid: cid(&format!("cid:acme/r1/{}/{}", s.domain, s.name)),
-        generation: 1,
-        fabric: FabricPosition {
-            leaf: s.leaf.into(),
-            spine: s.spine.into(),
-        },
-        cpu_milli: 128_000,
-        memory_mib: 1 << 20,
-        numa_nodes: 2,
-        versions: Versions::default(),
-        nvml: NvmlStatus::default(),
-        gpus: (0..s.gpus)
-            .map(|i| GpuInfo {
-                uuid: format!("GPU-{}-{i}", s.name),
-                index: i,
-                product: s.model.into(),
-                model: GpuModel::from_product_name(s.model),
-                architecture: "Hopper".into(),
-                compute_capability: "9.0".into(),
-                memory_mib: 81_559,
-                pci_bus_id: format!("0000:{:02x}:00.0", 0x18 + i),
-                numa_node: None,
-                pcie: PcieLink::default(),
-                mig: MigState::default(),
-                nvlinks: vec![],
-                health: Health::Healthy,
-            })
-            .collect(),
-        nics,
-        gpu_pairs: pairs,
-        gpu_nic_pairs,
-        labels: BTreeMap::new(),
+    let mut node = H100Node::new(&s.name, s.gpus)
+        .domain(s.domain)
+        .fabric(s.leaf, s.spine)
+        .pairs(&islands);
+    if let Some((state, _, _)) = s.nic {
+        node = node.nic("mlx5_0", state);
     }
+    let mut inv = node.build();
+    inv.cid = cid(&format!("cid:acme/r1/{}/{}", s.domain, s.name));
+    inv.cpu_milli = 128_000;
+    inv.memory_mib = 1 << 20;
+    inv.numa_nodes = 2;
+    for gpu in &mut inv.gpus {
+        gpu.product = s.model.into();
+        gpu.model = GpuModel::from_product_name(s.model);
+    }
+    // The builder's NIC runs at 400 Gb/s when active and is GPUDirect-local; a spec may
+    // ask for another rate or a host-bridge path.
+    if let Some((_, rate, gdr)) = s.nic {
+        inv.nics[0].ports[0].rate_gbps = rate;
+        for pair in &mut inv.gpu_nic_pairs {
+            pair.path = if gdr { LinkPath::Pix } else { LinkPath::Phb };
+            pair.gdr_local = gdr;
+        }
+    }
+    inv
 }
 
 /// `n` nodes named `<prefix>-<i>` on one leaf.
