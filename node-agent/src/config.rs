@@ -8,6 +8,7 @@ use std::time::Duration;
 use suanli_engine::Cid;
 use suanli_engine::cid::sanitize_segment;
 use suanli_engine::inventory::FabricPosition;
+use suanli_proto::convert::rendezvous::parse_advertise_addr;
 
 /// Where configuration values come from. Keys are lower-case with underscores
 /// (`scheduler`, `data_dir`).
@@ -116,6 +117,7 @@ fn flag_name(key: &'static str) -> &'static str {
         "kube_api" => "kube-api",
         "kubelet_socket" => "kubelet-socket",
         "gpu_resource" => "gpu-resource",
+        "advertise_addr" => "advertise-addr",
         other => other,
     }
 }
@@ -208,6 +210,23 @@ impl AgentConfig {
     }
 }
 
+/// The checked `--advertise-addr` (`host` or `host:port` where this node's replicas are
+/// reached); `None` lets the scheduler use the address the agent connects from. Refused at
+/// start rather than at registration, where a bad one would only show as a retry loop.
+pub fn advertise_addr(src: &dyn ConfigSource) -> Result<Option<String>, ConfigError> {
+    let Some(text) = src.get("advertise_addr") else {
+        return Ok(None);
+    };
+    match parse_advertise_addr(text.trim()) {
+        Ok(addr) => Ok(Some(addr.to_string())),
+        Err(problem) => Err(ConfigError::Invalid {
+            key: "--advertise-addr",
+            value: text,
+            problem,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +272,19 @@ mod tests {
                 .to_string()
                 .starts_with("seed = \"many\"")
         );
+    }
+
+    #[test]
+    fn advertise_addr_is_checked_at_start_and_names_the_flag() {
+        assert_eq!(advertise_addr(&base()), Ok(None));
+        let given = advertise_addr(&base().with("advertise_addr", "[fd00::7]:2222"));
+        assert_eq!(given, Ok(Some("[fd00::7]:2222".to_string())));
+        for bad in ["node 7", "node:http", "http://node:80"] {
+            let err = advertise_addr(&base().with("advertise_addr", bad))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.starts_with("--advertise-addr = "), "{err}");
+        }
     }
 
     #[test]

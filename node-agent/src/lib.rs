@@ -6,5 +6,6 @@ pub mod discovery;
 pub mod kubelet;
 pub mod node_labels;
 pub mod output;
+pub mod rendezvous;
 pub mod session;
 pub mod work;

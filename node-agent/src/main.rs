@@ -24,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print what this machine has (GPUs, MIG, NVLink, PCIe paths, RDMA) and exit.
@@ -76,6 +78,10 @@ enum Command {
         /// The extended resource whose devices are GPUs, for --kubelet-socket.
         #[arg(long)]
         gpu_resource: Option<String>,
+        /// Where other nodes' replicas reach this node's: a host name or IP, optionally with
+        /// :port. Default: the address the scheduler sees this agent connect from.
+        #[arg(long)]
+        advertise_addr: Option<String>,
     },
 }
 
@@ -120,6 +126,7 @@ fn main() -> ExitCode {
             kube_api,
             kubelet_socket,
             gpu_resource,
+            advertise_addr,
         } => {
             let mut flags = MapConfig::default();
             let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
@@ -136,19 +143,23 @@ fn main() -> ExitCode {
                 ("kube_api", kube_api),
                 ("kubelet_socket", path(kubelet_socket)),
                 ("gpu_resource", gpu_resource),
+                ("advertise_addr", advertise_addr),
             ] {
                 if let Some(v) = value {
                     flags = flags.with(key, v);
                 }
             }
-            let cfg = match AgentConfig::from_source(&Layered(flags, EnvConfig)) {
+            let source = Layered(flags, EnvConfig);
+            let config = AgentConfig::from_source(&source)
+                .and_then(|cfg| Ok((cfg, suanli_agent::config::advertise_addr(&source)?)));
+            let (cfg, advertise) = match config {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            match run(cfg) {
+            match run(cfg, advertise) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -189,7 +200,7 @@ fn inventory(
     Ok(render(&report, output))
 }
 
-fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+fn run(cfg: AgentConfig, advertise: Option<String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -197,7 +208,7 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let probe = probe(cfg.fixture.as_ref())?;
-        let agent = Agent::new(cfg, probe)?;
+        let agent = Agent::new(cfg, probe)?.advertising(advertise);
         match agent.run_until(shutdown_signal()).await {
             AgentExit::Shutdown => Ok(()),
             AgentExit::Replaced { reason } => {

@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::config::AgentConfig;
 use crate::discovery::{self, GpuProbe, SysfsRoot, Warnings};
 use crate::node_labels::NodeLabeler;
+use crate::rendezvous::{Peer, Rendezvous, gdr_local_nics, interface_holding};
 use crate::work::{Assignment, RunningRecord, WorkEvent, WorkRunner, unix_ms_now};
 
 /// Used when the scheduler answers 0 for an interval.
@@ -168,6 +169,8 @@ pub struct Agent {
     credential: String,
     /// Keeps the Kubernetes Node's labels in step with the inventory, when configured.
     labeler: Option<NodeLabeler>,
+    /// The checked address peers reach this node at; `None`: the scheduler decides.
+    advertise_addr: Option<String>,
 }
 
 impl Agent {
@@ -198,11 +201,19 @@ impl Agent {
             unsent: VecDeque::new(),
             credential: String::new(),
             labeler,
+            advertise_addr: None,
         };
         agent.credential = agent.load_credential()?;
         agent.inventory.generation = agent.next_generation(&agent.inventory.clone());
         agent.save_inventory()?;
         Ok(agent)
+    }
+
+    /// Advertises `addr` (checked, see [`crate::config::advertise_addr`]) as where this
+    /// node's replicas are reached; `None` leaves it to the scheduler.
+    pub fn advertising(mut self, addr: Option<String>) -> Agent {
+        self.advertise_addr = addr;
+        self
     }
 
     pub fn inventory(&self) -> &NodeInventory {
@@ -357,6 +368,7 @@ impl Agent {
                 inventory: Some(self.inventory.clone().into()),
                 agent_version: discovery::AGENT_VERSION.to_string(),
                 node_credential: self.credential.clone(),
+                advertise_addr: self.advertise_addr.clone().unwrap_or_default(),
             })
             .await?
             .into_inner();
@@ -472,12 +484,43 @@ impl Agent {
         }
     }
 
+    /// The facts for a replica's rendezvous environment: the scheduler's, and this node's
+    /// NICs and interface. `None` from a scheduler that sent no peers.
+    fn rendezvous(&self, a: &pb::Assignment) -> Option<Rendezvous> {
+        if a.peers.is_empty() {
+            return None;
+        }
+        let peers: Vec<Peer> = a
+            .peers
+            .iter()
+            .map(|p| Peer {
+                replica: p.replica,
+                address: p.address.clone(),
+                gpus: p.gpus,
+            })
+            .collect();
+        let own_address = peers
+            .iter()
+            .find(|p| p.replica == a.replica)
+            .map(|p| p.address.as_str())
+            .unwrap_or_default();
+        Some(Rendezvous {
+            job_name: a.job_name.clone(),
+            node_cid: self.inventory.cid.to_string(),
+            socket_ifname: interface_holding(own_address),
+            ib_hcas: gdr_local_nics(&self.inventory, &a.gpu_uuids),
+            master_port: u16::try_from(a.master_port).unwrap_or(0),
+            peers,
+        })
+    }
+
     /// Acts on one scheduler message; `Some` ends the session.
     fn handle(&mut self, msg: pb::SchedulerMessage) -> Option<SessionEnd> {
         match msg.msg {
             Some(pb::scheduler_message::Msg::Assign(a)) => {
                 info!(job = %a.job_id, replica = a.replica, attempt = a.attempt,
                       gpus = %a.gpu_uuids.join(","), "Assignment received.");
+                let rendezvous = self.rendezvous(&a);
                 self.runner.start(Assignment {
                     job_id: a.job_id,
                     replica: a.replica,
@@ -485,6 +528,7 @@ impl Agent {
                     command: a.command,
                     env: a.env.into_iter().collect(),
                     gpu_uuids: a.gpu_uuids,
+                    rendezvous,
                 });
                 None
             }

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::rendezvous::{Rendezvous, hostfile_text, merged_env, rendezvous_env};
+
 /// How often adopted processes (started by an earlier agent) are checked for exit.
 const ADOPTED_POLL: Duration = Duration::from_millis(500);
 /// Lines of standard error kept in `WorkExited.message` for a failed replica.
@@ -39,6 +41,9 @@ pub struct Assignment {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub gpu_uuids: Vec<String>,
+    /// Where the job's other replicas are; `None` runs the replica without a rendezvous
+    /// environment.
+    pub rendezvous: Option<Rendezvous>,
 }
 
 /// A replica this agent runs (or an earlier agent on this node started).
@@ -148,6 +153,31 @@ impl WorkRunner {
         self.data_dir.join("running.json")
     }
 
+    /// The hostfile of one replica, beside its logs.
+    pub fn hostfile_path(&self, job_id: &str, replica: u32, attempt: u32) -> PathBuf {
+        let stem = format!("{}.{replica}.{attempt}", sanitize_file(job_id));
+        self.data_dir.join("work").join(format!("{stem}.hosts"))
+    }
+
+    /// The replica's environment: its rendezvous (writing its hostfile), then the job's own.
+    fn replica_env(&self, a: &Assignment) -> Result<BTreeMap<String, String>, String> {
+        let Some(r) = &a.rendezvous else {
+            return Ok(a.env.clone());
+        };
+        let hostfile = self.hostfile_path(&a.job_id, a.replica, a.attempt);
+        std::fs::write(&hostfile, hostfile_text(&r.peers))
+            .map_err(|e| format!("cannot write hostfile {}: {e}", hostfile.display()))?;
+        let own = rendezvous_env(
+            &a.job_id,
+            a.attempt,
+            a.replica,
+            a.gpu_uuids.len(),
+            r,
+            &hostfile,
+        );
+        Ok(merged_env(own, &a.env))
+    }
+
     /// Where a replica's standard output and error go.
     pub fn log_paths(&self, job_id: &str, replica: u32, attempt: u32) -> (PathBuf, PathBuf) {
         let stem = format!("{}.{replica}.{attempt}", sanitize_file(job_id));
@@ -220,6 +250,13 @@ impl WorkRunner {
                 .send(exited("assignment has no command".to_string()));
             return;
         };
+        let env = match self.replica_env(&a) {
+            Ok(env) => env,
+            Err(message) => {
+                let _ = self.events.send(exited(message));
+                return;
+            }
+        };
         let (out_path, err_path) = self.log_paths(&a.job_id, a.replica, a.attempt);
         let files = std::fs::File::create(&out_path)
             .and_then(|out| std::fs::File::create(&err_path).map(|err| (out, err)));
@@ -235,7 +272,7 @@ impl WorkRunner {
         };
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
-            .envs(&a.env)
+            .envs(&env)
             // Exactly the granted devices: an empty list hides every GPU.
             .env("CUDA_VISIBLE_DEVICES", a.gpu_uuids.join(","))
             .stdin(Stdio::null())
@@ -462,6 +499,7 @@ mod tests {
             command: command.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             gpu_uuids: gpus.iter().map(|s| s.to_string()).collect(),
+            rendezvous: None,
         }
     }
 
@@ -504,6 +542,42 @@ mod tests {
         let read = |job| std::fs::read_to_string(runner.log_paths(job, 0, 1).0).expect("log");
         assert_eq!(read("two"), "GPU-a,MIG-b");
         assert_eq!(read("none"), "");
+    }
+
+    #[tokio::test]
+    async fn a_replica_gets_its_rendezvous_and_hostfile_under_the_users_env() {
+        use crate::rendezvous::Peer;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (runner, mut rx) = WorkRunner::open(dir.path()).expect("open");
+        let script = "printf '%s %s %s|' \"$NODE_RANK\" \"$MASTER_ADDR\" \"$MASTER_PORT\"; \
+                      cat \"$SUANLI_HOSTFILE\"";
+        let mut a = assignment("gang", &["sh", "-c", script], &["GPU-a", "GPU-b"]);
+        a.replica = 1;
+        a.env.insert("MASTER_PORT".into(), "29500".into());
+        a.rendezvous = Some(Rendezvous {
+            job_name: "gang".into(),
+            node_cid: "cid:acme/r/d/n2".into(),
+            peers: vec![
+                Peer {
+                    replica: 0,
+                    address: "10.0.0.1".into(),
+                    gpus: 2,
+                },
+                Peer {
+                    replica: 1,
+                    address: "10.0.0.2".into(),
+                    gpus: 2,
+                },
+            ],
+            master_port: 23456,
+            ib_hcas: vec![],
+            socket_ifname: None,
+        });
+        runner.start(a);
+        assert_eq!(next_exit(&mut rx).await.0, 0);
+        let out = std::fs::read_to_string(runner.log_paths("gang", 1, 1).0).expect("log");
+        assert_eq!(out, "1 10.0.0.1 29500|10.0.0.1 slots=2\n10.0.0.2 slots=2\n");
+        assert!(runner.hostfile_path("gang", 1, 1).starts_with(dir.path()));
     }
 
     #[tokio::test]

@@ -80,6 +80,7 @@ async fn a_job_sees_exactly_its_assigned_gpu() {
         command: vec!["sh".into(), "-c".into(), script.into()],
         env: BTreeMap::new(),
         gpu_uuids: vec![uuid.clone()],
+        rendezvous: None,
     });
     loop {
         match events.recv().await.expect("runner alive") {

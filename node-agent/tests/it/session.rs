@@ -297,6 +297,7 @@ fn assign(job: &str, command: &[&str], gpus: &[&str], env: &[(&str, &str)]) -> D
         volumes: vec![],
         attempt: 1,
         resources: None,
+        ..Default::default()
     })
 }
 

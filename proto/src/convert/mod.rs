@@ -14,6 +14,7 @@
 pub mod ids;
 pub mod inventory;
 pub mod job;
+pub mod rendezvous;
 
 use std::fmt;
 

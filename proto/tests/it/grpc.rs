@@ -81,6 +81,7 @@ async fn register_and_session_over_loopback() {
             inventory: Some(full_inventory().into()),
             agent_version: "0.1.0".to_string(),
             node_credential: String::new(),
+            advertise_addr: String::new(),
         })
         .await
         .expect("a valid inventory registers")
@@ -95,6 +96,7 @@ async fn register_and_session_over_loopback() {
             inventory: Some(bad),
             agent_version: "0.1.0".to_string(),
             node_credential: String::new(),
+            advertise_addr: String::new(),
         })
         .await
         .expect_err("a duplicate UUID is refused");

@@ -57,6 +57,8 @@ enum Command {
         #[command(subcommand)]
         what: DescribeWhat,
     },
+    /// Change a job: priority, queue, preemptibility, time limit, an elastic job's size.
+    Update(commands::UpdateArgs),
     /// Cancel a job.
     Cancel {
         id: String,
@@ -161,6 +163,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Describe {
             what: DescribeWhat::Job { id },
         } => commands::describe_job(&mut connect().await?, &id, format).await,
+        Command::Update(args) => {
+            // Flags are checked before connecting: bad input never waits on a network.
+            let request = commands::update_request(&args)?;
+            commands::update(&mut connect().await?, request, format).await
+        }
         Command::Cancel { id, reason } => {
             commands::cancel(&mut connect().await?, &id, &reason, format).await
         }

@@ -178,6 +178,7 @@ async fn start_agent(
             inventory: Some(inventory(i).into()),
             agent_version: "load".into(),
             node_credential: credential.clone(),
+            advertise_addr: String::new(),
         })
         .await
         .expect("registers")

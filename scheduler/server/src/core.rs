@@ -32,6 +32,7 @@ mod schedule;
 mod views;
 
 pub use handle::CoreHandle;
+pub use jobs::JobUpdate;
 pub use nodes::Registration;
 pub use pods::{BoundPod, NodeVerdict, PodGpus, PodJobView};
 
@@ -76,6 +77,19 @@ pub struct Assignment {
     pub gpu_uuids: Vec<String>,
     pub cpu_milli: u64,
     pub memory_mib: u64,
+    /// Every placed replica of this attempt, in replica order, for the rendezvous.
+    pub peers: Vec<AssignmentPeer>,
+    /// The rendezvous port on replica 0's node, the same for every replica of the attempt.
+    pub master_port: u16,
+}
+
+/// One replica of a job as the other replicas see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignmentPeer {
+    pub replica: u32,
+    /// The host its node advertises.
+    pub address: String,
+    pub gpus: u32,
 }
 
 /// One agent session on one node: what every report from that session carries, so the core
@@ -232,15 +246,15 @@ enum Command {
     Update {
         id: JobId,
         by: Identity,
-        priority: Option<i32>,
-        preemptible: Option<bool>,
-        queue: Option<String>,
+        update: JobUpdate,
         reply: Reply<JobRecord>,
     },
     Register {
         inventory: Box<NodeInventory>,
         /// The node credential the agent presented; empty when it has none.
         credential: String,
+        /// The checked host the node's replicas reach each other at.
+        advertise_addr: String,
         by: Identity,
         reply: Reply<Registration>,
     },
@@ -412,6 +426,9 @@ struct NodeEntry {
     credential_sha256: Option<String>,
     /// Why the engine could not model the node's inventory; such a node is never placed on.
     invalid: Option<String>,
+    /// The host the node's replicas reach each other at, from its last registration; empty
+    /// until its agent registers with this scheduler process.
+    advertise_addr: String,
 }
 
 impl NodeEntry {
@@ -523,6 +540,7 @@ impl Core {
                     session: None,
                     credential_sha256: record.credential_sha256,
                     invalid: None,
+                    advertise_addr: String::new(),
                 },
             );
         }
@@ -760,20 +778,19 @@ impl Core {
             Command::Update {
                 id,
                 by,
-                priority,
-                preemptible,
-                queue,
+                update,
                 reply,
             } => {
-                let _ = reply.send(self.update(&id, &by, priority, preemptible, queue));
+                let _ = reply.send(self.update(&id, &by, update));
             }
             Command::Register {
                 inventory,
                 credential,
+                advertise_addr,
                 by,
                 reply,
             } => {
-                let _ = reply.send(self.register(*inventory, &credential, &by));
+                let _ = reply.send(self.register(*inventory, &credential, advertise_addr, &by));
             }
             Command::SessionOpen {
                 node,

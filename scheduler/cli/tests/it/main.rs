@@ -706,3 +706,123 @@ async fn node_remove_needs_a_cid() {
     let run = finish(cmd).await;
     assert_eq!(run.code, 3, "{run:?}");
 }
+
+const ELASTIC_JOB: &str = "\
+name: itest-elastic
+replicas: 3
+min_replicas: 1
+gpu:
+  policy: exclusive
+  count: 1
+  models: [H100]
+resources: {cpu_milli: 1000, memory_mib: 1024}
+command: [sh, -c, 'sleep 30']
+";
+
+/// `suanli update` changes a running job, shrinks an elastic one on the real agent (which
+/// stops the highest replica while the job keeps running), and refuses bad flags and bad
+/// requests in one line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_changes_a_running_job_and_refuses_bad_input_in_one_line() {
+    let c = Cluster::start().await;
+    let file = c.write("elastic.yaml", ELASTIC_JOB);
+    let job = c.admin(&["submit", "-f", &file, "-o", "json"]).await.json();
+    let id = job["id"].as_str().expect("an id").to_string();
+    c.wait_until(|c| {
+        let id = id.clone();
+        async move { c.job_state(&id).await == "running" }
+    })
+    .await;
+
+    let text = c
+        .admin(&["update", &id, "--priority", "-3", "--time-limit", "2h"])
+        .await;
+    assert_eq!(text.code, 0, "{text:?}");
+    assert_eq!(
+        text.stdout,
+        format!("job/{id} updated (itest-elastic): priority -3, time limit 7200 s\n")
+    );
+
+    let shrunk = c
+        .admin(&["update", &id, "--replicas", "2", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(shrunk["spec"]["replicas"], 2);
+    assert_eq!(shrunk["spec"]["priority"], -3);
+    assert_eq!(shrunk["spec"]["time_limit_s"], 7200);
+    let kept: Vec<u64> = shrunk["placement"]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| r["replica"].as_u64().expect("replica"))
+        .collect();
+    assert_eq!(kept, [0, 1]);
+    // The agent stops replica 2; its exit by SIGTERM is not the job's failure.
+    let state = c.dir.path().join("agent").join("running.json");
+    c.wait_until(|_| {
+        let state = state.clone();
+        async move {
+            std::fs::read_to_string(&state)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())
+                .is_some_and(|running| running.len() == 2)
+        }
+    })
+    .await;
+    assert_eq!(c.job_state(&id).await, "running");
+
+    let out_of_range =
+        "error: invalid argument: replicas: must be between 1 and 2 (the job's min_replicas \
+         and replicas), got 3\n"
+            .to_string();
+    for (args, code, stderr) in [
+        (
+            vec!["--time-limit", "-5m"],
+            2,
+            "error: --time-limit: must be positive, got \"-5m\"\n".to_string(),
+        ),
+        (
+            vec!["--time-limit", "0"],
+            2,
+            "error: --time-limit: must be positive, got \"0\"\n".to_string(),
+        ),
+        (
+            vec!["--time-limit", "soon"],
+            2,
+            "error: --time-limit: \"soon\" is not a duration; use e.g. 90s, 30m, 2h, 1d or a \
+             number of seconds\n"
+                .to_string(),
+        ),
+        (vec!["--replicas", "3"], 2, out_of_range),
+        (
+            vec!["--replicas", "none"],
+            2,
+            "error: --replicas: \"none\" is not a number of replicas\n".to_string(),
+        ),
+        (
+            vec![],
+            2,
+            "error: nothing to change: give --priority, --queue, --preemptible, --time-limit \
+             or --replicas\n"
+                .to_string(),
+        ),
+    ] {
+        let mut all = vec!["update", id.as_str()];
+        all.extend(args.iter().copied());
+        let run = c.admin(&all).await;
+        assert_eq!(
+            (run.code, run.stderr.as_str()),
+            (code, stderr.as_str()),
+            "{args:?}"
+        );
+    }
+    let missing = c.admin(&["update", "j-99999999", "--priority", "1"]).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert_eq!(
+        missing.stderr,
+        "error: not found: job j-99999999 not found\n"
+    );
+
+    assert_eq!(c.admin(&["cancel", &id]).await.code, 0);
+    c.stop().await;
+}

@@ -291,6 +291,8 @@ pub enum QueueError {
     NotPending(JobId),
     #[error("the resources job {0} holds are not free in the cluster")]
     Unclaimable(JobId),
+    #[error("job {id} runs {placed} replica(s); it cannot shrink to {keep}")]
+    CannotShrink { id: JobId, placed: usize, keep: u32 },
 }
 
 /// The queue and the cluster it places into.
@@ -386,7 +388,8 @@ impl Scheduler {
     }
 
     /// Changes what the queue knows of a pending or running job (priority, preemptibility,
-    /// queue). A running job's quota use moves with it to its new queue.
+    /// queue, runtime; a pending job's request too). A running job's quota use moves with it
+    /// to its new queue.
     pub fn amend(&mut self, id: &JobId, change: impl FnOnce(&mut QueuedJob)) -> bool {
         if let Some(mut job) = self.remove_pending(id) {
             change(&mut job);
@@ -399,9 +402,12 @@ impl Scheduler {
             return false;
         };
         let (tenant, queue) = (running.job.tenant.clone(), running.job.queue.clone());
+        let gang = running.job.gang.clone();
         change(&mut running.job);
-        // Tenant and runtime are not the caller's to change under a running job.
+        // Tenant and request are not the caller's to change under a running job: its
+        // allocations hold them ([`Scheduler::shrink`] changes its size).
         running.job.tenant = tenant.clone();
+        running.job.gang = gang;
         if running.job.queue != queue {
             self.usage
                 .remove_in_queue(&tenant, &queue, &running.charges);
@@ -519,6 +525,49 @@ impl Scheduler {
         }
         self.changed = true;
         Ok(job)
+    }
+
+    /// Shrinks a running job to its first `keep` replicas: the allocations of the others
+    /// are released and its quota charge drops to what the kept ones hold. Returns the
+    /// released replicas, for the caller to stop. Its request shrinks with it, so a job
+    /// queued again asks for `keep`.
+    pub fn shrink(&mut self, id: &JobId, keep: u32) -> Result<Vec<ReplicaClaim>, QueueError> {
+        let mut job = self
+            .running
+            .remove(id)
+            .ok_or_else(|| QueueError::NotRunning(id.clone()))?;
+        let placed = job.placement.replicas.len();
+        let kept = usize::try_from(keep).unwrap_or(usize::MAX);
+        if keep == 0 || kept > placed {
+            self.running.insert(id.clone(), job);
+            return Err(QueueError::CannotShrink {
+                id: id.clone(),
+                placed,
+                keep,
+            });
+        }
+        let released = job.placement.replicas.split_off(kept);
+        for allocation in job.allocations.split_off(kept) {
+            let _ = self.model.release(allocation);
+        }
+        job.job.gang.replicas = keep;
+        job.job.gang.min_replicas = job.job.gang.min_replicas.min(keep);
+        let charges = self.charges(&job.placement);
+        self.usage
+            .remove_in_queue(&job.job.tenant, &job.job.queue, &job.charges);
+        self.usage
+            .add_in_queue(&job.job.tenant, &job.job.queue, &charges);
+        // `borrowed` stays: the job started above a guarantee, and a smaller share of it
+        // is still reclaimable first.
+        job.charges = charges;
+        self.running.insert(id.clone(), job);
+        if !released.is_empty() {
+            if let Some(pass) = self.pass.as_mut() {
+                pass.capacity_changed = true;
+            }
+            self.changed = true;
+        }
+        Ok(released)
     }
 
     /// Stops a running job and queues it again in its old place (it keeps its submission

@@ -6,3 +6,4 @@ mod placement;
 mod properties;
 mod queue;
 mod queues;
+mod resize;

@@ -556,7 +556,9 @@ fn strict_order_holds_everything_behind_the_first_blocked_job() {
         "{strict:?}"
     );
     assert!(
-        !strict.iter().any(|d| matches!(d, Decision::Wait { job, .. } if job.0 == "small")),
+        !strict
+            .iter()
+            .any(|d| matches!(d, Decision::Wait { job, .. } if job.0 == "small")),
         "{strict:?}"
     );
 }

@@ -5,11 +5,62 @@ use suanli_engine::job::JobId;
 use suanli_engine::{Cid, JobSpec, JobState};
 use tracing::{debug, warn};
 
-use super::{AgentCommand, Assignment, Core, CoreError};
+use super::{AgentCommand, Assignment, AssignmentPeer, Core, CoreError};
 use crate::placement::ReplicaSlot;
 
+/// Rendezvous ports come from `[20000, 32768)`: unprivileged, and below Linux's default
+/// ephemeral range (32768-60999), so an outgoing connection on the master's node cannot
+/// already hold the port.
+const MASTER_PORT_FIRST: u16 = 20_000;
+const MASTER_PORT_COUNT: u16 = 12_768;
+
+/// The rendezvous port of one attempt of a job: FNV-1a of the job id and the attempt, so
+/// every replica (and a resent assignment) gets the same port without the scheduler storing
+/// it, and a retry moves to another port while the last attempt's may still be in use.
+pub(super) fn master_port(id: &JobId, attempt: u32) -> u16 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let attempt = attempt.to_le_bytes();
+    let bytes = id.0.as_bytes().iter().chain(&attempt);
+    let hash = bytes.fold(FNV_OFFSET, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME)
+    });
+    MASTER_PORT_FIRST + (hash % u64::from(MASTER_PORT_COUNT)) as u16
+}
+
 impl Core {
+    /// Every placed replica of the job, in replica order, with the host its node
+    /// advertises (the node's name when its agent advertised nothing).
+    fn peers(&self, id: &JobId, slot: &ReplicaSlot) -> Vec<AssignmentPeer> {
+        let mut slots: Vec<&ReplicaSlot> =
+            match self.jobs.get(id).and_then(|j| j.placement.as_ref()) {
+                Some(p) => p.replicas.iter().collect(),
+                None => vec![slot],
+            };
+        slots.sort_by_key(|s| s.replica);
+        slots
+            .into_iter()
+            .map(|s| {
+                let advertised = self
+                    .nodes
+                    .get(&s.node)
+                    .map(|n| n.advertise_addr.as_str())
+                    .filter(|a| !a.is_empty());
+                let address = advertised
+                    .or_else(|| s.node.node_name())
+                    .unwrap_or_default()
+                    .to_string();
+                AssignmentPeer {
+                    replica: s.replica,
+                    address,
+                    gpus: u32::try_from(s.gpus.len()).unwrap_or(u32::MAX),
+                }
+            })
+            .collect()
+    }
+
     pub(super) fn assign(&self, id: &JobId, spec: &JobSpec, slot: &ReplicaSlot, attempt: u32) {
+        let peers = self.peers(id, slot);
         self.send_to(
             &slot.node,
             AgentCommand::Assign(Box::new(Assignment {
@@ -20,6 +71,8 @@ impl Core {
                 gpu_uuids: slot.gpus.iter().map(|g| g.uuid.clone()).collect(),
                 cpu_milli: slot.cpu_milli,
                 memory_mib: slot.memory_mib,
+                peers,
+                master_port: master_port(id, attempt),
             })),
         );
     }
@@ -159,5 +212,29 @@ impl Core {
         if let Err(e) = result {
             warn!(job = %id, error = %e, "Could not record an exit.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_ports_are_stable_per_attempt_and_in_range() {
+        let id = JobId("job-0001".to_string());
+        let first = master_port(&id, 1);
+        assert_eq!(
+            first,
+            master_port(&id, 1),
+            "every replica gets the same port"
+        );
+        let ports: Vec<u16> = (1..=50).map(|a| master_port(&id, a)).collect();
+        assert!(
+            ports.iter().all(|p| (20_000..32_768).contains(p)),
+            "{ports:?}"
+        );
+        assert_ne!(master_port(&id, 2), first, "a retry moves to another port");
+        let other = JobId("job-0002".to_string());
+        assert_ne!(master_port(&other, 1), first);
     }
 }

@@ -8,7 +8,7 @@ use suanli_engine::{Cid, JobSpec, JobState, NodeInventory};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AgentCommand, AgentSession, BoundPod, Command, CoreError, Explanation, MetricsView,
+    AgentCommand, AgentSession, BoundPod, Command, CoreError, Explanation, JobUpdate, MetricsView,
     NodeVerdict, NodeView, PodGpus, PodJobView, Registration, Reply, RunningReplica,
 };
 use crate::auth::Identity;
@@ -63,21 +63,18 @@ impl CoreHandle {
         .await
     }
 
-    /// Changes a job's priority, preemptibility or queue; `None` leaves one as it is.
+    /// Changes what `update` sets of a job: priority, preemptibility, queue, time limit or
+    /// an elastic job's size.
     pub async fn update(
         &self,
         id: JobId,
         by: Identity,
-        priority: Option<i32>,
-        preemptible: Option<bool>,
-        queue: Option<String>,
+        update: JobUpdate,
     ) -> Result<JobRecord, CoreError> {
         self.ask(|reply| Command::Update {
             id,
             by,
-            priority,
-            preemptible,
-            queue,
+            update,
             reply,
         })
         .await
@@ -90,16 +87,31 @@ impl CoreHandle {
 
     // ---- nodes and agent sessions -------------------------------------------------------
 
-    /// Registers a node (or registers it again) with the credential its agent presented.
+    /// Registers a node (or registers it again) with the credential its agent presented; its
+    /// replicas reach each other at the node's name.
     pub async fn register(
         &self,
         inventory: NodeInventory,
         credential: String,
         by: Identity,
     ) -> Result<Registration, CoreError> {
+        self.register_at(inventory, credential, String::new(), by)
+            .await
+    }
+
+    /// [`register`](Self::register), with the checked host the node's replicas reach each
+    /// other at (empty: the node's name).
+    pub async fn register_at(
+        &self,
+        inventory: NodeInventory,
+        credential: String,
+        advertise_addr: String,
+        by: Identity,
+    ) -> Result<Registration, CoreError> {
         self.ask(|reply| Command::Register {
             inventory: Box::new(inventory),
             credential,
+            advertise_addr,
             by,
             reply,
         })

@@ -1,14 +1,67 @@
 //! A job's life in the table and the store: state transitions, cancel, finish, requeue,
 //! and the resources a job gives back.
 
-use suanli_engine::JobState;
-use suanli_engine::job::JobId;
+use suanli_engine::gang::GangRequest;
+use suanli_engine::job::{JobId, MAX_TIME_LIMIT_S};
+use suanli_engine::queue::QueueError;
+use suanli_engine::{JobSpec, JobState};
 use tracing::{info, warn};
 
 use super::{AgentCommand, CANCEL_GRACE_MS, Core, CoreError, LiveJob, seconds_to_ms};
 use crate::auth::Identity;
-use crate::placement::StoredPlacement;
+use crate::placement::{ReplicaSlot, StoredPlacement};
 use crate::store::{JobRecord, StoreError};
+
+/// What an update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobUpdate {
+    pub priority: Option<i32>,
+    pub preemptible: Option<bool>,
+    /// A queue within the job's tenant.
+    pub queue: Option<String>,
+    /// Counted from the job's placement, as at submission.
+    pub time_limit_s: Option<u64>,
+    /// An elastic job's size, between its `min_replicas` and `replicas`.
+    pub replicas: Option<u32>,
+}
+
+/// Whether an elastic job may take `replicas`: within its bounds, and not more than a
+/// placed job already holds (growing one would need a placement of its own).
+fn check_resize(
+    id: &JobId,
+    spec: &JobSpec,
+    placement: Option<&StoredPlacement>,
+    replicas: u32,
+) -> Result<(), CoreError> {
+    let Some(min) = spec.min_replicas else {
+        return Err(CoreError::InvalidArgument(format!(
+            "replicas: job {id} is not elastic (its spec sets no min_replicas); only an elastic \
+             job changes size"
+        )));
+    };
+    if replicas < min || replicas > spec.replicas {
+        return Err(CoreError::InvalidArgument(format!(
+            "replicas: must be between {min} and {} (the job's min_replicas and replicas), got \
+             {replicas}",
+            spec.replicas
+        )));
+    }
+    if let Some(p) = placement {
+        if p.pod.is_some() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "replicas: job {id} is a Kubernetes pod; scale its workload instead"
+            )));
+        }
+        let placed = p.replicas.len();
+        if replicas as usize > placed {
+            return Err(CoreError::FailedPrecondition(format!(
+                "replicas: growing running job {id} from {placed} to {replicas} replicas is not \
+                 supported yet: cancel and resubmit, or shrink"
+            )));
+        }
+    }
+    Ok(())
+}
 
 impl Core {
     pub(super) fn visible(&self, id: &JobId, by: &Identity) -> Result<&LiveJob, CoreError> {
@@ -58,12 +111,22 @@ impl Core {
         &mut self,
         id: &JobId,
         by: &Identity,
-        priority: Option<i32>,
-        preemptible: Option<bool>,
-        queue: Option<String>,
+        update: JobUpdate,
     ) -> Result<JobRecord, CoreError> {
+        let stored = self.store.job(id)?;
+        if let Some(tenant) = by.tenant_scope()
+            && tenant != stored.spec.tenant
+        {
+            return Err(CoreError::JobNotFound(id.clone()));
+        }
+        if stored.state.is_terminal() {
+            return Err(CoreError::JobEnded {
+                id: id.clone(),
+                state: stored.state,
+            });
+        }
         let job = self.visible(id, by)?;
-        if preemptible == Some(true)
+        if update.preemptible == Some(true)
             && let Some(pod) = job.placement.as_ref().and_then(|p| p.pod.as_ref())
         {
             return Err(CoreError::FailedPrecondition(format!(
@@ -71,35 +134,153 @@ impl Core {
             )));
         }
         let mut spec = job.spec.clone();
+        let mut placement = job.placement.clone();
+        let state = job.state;
         let mut changes = Vec::new();
-        if let Some(p) = priority {
+        if let Some(p) = update.priority {
             changes.push(format!("priority {} → {p}", spec.priority));
             spec.priority = p;
         }
-        if let Some(p) = preemptible {
+        if let Some(p) = update.preemptible {
             changes.push(format!("preemptible {} → {p}", spec.preemptible));
             spec.preemptible = p;
         }
-        if let Some(q) = queue {
+        if let Some(q) = update.queue {
             changes.push(format!("queue {} → {q}", spec.queue));
             spec.queue = q;
+        }
+        if let Some(limit) = update.time_limit_s {
+            // Checked here, not by the spec's validation, to quote the value as sent.
+            if !(1..=MAX_TIME_LIMIT_S.unsigned_abs()).contains(&limit) {
+                return Err(CoreError::InvalidArgument(format!(
+                    "time_limit_s: must be between 1 and {MAX_TIME_LIMIT_S}, got {limit}"
+                )));
+            }
+            let before = spec
+                .time_limit_s
+                .map_or_else(|| "none".to_string(), |s| format!("{s} s"));
+            changes.push(format!("time limit {before} → {limit} s"));
+            spec.time_limit_s = Some(limit);
+        }
+        let mut stopped = Vec::new();
+        if let Some(replicas) = update.replicas {
+            check_resize(id, &spec, placement.as_ref(), replicas)?;
+            if let Some(p) = placement.as_mut() {
+                stopped = p.replicas.split_off(replicas as usize);
+            }
+            if replicas != spec.replicas || !stopped.is_empty() {
+                let mut change = format!("replicas {} → {replicas}", spec.replicas);
+                if !stopped.is_empty() {
+                    let names: Vec<String> =
+                        stopped.iter().map(|s| s.replica.to_string()).collect();
+                    change.push_str(&format!(" (stopping replica {})", names.join(", ")));
+                }
+                changes.push(change);
+            }
+            spec.replicas = replicas;
         }
         spec.validate()
             .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         if changes.is_empty() {
-            return Ok(self.store.job(id)?);
+            return Ok(stored);
         }
-        let event = self.store.update_spec(id, &spec, &changes.join(", "))?;
+        let gang = match update.replicas {
+            Some(_) => Some(GangRequest::from_job(&spec).map_err(|e| {
+                CoreError::InvalidArgument(format!(
+                    "replicas: the engine cannot place this job: {e}"
+                ))
+            })?),
+            None => None,
+        };
+        // The spec and a shrunk placement are one change: both are stored, or neither.
+        self.store.begin_batch()?;
+        let written = self
+            .store
+            .update_spec(id, &spec, &changes.join(", "))
+            .and_then(|event| match &placement {
+                Some(p) if !stopped.is_empty() => self.store.set_placement(id, p).map(|()| event),
+                _ => Ok(event),
+            })
+            .and_then(|event| self.store.commit_batch().map(|()| event));
+        let event = match written {
+            Ok(event) => event,
+            Err(e) => {
+                self.store.rollback_batch();
+                return Err(e.into());
+            }
+        };
         self.publish(event);
+        if let (Some(replicas), Some(p)) = (update.replicas, &placement) {
+            self.shrink_running(id, replicas, &stopped, p.attempt);
+        }
         self.queue.amend(id, |queued| {
             queued.priority = spec.priority;
             queued.preemptible = spec.preemptible;
             queued.queue = spec.queue.clone();
+            queued.runtime.limit_s = spec.time_limit_s;
+            if let Some(gang) = gang {
+                queued.gang = gang;
+            }
         });
+        let shrunk = placement.as_ref().filter(|_| !stopped.is_empty());
+        let now_all_started = shrunk.is_some_and(StoredPlacement::all_started);
+        let now_all_exited = shrunk.is_some_and(StoredPlacement::all_exited);
         if let Some(job) = self.jobs.get_mut(id) {
             job.spec = spec;
+            job.placement = placement.clone();
+        }
+        // The replicas still starting were the ones stopped: the rest all run.
+        if now_all_started && state == JobState::Placed {
+            self.transition(
+                id,
+                JobState::Running,
+                "started",
+                "every replica is running",
+                Some(placement.as_ref()),
+            )?;
+        }
+        // The kept replicas ended already (with code 0, or the job would have failed): only
+        // the stopped ones were running.
+        if now_all_exited {
+            self.finish(
+                id,
+                JobState::Succeeded,
+                "exited",
+                "every kept replica exited with code 0",
+            )?;
         }
         Ok(self.store.job(id)?)
+    }
+
+    /// Shrinks a placed job to its first `keep` replicas in the engine (its request too, so
+    /// a requeue asks for `keep`), and tells the agents of the `stopped` ones to stop them.
+    /// Their slots are gone from the placement, so the exits those stops cause are not the
+    /// job's.
+    fn shrink_running(&mut self, id: &JobId, keep: u32, stopped: &[ReplicaSlot], attempt: u32) {
+        match self.queue.shrink(id, keep) {
+            Ok(_) => {}
+            // Nothing booked (its cluster is being rebuilt): the rebuild books the smaller
+            // placement.
+            Err(QueueError::NotRunning(_)) => {}
+            Err(e) => warn!(job = %id, error = %e, "Could not release the stopped replicas."),
+        }
+        for slot in stopped {
+            if slot.exit_code.is_some() {
+                continue;
+            }
+            self.send_to(
+                &slot.node,
+                AgentCommand::Cancel {
+                    job_id: id.clone(),
+                    replica: slot.replica,
+                    attempt,
+                    grace_period_ms: CANCEL_GRACE_MS,
+                },
+            );
+        }
+        if !stopped.is_empty() {
+            info!(job = %id, replicas = keep, "Shrunk a running job.");
+        }
     }
 
     /// Records a transition in the store, publishes its event and mirrors it in memory.

@@ -35,6 +35,7 @@ impl Core {
         &mut self,
         inventory: NodeInventory,
         presented: &str,
+        advertise_addr: String,
         by: &Identity,
     ) -> Result<Registration, CoreError> {
         inventory
@@ -86,8 +87,10 @@ impl Core {
             session: None,
             credential_sha256: None,
             invalid: None,
+            advertise_addr: String::new(),
         });
         entry.inventory = inventory;
+        entry.advertise_addr = advertise_addr;
         entry.lost = false;
         entry.last_seen = now;
         if let Some((_, hash)) = &issued {

@@ -1,6 +1,7 @@
 //! `AgentService`: registration with node credentials, and the session an agent holds while
 //! it is connected.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use suanli_proto::pb;
@@ -15,6 +16,19 @@ use super::{
     parse_cid, parse_job_id,
 };
 use crate::core::{AgentCommand, AgentSession, RunningReplica};
+
+/// The host a node's replicas reach each other at: what the agent advertises, else the
+/// address its registration came from; empty (the node's name) when neither is known.
+fn advertised_host(advertised: &str, peer_ip: Option<IpAddr>) -> Result<String, Status> {
+    if advertised.is_empty() {
+        return Ok(peer_ip
+            .map(|ip| ip.to_canonical().to_string())
+            .unwrap_or_default());
+    }
+    suanli_proto::convert::rendezvous::parse_advertise_addr(advertised)
+        .map(|a| a.host)
+        .map_err(|problem| Status::invalid_argument(format!("advertise_addr: {problem}")))
+}
 
 type SchedulerStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
@@ -33,6 +47,17 @@ fn command_to_wire(command: AgentCommand) -> pb::SchedulerMessage {
                 cpu_milli: a.cpu_milli,
                 memory_mib: a.memory_mib,
             }),
+            job_name: a.spec.name.clone(),
+            peers: a
+                .peers
+                .into_iter()
+                .map(|p| pb::assignment::Peer {
+                    replica: p.replica,
+                    address: p.address,
+                    gpus: p.gpus,
+                })
+                .collect(),
+            master_port: u32::from(a.master_port),
         }),
         AgentCommand::Cancel {
             job_id,
@@ -58,6 +83,7 @@ impl pb::agent_service_server::AgentService for Services {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let who = self.auth.agent(request.metadata())?;
+        let peer_ip = request.remote_addr().map(|a| a.ip());
         let msg = request.into_inner();
         if msg.node_credential.len() > crate::credential::MAX_CREDENTIAL_LEN {
             return Err(Status::invalid_argument(format!(
@@ -66,12 +92,13 @@ impl pb::agent_service_server::AgentService for Services {
                 crate::credential::MAX_CREDENTIAL_LEN
             )));
         }
+        let advertise_addr = advertised_host(&msg.advertise_addr, peer_ip)?;
         let inventory =
             suanli_proto::convert::required_inventory(msg.inventory).map_err(convert_err)?;
         let cid = inventory.cid.clone();
         let registration = self
             .core
-            .register(inventory, msg.node_credential, who)
+            .register_at(inventory, msg.node_credential, advertise_addr, who)
             .await?;
         Ok(Response::new(pb::RegisterResponse {
             node_cid: cid.to_string(),
@@ -245,5 +272,27 @@ impl pb::agent_service_server::AgentService for Services {
             core.session_closed(session);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_host_defaults_to_the_peer_and_is_bounded() {
+        let peer: Option<IpAddr> = "::ffff:10.0.0.7".parse().ok();
+        assert_eq!(advertised_host("", peer).expect("peer"), "10.0.0.7");
+        assert_eq!(advertised_host("", None).expect("none"), "");
+        assert_eq!(
+            advertised_host("gpu-7.dc-a:2222", peer).expect("valid"),
+            "gpu-7.dc-a"
+        );
+        let bad = advertised_host("gpu 7", peer).expect_err("invalid");
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        assert!(bad.message().starts_with("advertise_addr: "), "{bad:?}");
+        let long = "a".repeat(100_000);
+        let err = advertised_host(&long, peer).expect_err("too long");
+        assert!(err.message().contains("at most 259"), "{err:?}");
     }
 }

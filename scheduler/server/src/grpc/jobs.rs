@@ -16,6 +16,7 @@ use super::{
     page_size, parse_job_id,
 };
 use crate::auth::Identity;
+use crate::core::JobUpdate;
 use crate::store::{EventRecord, JobFilter, JobRecord, NewJob};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -328,10 +329,14 @@ impl pb::job_service_server::JobService for Services {
         let who = self.auth.user(request.metadata())?;
         let msg = request.into_inner();
         let id = parse_job_id(&msg.id)?;
-        let record = self
-            .core
-            .update(id, who, msg.priority, msg.preemptible, msg.queue)
-            .await?;
+        let update = JobUpdate {
+            priority: msg.priority,
+            preemptible: msg.preemptible,
+            queue: msg.queue,
+            time_limit_s: msg.time_limit_s,
+            replicas: msg.replicas,
+        };
+        let record = self.core.update(id, who, update).await?;
         Ok(Response::new(job_to_wire(&record)))
     }
 

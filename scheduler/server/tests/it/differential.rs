@@ -104,7 +104,7 @@ fn stream() -> Vec<StreamJob> {
         .enumerate()
         .map(|(i, (arrival_s, duration_s, gpus))| {
             let r = mix(SEED ^ i as u64);
-            let mut spec = JobSpec::new(&format!("philly-{i}"), JobKind::Training);
+            let mut spec = JobSpec::new(format!("philly-{i}"), JobKind::Training);
             spec.tenant = "research".into();
             let (replicas, per_replica) = if gpus > 8 {
                 (gpus.div_ceil(8).min(4), 8)
@@ -121,7 +121,9 @@ fn stream() -> Vec<StreamJob> {
             spec.command = vec!["python".into(), "train.py".into()];
             spec.priority = (r % 3) as i32;
             spec.preemptible = spec.priority < 2;
-            spec.time_limit_s = (r % 2 == 0).then(|| duration_s + 60 + (r >> 8) % 600);
+            spec.time_limit_s = r
+                .is_multiple_of(2)
+                .then(|| duration_s + 60 + (r >> 8) % 600);
             StreamJob {
                 arrival_s,
                 duration_s,

@@ -30,6 +30,7 @@ fn register(inv: NodeInventory, token: &str, credential: &str) -> Request<pb::Re
             inventory: Some(inv.into()),
             agent_version: "test".into(),
             node_credential: credential.into(),
+            advertise_addr: String::new(),
         },
     )
 }

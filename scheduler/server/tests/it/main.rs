@@ -26,6 +26,7 @@ mod extender;
 mod hostile;
 mod http_limits;
 mod kube_api;
+mod update;
 
 const JOIN: &str = "join-token-1";
 const ADMIN: &str = "admin-token-1";
@@ -199,6 +200,7 @@ impl Agent {
                     inventory: Some(inv.into()),
                     agent_version: "test".into(),
                     node_credential: credential.into(),
+                    advertise_addr: String::new(),
                 },
             ))
             .await
