@@ -73,12 +73,9 @@ impl Core {
         }
     }
 
-    pub(super) fn cancel(
-        &mut self,
-        id: &JobId,
-        by: &Identity,
-        reason: &str,
-    ) -> Result<JobRecord, CoreError> {
+    /// The stored job, if `by` may act on it (another tenant's job is not found) and it has
+    /// not ended.
+    fn stored_to_change(&self, id: &JobId, by: &Identity) -> Result<JobRecord, CoreError> {
         let stored = self.store.job(id)?;
         if let Some(tenant) = by.tenant_scope()
             && tenant != stored.spec.tenant
@@ -91,6 +88,16 @@ impl Core {
                 state: stored.state,
             });
         }
+        Ok(stored)
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        id: &JobId,
+        by: &Identity,
+        reason: &str,
+    ) -> Result<JobRecord, CoreError> {
+        self.stored_to_change(id, by)?;
         if let Some(pod) = self.pod_of(id) {
             return Err(CoreError::FailedPrecondition(format!(
                 "job {id} is Kubernetes pod {pod}; delete the pod (kubectl delete pod -n {} {}) and its GPUs are freed",
@@ -113,18 +120,7 @@ impl Core {
         by: &Identity,
         update: JobUpdate,
     ) -> Result<JobRecord, CoreError> {
-        let stored = self.store.job(id)?;
-        if let Some(tenant) = by.tenant_scope()
-            && tenant != stored.spec.tenant
-        {
-            return Err(CoreError::JobNotFound(id.clone()));
-        }
-        if stored.state.is_terminal() {
-            return Err(CoreError::JobEnded {
-                id: id.clone(),
-                state: stored.state,
-            });
-        }
+        let stored = self.stored_to_change(id, by)?;
         let job = self.visible(id, by)?;
         if update.preemptible == Some(true)
             && let Some(pod) = job.placement.as_ref().and_then(|p| p.pod.as_ref())
