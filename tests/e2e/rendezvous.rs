@@ -2,43 +2,26 @@
 //! HGX H100 nodes (GPUs and RDMA NICs from the fixture's sysfs), and a job whose replica 0
 //! listens on `MASTER_ADDR:MASTER_PORT` while replica 1 connects to it.
 
+use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 
-use suanli_tests::{JOIN_TOKEN, Proc, bin, workspace_root};
+use suanli_tests::{JOIN_TOKEN, Proc, bin, start_agent_with, workspace_root};
 
 use super::*;
 
 /// `suanli-agent run` on the recorded HGX node, NICs included, with `extra` flags.
 fn start_hgx_agent(scheduler_grpc: &str, node: &str, data_dir: &Path, extra: &[&str]) -> Proc {
-    let fixtures = workspace_root().join("node-agent/fixtures");
-    let child = Command::new(bin("suanli-agent"))
-        .arg("run")
-        .args(["--scheduler", &format!("http://{scheduler_grpc}")])
-        .args(["--token", JOIN_TOKEN])
-        .args([
-            "--provider",
-            "acme",
-            "--region",
-            "cn-east-1",
-            "--domain",
-            "dc-a",
-        ])
-        .args(["--node", node])
-        .arg("--fixture")
-        .arg(fixtures.join("hgx-h100.json"))
-        .arg("--sysfs-root")
-        .arg(fixtures.join("hgx-h100"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .env("SUANLI_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("agent starts");
-    Proc {
-        child,
-        name: format!("suanli-agent {node}"),
-    }
+    let sysfs = workspace_root().join("node-agent/fixtures/hgx-h100");
+    let mut args: Vec<&OsStr> = vec![OsStr::new("--sysfs-root"), sysfs.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    start_agent_with(
+        scheduler_grpc,
+        node,
+        "hgx-h100.json",
+        data_dir,
+        &args,
+        Stdio::inherit(),
+    )
 }
 
 /// Records its environment and hostfile as JSON; replica 0 accepts one connection on

@@ -165,6 +165,18 @@ pub fn start_agent_logging_to(
     data_dir: &Path,
     log: impl Into<Stdio>,
 ) -> Proc {
+    start_agent_with(scheduler_grpc, node, fixture, data_dir, &[], log)
+}
+
+/// [`start_agent_logging_to`] with `extra` arguments after the usual ones.
+pub fn start_agent_with(
+    scheduler_grpc: &str,
+    node: &str,
+    fixture: &str,
+    data_dir: &Path,
+    extra: &[&std::ffi::OsStr],
+    log: impl Into<Stdio>,
+) -> Proc {
     let fixture = workspace_root().join("node-agent/fixtures").join(fixture);
     let child = Command::new(bin("suanli-agent"))
         .arg("run")
@@ -183,6 +195,7 @@ pub fn start_agent_logging_to(
         .arg(&fixture)
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .env("SUANLI_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
