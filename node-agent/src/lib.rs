@@ -4,6 +4,8 @@
 pub mod config;
 pub mod discovery;
 pub mod kubelet;
+pub mod ledger;
+pub mod logs;
 pub mod node_labels;
 pub mod output;
 pub mod rendezvous;

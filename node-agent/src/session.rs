@@ -28,6 +28,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::discovery::{self, GpuProbe, SysfsRoot, Warnings};
+use crate::ledger::RecordedExit;
+use crate::logs::LogServer;
 use crate::node_labels::NodeLabeler;
 use crate::rendezvous::{Peer, Rendezvous, gdr_local_nics, interface_holding};
 use crate::work::{Assignment, RunningRecord, WorkEvent, WorkRunner, unix_ms_now};
@@ -387,13 +389,24 @@ impl Agent {
               "Registered.");
 
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+        // The hello carries every unacknowledged exit; queued copies would only repeat them.
+        self.unsent
+            .retain(|m| !matches!(m.msg, Some(pb::agent_message::Msg::Exited(_))));
         let hello = pb::Hello {
             node_cid: registered.node_cid.clone(),
             session_id: registered.session_id.clone(),
             running: self.runner.running_now().iter().map(running_work).collect(),
+            unacknowledged_exits: self
+                .runner
+                .unacknowledged_exits()
+                .into_iter()
+                .map(work_exited)
+                .collect(),
         };
         send(&tx, agent_msg(pb::agent_message::Msg::Hello(hello))).await?;
         let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        // Log requests live as long as this session.
+        let mut logs = LogServer::new(tx.clone(), self.runner.clone());
         while let Some(msg) = self.unsent.pop_front() {
             send(&tx, msg).await?;
         }
@@ -466,6 +479,7 @@ impl Agent {
                 }
                 Step::Work(None) => return Ok(SessionEnd::Shutdown),
                 Step::Inbound(Ok(Some(msg))) => {
+                    let Some(msg) = logs.take(msg) else { continue };
                     if let Some(end) = self.handle(msg) {
                         return Ok(end);
                     }
@@ -552,6 +566,19 @@ impl Agent {
             Some(pb::scheduler_message::Msg::Replaced(r)) => {
                 Some(SessionEnd::Replaced { reason: r.reason })
             }
+            Some(pb::scheduler_message::Msg::ExitAck(ack)) => {
+                debug!(job = %ack.job_id, replica = ack.replica, attempt = ack.attempt,
+                       "Exit acknowledged.");
+                self.runner
+                    .acknowledge(&ack.job_id, ack.replica, ack.attempt);
+                None
+            }
+            // Answered by the session's `LogServer` before they get here.
+            Some(
+                pb::scheduler_message::Msg::LogRequest(_)
+                | pb::scheduler_message::Msg::LogAck(_)
+                | pb::scheduler_message::Msg::LogCancel(_),
+            ) => None,
             None => {
                 warn!("Empty scheduler message ignored.");
                 None
@@ -735,16 +762,28 @@ fn work_msg(event: WorkEvent) -> pb::AgentMessage {
             signal,
             message,
             ended_unix_ms,
-        } => pb::agent_message::Msg::Exited(pb::WorkExited {
+        } => pb::agent_message::Msg::Exited(work_exited(RecordedExit {
             job_id,
             replica,
+            attempt,
             exit_code,
             signal,
             message,
             ended_unix_ms,
-            attempt,
-        }),
+        })),
     })
+}
+
+fn work_exited(e: RecordedExit) -> pb::WorkExited {
+    pb::WorkExited {
+        job_id: e.job_id,
+        replica: e.replica,
+        exit_code: e.exit_code,
+        signal: e.signal,
+        message: e.message,
+        ended_unix_ms: e.ended_unix_ms,
+        attempt: e.attempt,
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //!
 //! What runs is written to `<data-dir>/running.json`, so an agent that restarts finds its
 //! replicas again (checking in `/proc` that each pid is still the process it started) and
-//! reports them instead of forgetting them.
+//! reports them instead of forgetting them. What ended is kept in the exit ledger
+//! ([`crate::ledger`]) until the scheduler acknowledges it.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -18,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::ledger::{ExitLedger, LedgerError, RecordedExit};
+use crate::logs::LogLimits;
 use crate::rendezvous::{Rendezvous, hostfile_text, merged_env, rendezvous_env};
 
 /// How often adopted processes (started by an earlier agent) are checked for exit.
@@ -74,6 +77,20 @@ pub enum WorkEvent {
     },
 }
 
+impl From<RecordedExit> for WorkEvent {
+    fn from(e: RecordedExit) -> WorkEvent {
+        WorkEvent::Exited {
+            job_id: e.job_id,
+            replica: e.replica,
+            attempt: e.attempt,
+            exit_code: e.exit_code,
+            signal: e.signal,
+            message: e.message,
+            ended_unix_ms: e.ended_unix_ms,
+        }
+    }
+}
+
 type Key = (String, u32);
 
 #[derive(Debug)]
@@ -100,6 +117,8 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// Starts, watches and stops replicas; reports what happens on an event channel.
@@ -107,7 +126,10 @@ pub enum StateError {
 pub struct WorkRunner {
     data_dir: PathBuf,
     running: Arc<Mutex<BTreeMap<Key, Entry>>>,
+    /// Exits the scheduler has not acknowledged.
+    exits: Arc<Mutex<ExitLedger>>,
     events: mpsc::UnboundedSender<WorkEvent>,
+    log_limits: LogLimits,
 }
 
 impl WorkRunner {
@@ -123,7 +145,9 @@ impl WorkRunner {
         let runner = WorkRunner {
             data_dir: data_dir.to_path_buf(),
             running: Arc::new(Mutex::new(BTreeMap::new())),
+            exits: Arc::new(Mutex::new(ExitLedger::open(data_dir)?)),
             events: tx,
+            log_limits: LogLimits::default(),
         };
         let previous = runner.load_state()?;
         for record in previous {
@@ -131,10 +155,13 @@ impl WorkRunner {
                 info!(job = %record.job_id, replica = record.replica, pid = record.pid,
                       "Adopted work an earlier agent started.");
                 runner.adopt(record);
+            } else if runner.recorded_exit(&record.job_id, record.replica, record.attempt) {
+                // The agent stopped between keeping the exit and forgetting the replica:
+                // the ledger has the real exit, which the next hello reports.
             } else {
                 info!(job = %record.job_id, replica = record.replica, pid = record.pid,
                       "Work from an earlier agent ended while no agent watched it.");
-                let _ = runner.events.send(WorkEvent::Exited {
+                runner.report_exit(RecordedExit {
                     job_id: record.job_id,
                     replica: record.replica,
                     attempt: record.attempt,
@@ -146,6 +173,7 @@ impl WorkRunner {
             }
         }
         runner.save_state()?;
+        crate::logs::collect_old(data_dir, &runner.running_now());
         Ok((runner, rx))
     }
 
@@ -178,14 +206,33 @@ impl WorkRunner {
         Ok(merged_env(own, &a.env))
     }
 
-    /// Where a replica's standard output and error go.
-    pub fn log_paths(&self, job_id: &str, replica: u32, attempt: u32) -> (PathBuf, PathBuf) {
-        let stem = format!("{}.{replica}.{attempt}", sanitize_file(job_id));
-        let dir = self.data_dir.join("work");
-        (
-            dir.join(format!("{stem}.out")),
-            dir.join(format!("{stem}.err")),
-        )
+    /// Where a replica's standard output and error go, interleaved.
+    pub fn log_path(&self, job_id: &str, replica: u32, attempt: u32) -> PathBuf {
+        crate::logs::log_path(&self.data_dir, job_id, replica, attempt)
+    }
+
+    /// Caps the logs of replicas started from now on at `limits`.
+    pub fn with_log_limits(mut self, limits: LogLimits) -> WorkRunner {
+        self.log_limits = limits;
+        self
+    }
+
+    /// Whether this attempt of the replica runs here now.
+    pub fn runs(&self, job_id: &str, replica: u32, attempt: u32) -> bool {
+        self.lock()
+            .get(&(job_id.to_string(), replica))
+            .is_some_and(|e| e.record.attempt == attempt)
+    }
+
+    /// Keeps a running replica's log under the cap until the replica ends.
+    fn cap_log(&self, job_id: &str, replica: u32, attempt: u32) {
+        let runner = self.clone();
+        let job_id = job_id.to_string();
+        crate::logs::keep_capped(
+            self.log_path(&job_id, replica, attempt),
+            self.log_limits,
+            move || runner.runs(&job_id, replica, attempt),
+        );
     }
 
     fn load_state(&self) -> Result<Vec<RunningRecord>, StateError> {
@@ -227,6 +274,46 @@ impl WorkRunner {
         self.lock().values().map(|e| e.record.clone()).collect()
     }
 
+    fn ledger(&self) -> std::sync::MutexGuard<'_, ExitLedger> {
+        self.exits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Exits the scheduler has not acknowledged, oldest first, for `Hello`.
+    pub fn unacknowledged_exits(&self) -> Vec<RecordedExit> {
+        self.ledger().unacknowledged().to_vec()
+    }
+
+    fn recorded_exit(&self, job_id: &str, replica: u32, attempt: u32) -> bool {
+        self.ledger().find(job_id, replica, attempt).is_some()
+    }
+
+    /// The scheduler stored this exit: stop keeping it.
+    pub fn acknowledge(&self, job_id: &str, replica: u32, attempt: u32) {
+        match self.ledger().acknowledge(job_id, replica, attempt) {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(job = %job_id, replica, attempt, "Acknowledged exit was not held; ignored.")
+            }
+            // Kept, so it is sent again at the next hello; the scheduler ignores a repeat.
+            Err(e) => warn!(error = %e, "Could not forget an acknowledged exit."),
+        }
+    }
+
+    /// Keeps an exit in the ledger until the scheduler acknowledges it.
+    fn keep_exit(&self, exit: &RecordedExit) {
+        if let Err(e) = self.ledger().record(exit.clone()) {
+            // Still reported now; only a scheduler restart before it is stored loses it.
+            warn!(error = %e, job = %exit.job_id, replica = exit.replica,
+                  "Could not keep an exit until the scheduler acknowledges it.");
+        }
+    }
+
+    /// Keeps an exit in the ledger, then reports it on the event channel.
+    fn report_exit(&self, exit: RecordedExit) {
+        self.keep_exit(&exit);
+        let _ = self.events.send(exit.into());
+    }
+
     /// Starts a replica. A replica that already runs is left alone (the scheduler may send
     /// an assignment again after a reconnect).
     pub fn start(&self, a: Assignment) {
@@ -235,7 +322,15 @@ impl WorkRunner {
             info!(job = %a.job_id, replica = a.replica, "Assignment already running; ignored.");
             return;
         }
-        let exited = |message: String| WorkEvent::Exited {
+        // An attempt runs once: one that already ended is reported again, not run again.
+        let ended = self.ledger().find(&a.job_id, a.replica, a.attempt).cloned();
+        if let Some(exit) = ended {
+            info!(job = %a.job_id, replica = a.replica, attempt = a.attempt,
+                  "Assignment already ran; reporting its exit again.");
+            let _ = self.events.send(exit.into());
+            return;
+        }
+        let exited = |message: String| RecordedExit {
             job_id: a.job_id.clone(),
             replica: a.replica,
             attempt: a.attempt,
@@ -245,27 +340,24 @@ impl WorkRunner {
             ended_unix_ms: unix_ms_now(),
         };
         let Some((program, args)) = a.command.split_first() else {
-            let _ = self
-                .events
-                .send(exited("assignment has no command".to_string()));
+            self.report_exit(exited("assignment has no command".to_string()));
             return;
         };
         let env = match self.replica_env(&a) {
             Ok(env) => env,
             Err(message) => {
-                let _ = self.events.send(exited(message));
+                self.report_exit(exited(message));
                 return;
             }
         };
-        let (out_path, err_path) = self.log_paths(&a.job_id, a.replica, a.attempt);
-        let files = std::fs::File::create(&out_path)
-            .and_then(|out| std::fs::File::create(&err_path).map(|err| (out, err)));
+        let log_path = self.log_path(&a.job_id, a.replica, a.attempt);
+        let files = crate::logs::create(&log_path);
         let (out, err) = match files {
             Ok(f) => f,
             Err(e) => {
-                let _ = self.events.send(exited(format!(
+                self.report_exit(exited(format!(
                     "cannot create log {}: {e}",
-                    out_path.display()
+                    log_path.display()
                 )));
                 return;
             }
@@ -286,9 +378,7 @@ impl WorkRunner {
             Ok(c) => c,
             Err(e) => {
                 warn!(job = %a.job_id, replica = a.replica, error = %e, "Could not start work.");
-                let _ = self
-                    .events
-                    .send(exited(format!("cannot start {program:?}: {e}")));
+                self.report_exit(exited(format!("cannot start {program:?}: {e}")));
                 return;
             }
         };
@@ -314,6 +404,7 @@ impl WorkRunner {
         info!(job = %a.job_id, replica = a.replica, pid, gpus = %a.gpu_uuids.join(","),
               "Started work.");
         let _ = self.events.send(WorkEvent::Started(record));
+        self.cap_log(&a.job_id, a.replica, a.attempt);
 
         let runner = self.clone();
         let span = info_span!("work", job = %a.job_id, replica = a.replica, pid);
@@ -343,7 +434,7 @@ impl WorkRunner {
                     Err(e) => (-1, 0, format!("waiting for the process failed: {e}")),
                 };
                 if exit_code != 0 && message.is_empty() {
-                    message = stderr_tail(&err_path);
+                    message = stderr_tail(&log_path);
                 }
                 // A replica's own children may outlive it; they belong to the replica.
                 signal_group(pid, Signal::SIGKILL);
@@ -365,6 +456,7 @@ impl WorkRunner {
                 stop: Some(stop_tx),
             },
         );
+        self.cap_log(&record.job_id, record.replica, record.attempt);
         let runner = self.clone();
         let span =
             info_span!("work", job = %record.job_id, replica = record.replica, pid = record.pid);
@@ -401,20 +493,26 @@ impl WorkRunner {
         );
     }
 
+    /// Records a replica's exit. The ledger is written before `running.json` drops the
+    /// replica, so a crash in between leaves the exit known, never the replica missing.
     fn finish(&self, key: &Key, exit_code: i32, signal: i32, message: String) {
-        let removed = self.lock().remove(key);
+        let record = self.lock().get(key).map(|e| e.record.clone());
+        let Some(record) = record else {
+            return;
+        };
+        let exit = RecordedExit {
+            job_id: record.job_id,
+            replica: record.replica,
+            attempt: record.attempt,
+            exit_code,
+            signal,
+            message,
+            ended_unix_ms: unix_ms_now(),
+        };
+        self.keep_exit(&exit);
+        self.lock().remove(key);
         self.save_or_warn();
-        if let Some(entry) = removed {
-            let _ = self.events.send(WorkEvent::Exited {
-                job_id: entry.record.job_id,
-                replica: entry.record.replica,
-                attempt: entry.record.attempt,
-                exit_code,
-                signal,
-                message,
-                ended_unix_ms: unix_ms_now(),
-            });
-        }
+        let _ = self.events.send(exit.into());
     }
 
     /// Stops a replica: SIGTERM to its process group, SIGKILL after `grace`. `attempt` 0
@@ -475,7 +573,7 @@ fn stderr_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")
 }
 
-fn sanitize_file(name: &str) -> String {
+pub(crate) fn sanitize_file(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
@@ -539,7 +637,7 @@ mod tests {
         assert_eq!(next_exit(&mut rx).await.0, 0);
         runner.start(assignment("none", &script, &[]));
         assert_eq!(next_exit(&mut rx).await.0, 0);
-        let read = |job| std::fs::read_to_string(runner.log_paths(job, 0, 1).0).expect("log");
+        let read = |job| std::fs::read_to_string(runner.log_path(job, 0, 1)).expect("log");
         assert_eq!(read("two"), "GPU-a,MIG-b");
         assert_eq!(read("none"), "");
     }
@@ -575,7 +673,7 @@ mod tests {
         });
         runner.start(a);
         assert_eq!(next_exit(&mut rx).await.0, 0);
-        let out = std::fs::read_to_string(runner.log_paths("gang", 1, 1).0).expect("log");
+        let out = std::fs::read_to_string(runner.log_path("gang", 1, 1)).expect("log");
         assert_eq!(out, "1 10.0.0.1 29500|10.0.0.1 slots=2\n10.0.0.2 slots=2\n");
         assert!(runner.hostfile_path("gang", 1, 1).starts_with(dir.path()));
     }
@@ -604,7 +702,7 @@ mod tests {
             panic!("expected WorkStarted first");
         };
         // Cancel only once the trap is installed.
-        let out = runner.log_paths("stubborn", 0, 1).0;
+        let out = runner.log_path("stubborn", 0, 1);
         while !std::fs::read_to_string(&out)
             .unwrap_or_default()
             .contains("ready")
@@ -613,6 +711,85 @@ mod tests {
         }
         runner.cancel("stubborn", 0, 0, Duration::from_millis(200));
         assert_eq!(next_exit(&mut rx).await.1, Signal::SIGKILL as i32);
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_kept_until_acknowledged_even_across_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (runner, mut rx) = WorkRunner::open(dir.path()).expect("open");
+        runner.start(assignment("kept", &["sh", "-c", "exit 0"], &[]));
+        assert_eq!(next_exit(&mut rx).await.0, 0);
+        let kept = runner.unacknowledged_exits();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!((kept[0].job_id.as_str(), kept[0].attempt), ("kept", 1));
+
+        // A new agent on the same data directory still has it to report.
+        drop(runner);
+        let (runner, mut rx) = WorkRunner::open(dir.path()).expect("reopen");
+        assert_eq!(runner.unacknowledged_exits(), kept);
+        assert!(runner.running_now().is_empty());
+
+        // The same attempt assigned again is not run again: its exit is reported again.
+        runner.start(assignment("kept", &["sh", "-c", "exit 7"], &[]));
+        assert_eq!(next_exit(&mut rx).await.0, 0);
+        assert!(
+            !matches!(rx.try_recv(), Ok(WorkEvent::Started(_))),
+            "nothing started"
+        );
+
+        runner.acknowledge("kept", 0, 1);
+        assert!(runner.unacknowledged_exits().is_empty());
+        drop(runner);
+        let (runner, _rx) = WorkRunner::open(dir.path()).expect("reopen");
+        assert!(
+            runner.unacknowledged_exits().is_empty(),
+            "the ack is durable"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exit_in_the_ledger_wins_over_a_stale_running_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = RunningRecord {
+            job_id: "done".into(),
+            replica: 0,
+            attempt: 2,
+            pid: u32::MAX - 1,
+            gpu_uuids: vec![],
+            started_unix_ms: 1,
+            proc_start_ticks: 0,
+        };
+        // As an agent killed between keeping the exit and rewriting running.json leaves it.
+        std::fs::write(
+            dir.path().join("running.json"),
+            serde_json::to_string(&[&record]).expect("json"),
+        )
+        .expect("write state");
+        let mut ledger = ExitLedger::open(dir.path()).expect("ledger");
+        let exit = RecordedExit {
+            job_id: "done".into(),
+            replica: 0,
+            attempt: 2,
+            exit_code: 0,
+            signal: 0,
+            message: String::new(),
+            ended_unix_ms: 5,
+        };
+        ledger.record(exit.clone()).expect("record");
+        let (runner, mut rx) = WorkRunner::open(dir.path()).expect("open");
+        assert_eq!(runner.unacknowledged_exits(), vec![exit]);
+        assert!(
+            rx.try_recv().is_err(),
+            "no 'exit status unknown' is made up"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_ledger_stops_the_runner_with_the_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("exits.jsonl"), "not json\n").expect("write");
+        let err = WorkRunner::open(dir.path()).expect_err("corrupt");
+        assert!(err.to_string().contains("exits.jsonl line 1"), "{err}");
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use suanli_tests::{
 };
 
 mod identity;
+mod logs;
 mod rendezvous;
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -24,8 +24,9 @@ fn start_hgx_agent(scheduler_grpc: &str, node: &str, data_dir: &Path, extra: &[&
     )
 }
 
-/// Records its environment and hostfile as JSON; replica 0 accepts one connection on
-/// MASTER_ADDR:MASTER_PORT and records what it received, the others connect and say hello.
+/// Prints its environment and hostfile as one JSON line to its log; replica 0 accepts one
+/// connection on MASTER_ADDR:MASTER_PORT and adds what it received, the others connect and
+/// say hello.
 const REPLICA_SCRIPT: &str = r#"
 import json, os, socket, sys, time
 env = dict(os.environ)
@@ -50,8 +51,7 @@ else:
                 raise
             time.sleep(0.1)
     conn.sendall(b"hello from rank %d" % rank)
-with open(os.path.join(sys.argv[1], "replica-%d.json" % rank), "w") as f:
-    json.dump(env, f)
+print("ENV " + json.dumps(env), flush=True)
 "#;
 
 /// GPU UUID → index on the recorded HGX node.
@@ -72,10 +72,10 @@ fn fixture_gpu_indexes() -> BTreeMap<String, u64> {
 
 #[test]
 fn gang_replicas_rendezvous_at_replica_0() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: the replicas' rendezvous script needs python3");
-        return;
-    }
+    assert!(
+        Command::new("python3").arg("--version").output().is_ok(),
+        "the replicas' rendezvous script needs python3"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_scheduler_config(dir.path(), 10_000);
     let scheduler = start_scheduler(&config, &dir.path().join("scheduler-data"), None);
@@ -98,15 +98,7 @@ fn gang_replicas_rendezvous_at_replica_0() {
     wait_for_ready(&scheduler, 2, "two connected nodes");
 
     // 4 + 4 GPUs do not fit one node with 7 whole GPUs: one replica per node.
-    let out_dir = dir.path().join("replicas");
-    std::fs::create_dir(&out_dir).expect("out dir");
-    let command = serde_json::to_string(&[
-        "python3",
-        "-c",
-        REPLICA_SCRIPT,
-        &out_dir.display().to_string(),
-    ])
-    .expect("json");
+    let command = serde_json::to_string(&["python3", "-c", REPLICA_SCRIPT]).expect("json");
     let job = write_yaml(
         dir.path(),
         "rdzv",
@@ -123,11 +115,21 @@ fn gang_replicas_rendezvous_at_replica_0() {
     let placed = placement(&done);
     assert_eq!(placed.len(), 2);
 
+    // What each replica printed, as `suanli logs` shows it.
     let env: Vec<Value> = (0..2)
         .map(|rank| {
-            let path = out_dir.join(format!("replica-{rank}.json"));
-            let text = std::fs::read_to_string(&path).expect("the replica recorded its env");
-            serde_json::from_str(&text).expect("json")
+            let out = suanli(
+                &scheduler.grpc,
+                RESEARCH_TOKEN,
+                &["logs", &id, "--replica", &rank.to_string()],
+            );
+            assert!(out.status.success(), "{out:?}");
+            let log = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = log
+                .lines()
+                .find_map(|l| l.strip_prefix("ENV "))
+                .unwrap_or_else(|| panic!("replica {rank} printed its env: {log}"));
+            serde_json::from_str(line).expect("json")
         })
         .collect();
     let var = |rank: usize, key: &str| env[rank][key].as_str().unwrap_or("<unset>").to_string();

@@ -93,6 +93,6 @@ async fn a_job_sees_exactly_its_assigned_gpu() {
             WorkEvent::Started(_) => {}
         }
     }
-    let (out, _) = runner.log_paths("gpu-check", 0, 1);
+    let out = runner.log_path("gpu-check", 0, 1);
     assert_eq!(std::fs::read_to_string(out).expect("job output"), uuid);
 }

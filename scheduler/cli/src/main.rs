@@ -68,6 +68,8 @@ enum Command {
     },
     /// Stream job events until Ctrl-C.
     Watch(commands::WatchArgs),
+    /// Print a replica's standard output and error (`-f` follows it until it ends).
+    Logs(commands::LogsArgs),
     /// Nodes and devices under a CID prefix that pass capability filters.
     Resolve(commands::ResolveArgs),
     /// Live GPU utilization and memory, NVLink and NIC counters per node.
@@ -172,6 +174,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::cancel(&mut connect().await?, &id, &reason, format).await
         }
         Command::Watch(args) => commands::watch(&mut connect().await?, &args, format).await,
+        Command::Logs(args) => {
+            // Flags are checked before connecting: bad input never waits on a network.
+            let request = commands::logs_request(&args)?;
+            commands::logs(&mut connect().await?, request).await
+        }
         Command::Resolve(args) => commands::resolve(&mut connect().await?, &args, format).await,
         Command::Top(args) => commands::top(&mut connect().await?, &args, format).await,
         Command::Cordon { cid, reason } => {

@@ -458,17 +458,17 @@ fn replica_runs(cluster: &Cluster, jobs: &[JobView]) -> Vec<ReplicaRun> {
     runs
 }
 
-/// Standard output of the replica's latest attempt (`work/<job>.<replica>.<attempt>.out`).
+/// Output of the replica's latest attempt (`logs/<job>/<replica>.<attempt>.log`).
 fn last_output(agent_dir: &Path, job_id: &str, replica: u32) -> Option<String> {
-    let prefix = format!("{job_id}.{replica}.");
-    let latest = std::fs::read_dir(agent_dir.join("work"))
+    let prefix = format!("{replica}.");
+    let latest = std::fs::read_dir(agent_dir.join("logs").join(job_id))
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let attempt: u32 = name
                 .strip_prefix(&prefix)?
-                .strip_suffix(".out")?
+                .strip_suffix(".log")?
                 .parse()
                 .ok()?;
             Some((attempt, e.path()))

@@ -194,6 +194,7 @@ async fn start_agent(
             node_cid: reg.node_cid.clone(),
             session_id: reg.session_id.clone(),
             running: vec![],
+            unacknowledged_exits: vec![],
         })),
     })
     .await

@@ -66,6 +66,12 @@ pub enum AgentCommand {
     Replaced {
         reason: String,
     },
+    /// The store holds this exit: the agent may forget it. Sent only after the commit.
+    ExitAck {
+        job_id: JobId,
+        replica: u32,
+        attempt: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +111,17 @@ pub struct AgentSession {
 pub struct RunningReplica {
     pub job_id: JobId,
     pub replica: u32,
+}
+
+/// An exit an agent saw and the scheduler has not acknowledged, reported when its session
+/// opens (the scheduler may have been down when the replica ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedExit {
+    pub job_id: JobId,
+    pub replica: u32,
+    pub attempt: u32,
+    pub exit_code: i32,
+    pub message: String,
 }
 
 /// Why the core refused or could not do what it was asked. The text is what callers see;
@@ -262,6 +279,7 @@ enum Command {
         node: Cid,
         session_id: String,
         running: Vec<RunningReplica>,
+        exits: Vec<ReportedExit>,
         tx: mpsc::UnboundedSender<AgentCommand>,
         reply: Reply<()>,
     },
@@ -796,10 +814,11 @@ impl Core {
                 node,
                 session_id,
                 running,
+                exits,
                 tx,
                 reply,
             } => {
-                let _ = reply.send(self.open_session(&node, session_id, running, tx));
+                let _ = reply.send(self.open_session(&node, session_id, running, exits, tx));
             }
             Command::SessionClosed { node, session_id } => {
                 if self.session_is_current(&node, &session_id) {

@@ -24,6 +24,7 @@ use crate::store::{EventRecord, JobRecord, Store, StoreError};
 mod agents;
 mod cluster;
 mod jobs;
+pub mod logs;
 
 /// How a core refusal reads on the wire.
 impl From<CoreError> for tonic::Status {
@@ -73,6 +74,8 @@ pub struct Services {
     pub telemetry_interval_ms: u32,
     /// The latest telemetry per node and when it arrived, for `suanli top`.
     pub telemetry: Arc<Mutex<HashMap<Cid, (pb::Telemetry, i64)>>>,
+    /// Replica logs on their way from agents to callers.
+    pub logs: Arc<logs::LogRelay>,
 }
 
 impl Services {

@@ -133,6 +133,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         telemetry_interval_ms: config.telemetry_interval_ms,
         telemetry: Arc::new(Mutex::new(HashMap::new())),
+        logs: Arc::default(),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (grpc_stop_tx, grpc_stop_rx) = oneshot::channel::<()>();

@@ -141,6 +141,15 @@ impl JobService for FakeJobs {
     ) -> Result<Response<pb::ExplainJobResponse>, Status> {
         Err(Status::unimplemented("not in this fake"))
     }
+
+    type LogsStream = ReceiverStream<Result<pb::LogsChunk, Status>>;
+
+    async fn logs(
+        &self,
+        _: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
 }
 
 async fn serve(fake: FakeJobs) -> SocketAddr {

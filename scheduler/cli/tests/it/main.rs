@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 
 mod fake_scheduler;
+mod logs;
 
 const JOIN: &str = "itest-join-token";
 const ADMIN: &str = "itest-admin-token";

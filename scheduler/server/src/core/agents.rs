@@ -154,6 +154,9 @@ impl Core {
         }
     }
 
+    /// Applies a replica's exit and, once the store holds it (or holds all there is to hold:
+    /// the job ended, the attempt is over, the exit was seen before), acknowledges it to the
+    /// agent, which keeps re-sending it until then.
     pub(super) fn work_exited(
         &mut self,
         node: &Cid,
@@ -163,17 +166,40 @@ impl Core {
         exit_code: i32,
         message: &str,
     ) {
+        if self.record_exit(node, id, replica, attempt, exit_code, message) {
+            // Through the outbox inside a batch: the ack leaves only after the commit.
+            self.send_to(
+                node,
+                AgentCommand::ExitAck {
+                    job_id: id.clone(),
+                    replica,
+                    attempt,
+                },
+            );
+        }
+    }
+
+    /// [`Core::work_exited`] without the ack; `false` when the store could not record it.
+    fn record_exit(
+        &mut self,
+        node: &Cid,
+        id: &JobId,
+        replica: u32,
+        attempt: u32,
+        exit_code: i32,
+        message: &str,
+    ) -> bool {
         let Some(job) = self.jobs.get_mut(id) else {
-            return;
+            return true;
         };
         let Some(p) = job.placement.as_mut() else {
-            return;
+            return true;
         };
         let Some(slot) = p.reported_slot(node, replica, attempt) else {
-            return;
+            return true;
         };
         if slot.exit_code.is_some() {
-            return;
+            return true;
         }
         slot.started = true;
         slot.exit_code = Some(exit_code);
@@ -209,8 +235,12 @@ impl Core {
                 .set_placement(id, &placement)
                 .map_err(CoreError::from)
         };
-        if let Err(e) = result {
-            warn!(job = %id, error = %e, "Could not record an exit.");
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(job = %id, error = %e, "Could not record an exit.");
+                false
+            }
         }
     }
 }
@@ -218,6 +248,197 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Identity;
+    use crate::clock::ManualClock;
+    use crate::core::{
+        AgentSession, CoreConfig, CoreHandle, PreemptionConfig, ReportedExit, start,
+    };
+    use crate::store::{Durability, EventRecord, NewJob, Store};
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use suanli_engine::domain::DomainCatalog;
+    use suanli_engine::job::{GpuPolicy, GpuRequest, JobKind};
+    use suanli_engine::quota::Quotas;
+    use suanli_engine::testing::H100Node;
+    use tokio::sync::mpsc;
+
+    fn core_on(dir: &Path) -> (CoreHandle, std::thread::JoinHandle<()>) {
+        let store = Store::open(dir, Durability::Normal).expect("store");
+        let config = CoreConfig {
+            policy: "fgd".into(),
+            seed: 1,
+            heartbeat_timeout: Duration::from_secs(3600),
+            max_attempts: 3,
+            quotas: Quotas::new(),
+            catalog: DomainCatalog::default(),
+            preemption: PreemptionConfig::default(),
+            clock: Arc::new(ManualClock::new(1_000)),
+        };
+        start(store, config).expect("core")
+    }
+
+    /// Registers the node (with its credential, after the first time) and opens a session
+    /// that reports `exits`; returns the session, its commands and the credential.
+    async fn connect(
+        core: &CoreHandle,
+        credential: &str,
+        exits: Vec<ReportedExit>,
+    ) -> (AgentSession, mpsc::UnboundedReceiver<AgentCommand>, String) {
+        let inventory = H100Node::new("n1", 8).build();
+        let registration = core
+            .register(inventory.clone(), credential.to_string(), Identity::Agent)
+            .await
+            .expect("registered");
+        let session = AgentSession {
+            node: inventory.cid.clone(),
+            session_id: registration.session_id,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        core.open_session(&session, Vec::new(), exits, tx)
+            .await
+            .expect("session");
+        let credential = registration
+            .credential
+            .unwrap_or_else(|| credential.to_string());
+        (session, rx, credential)
+    }
+
+    async fn next_command(rx: &mut mpsc::UnboundedReceiver<AgentCommand>) -> AgentCommand {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a command in time")
+            .expect("session open")
+    }
+
+    /// A 1-GPU job placed and started on the node; then the scheduler stops (as if killed:
+    /// the store is all that remains). Returns the job, its attempt and the credential.
+    async fn a_started_job_and_a_stopped_scheduler(dir: &Path) -> (JobId, u32, String) {
+        let (core, thread) = core_on(dir);
+        let (session, mut rx, credential) = connect(&core, "", Vec::new()).await;
+        let mut spec = JobSpec::new("once", JobKind::Training);
+        spec.tenant = "research".into();
+        spec.gpu = Some(GpuRequest {
+            policy: GpuPolicy::Exclusive { count: 1 },
+            models: vec![],
+        });
+        spec.command = vec!["true".into()];
+        let record = core
+            .submit(NewJob {
+                spec,
+                request_id: None,
+            })
+            .await
+            .expect("submitted");
+        let AgentCommand::Assign(a) = next_command(&mut rx).await else {
+            panic!("expected an assignment");
+        };
+        assert_eq!(a.job_id, record.id);
+        core.work_started(&session, a.job_id.clone(), a.replica, a.attempt);
+        core.metrics().await.expect("the start is applied");
+        core.shutdown();
+        thread.join().expect("core stops");
+        (record.id, a.attempt, credential)
+    }
+
+    fn events_of(dir: &Path, id: &JobId) -> Vec<EventRecord> {
+        let store = Store::open(dir, Durability::Normal).expect("store");
+        store.events(Some(id), 0, 0).expect("events")
+    }
+
+    #[tokio::test]
+    async fn an_exit_reported_on_reconnect_is_an_exit_not_a_loss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (id, attempt, credential) = a_started_job_and_a_stopped_scheduler(dir.path()).await;
+
+        // The replica exited 0 while the scheduler was down; the agent reports it on return.
+        let (core, thread) = core_on(dir.path());
+        let exit = ReportedExit {
+            job_id: id.clone(),
+            replica: 0,
+            attempt,
+            exit_code: 0,
+            message: String::new(),
+        };
+        let (_session, mut rx, _) = connect(&core, &credential, vec![exit]).await;
+        assert_eq!(
+            next_command(&mut rx).await,
+            AgentCommand::ExitAck {
+                job_id: id.clone(),
+                replica: 0,
+                attempt,
+            },
+            "the exit is acknowledged once stored"
+        );
+        core.shutdown();
+        thread.join().expect("core stops");
+
+        let store = Store::open(dir.path(), Durability::Normal).expect("store");
+        let job = store.job(&id).expect("job");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.attempts, 1, "it ran once");
+        let reasons: Vec<String> = events_of(dir.path(), &id)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert!(
+            !reasons.iter().any(|r| r == "replica_lost"),
+            "never lost: {reasons:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_reported_on_reconnect_fails_the_job_with_its_code() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (id, attempt, credential) = a_started_job_and_a_stopped_scheduler(dir.path()).await;
+        let (core, thread) = core_on(dir.path());
+        let exit = ReportedExit {
+            job_id: id.clone(),
+            replica: 0,
+            attempt,
+            exit_code: 3,
+            message: "boom".into(),
+        };
+        let (_session, mut rx, _) = connect(&core, &credential, vec![exit.clone()]).await;
+        assert!(matches!(
+            next_command(&mut rx).await,
+            AgentCommand::ExitAck { .. }
+        ));
+        core.shutdown();
+        thread.join().expect("core stops");
+        let events = events_of(dir.path(), &id);
+        let last = events.last().expect("events");
+        assert_eq!(last.to, JobState::Failed);
+        assert!(last.message.contains("code 3: boom"), "{last:?}");
+        assert!(!events.iter().any(|e| e.reason == "replica_lost"));
+
+        // The same exit again (the ack was lost): acknowledged, nothing changes.
+        let (core, thread) = core_on(dir.path());
+        let (_session, mut rx, _) = connect(&core, &credential, vec![exit]).await;
+        assert!(matches!(
+            next_command(&mut rx).await,
+            AgentCommand::ExitAck { .. }
+        ));
+        core.shutdown();
+        thread.join().expect("core stops");
+        assert_eq!(events_of(dir.path(), &id).len(), events.len());
+    }
+
+    #[tokio::test]
+    async fn a_replica_neither_running_nor_exited_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (id, _, credential) = a_started_job_and_a_stopped_scheduler(dir.path()).await;
+        let (core, thread) = core_on(dir.path());
+        let (_session, _rx, _) = connect(&core, &credential, Vec::new()).await;
+        core.metrics().await.expect("settled");
+        core.shutdown();
+        thread.join().expect("core stops");
+        let events = events_of(dir.path(), &id);
+        assert!(
+            events.iter().any(|e| e.reason == "replica_lost"),
+            "{events:?}"
+        );
+    }
 
     #[test]
     fn master_ports_are_stable_per_attempt_and_in_range() {

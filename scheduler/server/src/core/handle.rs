@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     AgentCommand, AgentSession, BoundPod, Command, CoreError, Explanation, JobUpdate, MetricsView,
-    NodeVerdict, NodeView, PodGpus, PodJobView, Registration, Reply, RunningReplica,
+    NodeVerdict, NodeView, PodGpus, PodJobView, Registration, Reply, ReportedExit, RunningReplica,
 };
 use crate::auth::Identity;
 use crate::placement::PodRef;
@@ -118,17 +118,20 @@ impl CoreHandle {
         .await
     }
 
-    /// Opens a session; the core sends the agent its work through `tx`.
+    /// Opens a session; the core sends the agent its work through `tx`. `exits` are applied
+    /// as exits before anything the agent does not run is judged lost.
     pub async fn open_session(
         &self,
         session: &AgentSession,
         running: Vec<RunningReplica>,
+        exits: Vec<ReportedExit>,
         tx: mpsc::UnboundedSender<AgentCommand>,
     ) -> Result<(), CoreError> {
         self.ask(|reply| Command::SessionOpen {
             node: session.node.clone(),
             session_id: session.session_id.clone(),
             running,
+            exits,
             tx,
             reply,
         })

@@ -13,7 +13,9 @@ use suanli_engine::{Cid, NodeInventory};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{AgentCommand, CANCEL_GRACE_MS, Core, CoreError, NodeEntry, RunningReplica};
+use super::{
+    AgentCommand, CANCEL_GRACE_MS, Core, CoreError, NodeEntry, ReportedExit, RunningReplica,
+};
 use crate::auth::Identity;
 use crate::credential;
 
@@ -122,6 +124,7 @@ impl Core {
         node: &Cid,
         session_id: String,
         running: Vec<RunningReplica>,
+        exits: Vec<ReportedExit>,
         tx: mpsc::UnboundedSender<AgentCommand>,
     ) -> Result<(), CoreError> {
         let now = self.instant();
@@ -145,6 +148,18 @@ impl Core {
         entry.session = Some((session_id, tx));
         entry.last_seen = now;
         self.sync_schedulable(node);
+        // Exits first: a replica that ended while the scheduler was away finished, with its
+        // real exit code; only one the agent neither runs nor saw end is lost.
+        for x in &exits {
+            self.work_exited(
+                node,
+                &x.job_id,
+                x.replica,
+                x.attempt,
+                x.exit_code,
+                &x.message,
+            );
+        }
         let reported: HashSet<(JobId, u32)> = running
             .iter()
             .map(|r| (r.job_id.clone(), r.replica))
@@ -211,7 +226,7 @@ impl Core {
                 warn!(job = %id, error = %e, "Could not requeue.");
             }
         }
-        info!(node = %node, running = running.len(), "Agent session open.");
+        info!(node = %node, running = running.len(), exits = exits.len(), "Agent session open.");
         Ok(())
     }
 

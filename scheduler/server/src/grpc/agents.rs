@@ -15,7 +15,7 @@ use super::{
     MAX_GPUS_PER_POD, MAX_PODS_PER_NODE, MAX_SESSION_ID_LEN, SESSION_BUFFER, Services, convert_err,
     parse_cid, parse_job_id,
 };
-use crate::core::{AgentCommand, AgentSession, RunningReplica};
+use crate::core::{AgentCommand, AgentSession, ReportedExit, RunningReplica};
 
 /// The host a node's replicas reach each other at: what the agent advertises, else the
 /// address its registration came from; empty (the node's name) when neither is known.
@@ -28,6 +28,16 @@ fn advertised_host(advertised: &str, peer_ip: Option<IpAddr>) -> Result<String, 
     suanli_proto::convert::rendezvous::parse_advertise_addr(advertised)
         .map(|a| a.host)
         .map_err(|problem| Status::invalid_argument(format!("advertise_addr: {problem}")))
+}
+
+/// What the core keeps of an exit's detail: the signal when the agent said nothing else,
+/// and at most 1,024 characters.
+fn exit_message(x: &pb::WorkExited) -> String {
+    if x.signal != 0 && x.message.is_empty() {
+        format!("killed by signal {}", x.signal)
+    } else {
+        x.message.chars().take(1024).collect()
+    }
 }
 
 type SchedulerStream = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
@@ -72,6 +82,15 @@ fn command_to_wire(command: AgentCommand) -> pb::SchedulerMessage {
         }),
         AgentCommand::Reregister { reason } => Msg::Reregister(pb::Reregister { reason }),
         AgentCommand::Replaced { reason } => Msg::Replaced(pb::SessionReplaced { reason }),
+        AgentCommand::ExitAck {
+            job_id,
+            replica,
+            attempt,
+        } => Msg::ExitAck(pb::ExitAck {
+            job_id: job_id.0,
+            replica,
+            attempt,
+        }),
     };
     pb::SchedulerMessage { msg: Some(msg) }
 }
@@ -146,15 +165,34 @@ impl pb::agent_service_server::AgentService for Services {
                 replica: r.replica,
             });
         }
+        let mut exits = Vec::new();
+        for (i, x) in hello.unacknowledged_exits.iter().enumerate() {
+            let job_id = parse_job_id(&x.job_id).map_err(|s| {
+                Status::invalid_argument(format!(
+                    "hello.unacknowledged_exits[{i}].job_{}",
+                    s.message()
+                ))
+            })?;
+            exits.push(ReportedExit {
+                job_id,
+                replica: x.replica,
+                attempt: x.attempt,
+                exit_code: x.exit_code,
+                message: exit_message(x),
+            });
+        }
         let (to_agent, from_core) = mpsc::unbounded_channel::<AgentCommand>();
         let session = AgentSession {
             node: node.clone(),
             session_id: hello.session_id.clone(),
         };
-        self.core.open_session(&session, running, to_agent).await?;
+        self.core
+            .open_session(&session, running, exits, to_agent)
+            .await?;
         // Bounded: an agent that stops reading cannot make the scheduler buffer without end.
         let (out_tx, out_rx) =
             mpsc::channel::<Result<pb::SchedulerMessage, Status>>(SESSION_BUFFER);
+        self.logs.attach(&session, out_tx.clone());
         // Core → agent.
         let forward_tx = out_tx.clone();
         tokio::spawn(async move {
@@ -177,6 +215,7 @@ impl pb::agent_service_server::AgentService for Services {
         // that no longer holds the node.
         let core = self.core.clone();
         let telemetry = self.telemetry.clone();
+        let logs = self.logs.clone();
         tokio::spawn(async move {
             loop {
                 let message = match inbound.message().await {
@@ -241,19 +280,19 @@ impl pb::agent_service_server::AgentService for Services {
                             .collect();
                         core.pod_devices(&session, pods);
                     }
+                    Msg::LogChunk(chunk) => logs.deliver(&session, chunk),
                     Msg::Started(s) => match parse_job_id(&s.job_id) {
-                        Ok(job_id) => core.work_started(&session, job_id, s.replica, s.attempt),
+                        Ok(job_id) => {
+                            logs.started(&session, job_id.clone(), s.replica, s.attempt);
+                            core.work_started(&session, job_id, s.replica, s.attempt)
+                        }
                         Err(e) => {
                             warn!(node = %node, error = %e.message(), "Bad work-started report.")
                         }
                     },
                     Msg::Exited(x) => match parse_job_id(&x.job_id) {
                         Ok(job_id) => {
-                            let message = if x.signal != 0 && x.message.is_empty() {
-                                format!("killed by signal {}", x.signal)
-                            } else {
-                                x.message.chars().take(1024).collect()
-                            };
+                            let message = exit_message(&x);
                             core.work_exited(
                                 &session,
                                 job_id,
@@ -269,6 +308,7 @@ impl pb::agent_service_server::AgentService for Services {
                     },
                 }
             }
+            logs.detach(&session);
             core.session_closed(session);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))

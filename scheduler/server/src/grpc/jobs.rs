@@ -11,12 +11,14 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::logs::LogQuery;
 use super::{
     Services, check_reason, convert_err, event_to_wire, explanation_to_wire, fit_page, job_to_wire,
     page_size, parse_job_id,
 };
 use crate::auth::Identity;
 use crate::core::JobUpdate;
+use crate::placement::StoredPlacement;
 use crate::store::{EventRecord, JobFilter, JobRecord, NewJob};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -401,5 +403,104 @@ impl pb::job_service_server::JobService for Services {
         let id = parse_job_id(&request.get_ref().id)?;
         let explanation = self.core.explain(id.clone(), who).await?;
         Ok(Response::new(explanation_to_wire(&id, explanation)))
+    }
+
+    type LogsStream = LogsStream;
+
+    async fn logs(
+        &self,
+        request: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let who = self.auth.user(request.metadata())?;
+        let msg = request.into_inner();
+        let record = self.visible_job(&msg.id, &who).await?;
+        let attempt = log_attempt(&record, msg.replica, msg.attempt)?;
+        let node = self.log_node(&record, msg.replica, attempt)?;
+        let query = LogQuery {
+            job_id: record.id.clone(),
+            replica: msg.replica,
+            attempt,
+            tail_lines: msg.tail_lines,
+            follow: msg.follow,
+        };
+        let stream = self.logs.open(&node, query).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(stream),
+        )))
+    }
+}
+
+type LogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogsChunk, Status>> + Send>>;
+
+/// The attempt a log request is about (0: the latest), after checking the replica and the
+/// attempt exist.
+fn log_attempt(record: &JobRecord, replica: u32, attempt: u32) -> Result<u32, Status> {
+    let replicas = record.spec.replicas;
+    if replica >= replicas {
+        return Err(Status::invalid_argument(format!(
+            "replica: job {} has {replicas} replica{} (0..{}), got {replica}",
+            record.id,
+            if replicas == 1 { "" } else { "s" },
+            replicas.saturating_sub(1)
+        )));
+    }
+    let attempts = record.attempts;
+    if attempts == 0 {
+        return Err(Status::failed_precondition(format!(
+            "job {} has not been placed yet; it has no logs",
+            record.id
+        )));
+    }
+    if attempt > attempts {
+        return Err(Status::invalid_argument(format!(
+            "attempt: job {} has {attempts} attempt{} (1..{attempts}), got {attempt}",
+            record.id,
+            if attempts == 1 { "" } else { "s" },
+        )));
+    }
+    Ok(if attempt == 0 { attempts } else { attempt })
+}
+
+impl Services {
+    /// The node that ran (or runs) this replica attempt, whose agent holds its log.
+    fn log_node(
+        &self,
+        record: &JobRecord,
+        replica: u32,
+        attempt: u32,
+    ) -> Result<suanli_engine::Cid, Status> {
+        let placement = record
+            .placement
+            .clone()
+            .and_then(|p| serde_json::from_value::<StoredPlacement>(p).ok())
+            .filter(|p| p.attempt == attempt);
+        if let Some(placement) = placement {
+            if let Some(pod) = &placement.pod {
+                return Err(Status::failed_precondition(format!(
+                    "job {} runs as Kubernetes pod {pod}; kubelet keeps its logs (kubectl logs)",
+                    record.id
+                )));
+            }
+            return placement
+                .replicas
+                .iter()
+                .find(|slot| slot.replica == replica)
+                .map(|slot| slot.node.clone())
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "replica {replica} of job {} was not placed in attempt {attempt}",
+                        record.id
+                    ))
+                });
+        }
+        self.logs
+            .ran_on(&record.id, replica, attempt)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "the scheduler no longer knows which node ran replica {replica} of job {} in \
+                     attempt {attempt}",
+                    record.id
+                ))
+            })
     }
 }

@@ -229,7 +229,7 @@ impl Daemon {
                 session_id: registration.session_id,
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            core.open_session(&session, Vec::new(), tx)
+            core.open_session(&session, Vec::new(), Vec::new(), tx)
                 .await
                 .expect("session");
             agents.push(FakeAgent {

@@ -46,6 +46,7 @@ async fn open_session(
         node_cid: node.into(),
         session_id: session_id.into(),
         running: vec![],
+        unacknowledged_exits: vec![],
     })))
     .await
     .expect("queued");

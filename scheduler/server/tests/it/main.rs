@@ -26,6 +26,7 @@ mod extender;
 mod hostile;
 mod http_limits;
 mod kube_api;
+mod logs;
 mod update;
 
 const JOIN: &str = "join-token-1";
@@ -216,6 +217,7 @@ impl Agent {
             node_cid: reg.node_cid.clone(),
             session_id: reg.session_id.clone(),
             running,
+            unacknowledged_exits: vec![],
         })))
         .await
         .expect("queued");
