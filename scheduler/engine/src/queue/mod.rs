@@ -293,6 +293,8 @@ pub enum QueueError {
     Unclaimable(JobId),
     #[error("job {id} runs {placed} replica(s); it cannot shrink to {keep}")]
     CannotShrink { id: JobId, placed: usize, keep: u32 },
+    #[error("job {id} cannot grow to {to} replica(s): {reason}")]
+    CannotGrow { id: JobId, to: u32, reason: String },
 }
 
 /// The queue and the cluster it places into.
@@ -568,6 +570,69 @@ impl Scheduler {
             self.changed = true;
         }
         Ok(released)
+    }
+
+    /// Grows a running job to `to` replicas: the missing ones are placed by the gang planner
+    /// on free resources, checked against the job's quotas, allocated and appended to its
+    /// placement. Nothing is preempted for them; without room or quota the job is left as
+    /// it was. Returns the new replicas, for the caller to start. Its request grows with it,
+    /// so a job queued again asks for `to`.
+    pub fn grow(&mut self, id: &JobId, to: u32) -> Result<Vec<ReplicaClaim>, QueueError> {
+        let job = self
+            .running
+            .get(id)
+            .ok_or_else(|| QueueError::NotRunning(id.clone()))?;
+        let refuse = |reason: String| QueueError::CannotGrow {
+            id: id.clone(),
+            to,
+            reason,
+        };
+        let placed = u32::try_from(job.placement.replicas.len()).unwrap_or(u32::MAX);
+        if to < placed {
+            return Err(refuse(format!("it runs {placed}; shrink it instead")));
+        }
+        let extra = to - placed;
+        if extra == 0 {
+            return Ok(Vec::new());
+        }
+        // The new replicas form a gang of their own: all of them or none, under the job's
+        // request and topology.
+        let gang = GangRequest {
+            replicas: extra,
+            min_replicas: extra,
+            ..job.job.gang.clone()
+        };
+        let added = self
+            .model
+            .place_gang(&gang, &GangOptions::default())
+            .map_err(|wait| refuse(wait.to_string()))?;
+        let extra_charges = self.charges(&added);
+        let borrowed = self
+            .admit(&job.job, &extra_charges)
+            .map_err(|wait| refuse(wait.to_string()))?;
+        let allocations = self
+            .model
+            .allocate_gang(&added)
+            .map_err(|e| refuse(e.to_string()))?;
+        let mut job = self.running.remove(id).expect("looked up above");
+        job.placement
+            .replicas
+            .extend(added.replicas.iter().cloned());
+        job.allocations.extend(allocations);
+        job.job.gang.replicas = to;
+        let charges = self.charges(&job.placement);
+        self.usage
+            .remove_in_queue(&job.job.tenant, &job.job.queue, &job.charges);
+        self.usage
+            .add_in_queue(&job.job.tenant, &job.job.queue, &charges);
+        // Borrowed once, reclaimable as a whole: the job has no per-replica share.
+        job.borrowed |= borrowed;
+        job.charges = charges;
+        self.running.insert(id.clone(), job);
+        // A pass in progress counted on the capacity just taken.
+        self.pass = None;
+        self.changed = true;
+        Ok(added.replicas)
     }
 
     /// Stops a running job and queues it again in its old place (it keeps its submission

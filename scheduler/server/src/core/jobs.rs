@@ -25,8 +25,9 @@ pub struct JobUpdate {
     pub replicas: Option<u32>,
 }
 
-/// Whether an elastic job may take `replicas`: within its bounds, and not more than a
-/// placed job already holds (growing one would need a placement of its own).
+/// Whether an elastic job may take `replicas`: within its bounds, and not a Kubernetes
+/// pod (whose size is its workload's). Whether a placed job has room to grow is the
+/// engine's to say.
 fn check_resize(
     id: &JobId,
     spec: &JobSpec,
@@ -46,19 +47,10 @@ fn check_resize(
             spec.replicas
         )));
     }
-    if let Some(p) = placement {
-        if p.pod.is_some() {
-            return Err(CoreError::FailedPrecondition(format!(
-                "replicas: job {id} is a Kubernetes pod; scale its workload instead"
-            )));
-        }
-        let placed = p.replicas.len();
-        if replicas as usize > placed {
-            return Err(CoreError::FailedPrecondition(format!(
-                "replicas: growing running job {id} from {placed} to {replicas} replicas is not \
-                 supported yet: cancel and resubmit, or shrink"
-            )));
-        }
+    if placement.is_some_and(|p| p.pod.is_some()) {
+        return Err(CoreError::FailedPrecondition(format!(
+            "replicas: job {id} is a Kubernetes pod; scale its workload instead"
+        )));
     }
     Ok(())
 }
@@ -159,17 +151,32 @@ impl Core {
             spec.time_limit_s = Some(limit);
         }
         let mut stopped = Vec::new();
+        // Replica numbers to start on a placed job that grows, after its highest one.
+        let mut starting = Vec::new();
         if let Some(replicas) = update.replicas {
             check_resize(id, &spec, placement.as_ref(), replicas)?;
+            let mut from = spec.replicas;
             if let Some(p) = placement.as_mut() {
-                stopped = p.replicas.split_off(replicas as usize);
+                let placed = p.replicas.len();
+                if (replicas as usize) < placed {
+                    stopped = p.replicas.split_off(replicas as usize);
+                } else if replicas as usize > placed {
+                    let next = p.replicas.iter().map(|s| s.replica + 1).max().unwrap_or(0);
+                    starting = (next..).take(replicas as usize - placed).collect();
+                    // An elastic job may run fewer than its spec asks: it grows from those.
+                    from = u32::try_from(placed).unwrap_or(u32::MAX);
+                }
             }
-            if replicas != spec.replicas || !stopped.is_empty() {
-                let mut change = format!("replicas {} → {replicas}", spec.replicas);
-                if !stopped.is_empty() {
-                    let names: Vec<String> =
-                        stopped.iter().map(|s| s.replica.to_string()).collect();
-                    change.push_str(&format!(" (stopping replica {})", names.join(", ")));
+            if replicas != spec.replicas || !stopped.is_empty() || !starting.is_empty() {
+                let mut change = format!("replicas {from} → {replicas}");
+                let (verb, moved) = if stopped.is_empty() {
+                    ("starting", starting.clone())
+                } else {
+                    ("stopping", stopped.iter().map(|s| s.replica).collect())
+                };
+                if !moved.is_empty() {
+                    let names: Vec<String> = moved.iter().map(u32::to_string).collect();
+                    change.push_str(&format!(" ({verb} replica {})", names.join(", ")));
                 }
                 changes.push(change);
             }
@@ -188,13 +195,29 @@ impl Core {
             })?),
             None => None,
         };
-        // The spec and a shrunk placement are one change: both are stored, or neither.
+        // The spec and a resized placement are one change: both are stored, or neither.
         self.store.begin_batch()?;
+        let mut started = Vec::new();
+        let mut grown_from = 0;
+        if let (Some(replicas), Some(p)) = (update.replicas, placement.as_mut())
+            && !starting.is_empty()
+        {
+            started = match self.grow_running(id, replicas, &starting) {
+                Ok(started) => started,
+                Err(e) => {
+                    self.store.rollback_batch();
+                    return Err(e);
+                }
+            };
+            grown_from = u32::try_from(p.replicas.len()).unwrap_or(u32::MAX);
+            p.replicas.extend(started.iter().cloned());
+        }
+        let resized = !stopped.is_empty() || !started.is_empty();
         let written = self
             .store
             .update_spec(id, &spec, &changes.join(", "))
             .and_then(|event| match &placement {
-                Some(p) if !stopped.is_empty() => self.store.set_placement(id, p).map(|()| event),
+                Some(p) if resized => self.store.set_placement(id, p).map(|()| event),
                 _ => Ok(event),
             })
             .and_then(|event| self.store.commit_batch().map(|()| event));
@@ -202,11 +225,19 @@ impl Core {
             Ok(event) => event,
             Err(e) => {
                 self.store.rollback_batch();
+                if !started.is_empty() {
+                    // Unrecorded, the new replicas must not hold anything.
+                    if let Err(e) = self.queue.shrink(id, grown_from) {
+                        warn!(job = %id, error = %e, "Could not release unrecorded replicas.");
+                    }
+                }
                 return Err(e.into());
             }
         };
         self.publish(event);
-        if let (Some(replicas), Some(p)) = (update.replicas, &placement) {
+        if let (Some(replicas), Some(p)) = (update.replicas, &placement)
+            && started.is_empty()
+        {
             self.shrink_running(id, replicas, &stopped, p.attempt);
         }
         self.queue.amend(id, |queued| {
@@ -222,8 +253,18 @@ impl Core {
         let now_all_started = shrunk.is_some_and(StoredPlacement::all_started);
         let now_all_exited = shrunk.is_some_and(StoredPlacement::all_exited);
         if let Some(job) = self.jobs.get_mut(id) {
-            job.spec = spec;
+            job.spec = spec.clone();
             job.placement = placement.clone();
+        }
+        // Sent once the placement is stored and live, so each new replica's peers are the
+        // whole grown gang.
+        if let Some(p) = &placement {
+            for slot in &started {
+                self.assign(id, &spec, slot, p.attempt);
+            }
+            if !started.is_empty() {
+                info!(job = %id, replicas = p.replicas.len(), "Grew a running job.");
+            }
         }
         // The replicas still starting were the ones stopped: the rest all run.
         if now_all_started && state == JobState::Placed {
@@ -246,6 +287,29 @@ impl Core {
             )?;
         }
         Ok(self.store.job(id)?)
+    }
+
+    /// Grows a placed job to `to` replicas in the engine (its request too, so a requeue asks
+    /// for `to`) and returns the slots of the new ones, numbered `replicas`. Refused, with
+    /// the engine's reason, when there is no room or quota for them: nothing changes then.
+    fn grow_running(
+        &mut self,
+        id: &JobId,
+        to: u32,
+        replicas: &[u32],
+    ) -> Result<Vec<ReplicaSlot>, CoreError> {
+        let added = self.queue.grow(id, to).map_err(|e| match e {
+            QueueError::NotRunning(_) => CoreError::FailedPrecondition(format!(
+                "replicas: job {id} holds no resources while the cluster is rebuilt; try \
+                 again shortly"
+            )),
+            e => CoreError::FailedPrecondition(format!("replicas: {e}")),
+        })?;
+        Ok(replicas
+            .iter()
+            .zip(&added)
+            .map(|(replica, r)| self.slot_for(*replica, &r.claim, Vec::new()))
+            .collect())
     }
 
     /// Shrinks a placed job to its first `keep` replicas in the engine (its request too, so

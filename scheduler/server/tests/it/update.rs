@@ -232,7 +232,7 @@ async fn a_time_limit_set_on_a_running_job_stops_it_when_passed() {
 }
 
 /// Shrinking a running elastic job stops its highest replica, whose exit does not fail the
-/// job, and frees its GPU; growing it again is refused for now.
+/// job, and frees its GPU; asking again for the size it has changes nothing.
 #[tokio::test]
 async fn shrinking_a_running_job_stops_its_highest_replica() {
     let server = TestServer::start().await;
@@ -473,8 +473,8 @@ async fn bad_updates_name_the_field() {
             },
             Code::FailedPrecondition,
             format!(
-                "replicas: growing running job {} from 3 to 4 replicas is not supported yet: \
-                 cancel and resubmit, or shrink",
+                "replicas: job {} cannot grow to 4 replica(s): no node can hold a replica now \
+                 (1 nodes looked at) (1 node: too few free GPUs)",
                 elastic.id
             ),
         ),
@@ -510,6 +510,11 @@ async fn bad_updates_name_the_field() {
     }
     let plain_now = spec_of(&get_job(&mut jobs, &plain.id).await);
     assert_eq!((plain_now.time_limit_s, plain_now.replicas), (None, 1));
+    // Refused for lack of room, the elastic job keeps its size and its three replicas.
+    let elastic_now = get_job(&mut jobs, &elastic.id).await;
+    assert_eq!(spec_of(&elastic_now).replicas, 4);
+    assert_eq!(elastic_now.placement, placed.placement);
+    assert_eq!(last_update(&mut jobs, &elastic.id).await, "");
     drop(agent);
     server.shutdown().await;
 }
@@ -561,6 +566,80 @@ async fn shrinking_away_what_a_job_waited_for_moves_it_on() {
         .expect("own job");
     assert_eq!(ended.state, pb::JobState::Succeeded as i32);
     assert_eq!(ended.last_reason, "every kept replica exited with code 0");
+    drop(agent);
+    server.shutdown().await;
+}
+
+/// A running elastic job that got fewer replicas than it asked grows once room frees up:
+/// the new replica is numbered after the others, placed on the free GPU and sent to its
+/// agent under the job's current attempt, with the whole grown gang as its peers.
+#[tokio::test]
+async fn growing_a_running_job_starts_the_new_replica() {
+    let server = TestServer::start().await;
+    let mut agent = Agent::connect(server.channel(), inventory("n1", 4), vec![]).await;
+    let mut jobs = server.jobs();
+    let (_, blocker) = run_on(&mut jobs, &mut agent, research("blocker", 1), "b").await;
+    // Four replicas asked, three fit: it runs at three.
+    let mut elastic = research("elastic", 1);
+    elastic.replicas = 4;
+    elastic.min_replicas = Some(2);
+    let elastic = submit(&mut jobs, RESEARCH, elastic.into(), "e").await;
+    let mut attempt = 0;
+    for _ in 0..3 {
+        let a = agent.next_assignment().await;
+        agent.report_started(&a).await;
+        attempt = a.attempt;
+    }
+    wait_state(&mut jobs, &elastic.id, pb::JobState::Running).await;
+    agent.run_to_exit(&blocker, 0).await;
+    wait_state(&mut jobs, &blocker.job_id, pb::JobState::Succeeded).await;
+
+    let grown = update(
+        &mut jobs,
+        RESEARCH,
+        pb::UpdateJobRequest {
+            id: elastic.id.clone(),
+            replicas: Some(4),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("room for one more");
+    assert_eq!(spec_of(&grown).replicas, 4);
+    assert_eq!(
+        last_update(&mut jobs, &elastic.id).await,
+        "replicas 3 → 4 (starting replica 3)"
+    );
+    let placed: Vec<u32> = grown
+        .placement
+        .as_ref()
+        .expect("placement")
+        .replicas
+        .iter()
+        .map(|r| r.replica)
+        .collect();
+    assert_eq!(placed, [0, 1, 2, 3]);
+    assert_eq!(
+        grown.state,
+        pb::JobState::Running as i32,
+        "it keeps running"
+    );
+
+    let fourth = agent.next_assignment().await;
+    assert_eq!(
+        (fourth.job_id.as_str(), fourth.replica, fourth.attempt),
+        (elastic.id.as_str(), 3, attempt)
+    );
+    assert_eq!(fourth.gpu_uuids.len(), 1);
+    let peers: Vec<u32> = fourth.peers.iter().map(|p| p.replica).collect();
+    assert_eq!(peers, [0, 1, 2, 3]);
+
+    // Every GPU is taken now: the next job waits.
+    let next = submit(&mut jobs, RESEARCH, job("next", "research", 1), "n").await;
+    recorded_wait(&mut jobs, &next.id).await;
+    agent.report_started(&fourth).await;
+    let stored = get_job(&mut jobs, &elastic.id).await;
+    assert_eq!(stored.state, pb::JobState::Running as i32);
     drop(agent);
     server.shutdown().await;
 }
