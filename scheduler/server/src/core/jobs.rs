@@ -324,20 +324,7 @@ impl Core {
             Err(QueueError::NotRunning(_)) => {}
             Err(e) => warn!(job = %id, error = %e, "Could not release the stopped replicas."),
         }
-        for slot in stopped {
-            if slot.exit_code.is_some() {
-                continue;
-            }
-            self.send_to(
-                &slot.node,
-                AgentCommand::Cancel {
-                    job_id: id.clone(),
-                    replica: slot.replica,
-                    attempt,
-                    grace_period_ms: CANCEL_GRACE_MS,
-                },
-            );
-        }
+        self.cancel_slots(id, stopped, attempt, CANCEL_GRACE_MS);
         if !stopped.is_empty() {
             info!(job = %id, replicas = keep, "Shrunk a running job.");
         }
@@ -410,16 +397,19 @@ impl Core {
         let Some(placement) = &job.placement else {
             return;
         };
-        for slot in &placement.replicas {
-            if slot.exit_code.is_some() {
-                continue;
-            }
+        self.cancel_slots(id, &placement.replicas, placement.attempt, grace_ms);
+    }
+
+    /// Tells the agents of `slots` that have not exited to stop them, with `grace_ms`
+    /// between SIGTERM and SIGKILL.
+    fn cancel_slots(&self, id: &JobId, slots: &[ReplicaSlot], attempt: u32, grace_ms: u32) {
+        for slot in slots.iter().filter(|s| s.exit_code.is_none()) {
             self.send_to(
                 &slot.node,
                 AgentCommand::Cancel {
                     job_id: id.clone(),
                     replica: slot.replica,
-                    attempt: placement.attempt,
+                    attempt,
                     grace_period_ms: grace_ms,
                 },
             );
